@@ -1,0 +1,198 @@
+"""Image and mask I/O: validation, the resize/crop policy, tensors, grids and PNGs with settings in their metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from .errors import InputError
+
+MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (decompression bombs)
+Fit = Literal["crop", "stretch"]
+ImageLike = str | os.PathLike[str] | Image.Image | torch.Tensor | np.ndarray
+
+
+def open_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open and fully decode an image file, EXIF orientation applied; InputError for anything unreadable or too large."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            w, h = img.size
+            if w * h > max_pixels:
+                raise InputError(f"{path}: {w}x{h} pixels is over the limit of {max_pixels:,} pixels")
+            img.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{path}: not a readable image ({type(e).__name__})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{path}: corrupt or truncated image ({e})") from None
+    return ImageOps.exif_transpose(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB view of any mode: transparency composited on white, 16-bit and float scaled down, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F" and arr.max() <= 1.0:
+            top = 1.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def to_gray(img: Image.Image) -> Image.Image:
+    """Single-channel mask view: 16-bit scaled, alpha ignored."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return to_rgb(img).convert("L")
+    return img.convert("L") if img.mode != "L" else img
+
+
+def _from_array(a: torch.Tensor | np.ndarray, what: str) -> Image.Image:
+    """A PIL image from a CxHxW / HxWxC / HxW array: floats in [0, 1], or uint8."""
+    t = torch.as_tensor(np.asarray(a)) if isinstance(a, np.ndarray) else a.detach().cpu()
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim == 3 and t.shape[0] in (1, 3) and t.shape[-1] not in (1, 3):
+        t = t.permute(1, 2, 0)
+    if t.ndim == 3 and t.shape[-1] == 1:
+        t = t[..., 0]
+    if t.ndim not in (2, 3) or (t.ndim == 3 and t.shape[-1] != 3):
+        raise InputError(f"{what}: expected a 3xHxW, HxWx3 or HxW array, got shape {tuple(t.shape)}")
+    if t.dtype == torch.uint8:
+        arr = t.numpy()
+    else:
+        t = t.float()
+        if not torch.isfinite(t).all() or t.min() < 0.0 or t.max() > 1.0:
+            raise InputError(f"{what}: float arrays must hold values in [0, 1]")
+        arr = (t * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(arr, "RGB" if arr.ndim == 3 else "L")
+
+
+def as_pil(src: ImageLike, what: str, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A PIL image from a path, PIL image or array."""
+    if isinstance(src, Image.Image):
+        return ImageOps.exif_transpose(src)
+    if isinstance(src, (torch.Tensor, np.ndarray)):
+        return _from_array(src, what)
+    return open_image(src, max_pixels=max_pixels)
+
+
+def fit_box(size: tuple[int, int], fit: Fit) -> tuple[int, int, int, int]:
+    """The part of a (w, h) image that maps onto the square model input: centre square for crop, all for stretch."""
+    w, h = size
+    if fit == "stretch":
+        return 0, 0, w, h
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return left, top, left + side, top + side
+
+
+def to_model_size(img: Image.Image, resolution: int, fit: Fit, resample: int = Image.Resampling.LANCZOS) -> Image.Image:
+    """The resize policy: centre square crop (or stretch), then resize to resolution x resolution."""
+    box = fit_box(img.size, fit)
+    if box == (0, 0, resolution, resolution):
+        return img.copy()
+    return img.resize((resolution, resolution), resample=resample, box=box)
+
+
+def image_to_tensor(img: Image.Image) -> torch.Tensor:
+    """1x3xHxW float tensor in [-1, 1] from an RGB image."""
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    return (arr / 127.5 - 1.0)[None]
+
+
+def mask_to_tensor(mask: Image.Image) -> torch.Tensor:
+    """1x1xHxW float tensor in [0, 1] from a grayscale mask (1 = edit)."""
+    return (torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy()).float() / 255.0)[None, None]
+
+
+def tensor_to_images(x: torch.Tensor) -> list[Image.Image]:
+    """RGB images from a Bx3xHxW tensor in [-1, 1] (rounded, clipped)."""
+    arr = ((x.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a.permute(1, 2, 0).numpy(), "RGB") for a in arr]
+
+
+def grid(images: list[Image.Image], ncols: int = 8, pad: int = 2) -> Image.Image:
+    """Images tiled in rows of ncols on a black background with pad pixels between them."""
+    w, h = images[0].size
+    cols = min(ncols, len(images))
+    rows = (len(images) + cols - 1) // cols
+    out = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad))
+    for i, im in enumerate(images):
+        out.paste(im, (pad + (i % cols) * (w + pad), pad + (i // cols) * (h + pad)))
+    return out
+
+
+def png_info(settings: dict[str, Any]) -> PngImagePlugin.PngInfo:
+    """PNG text chunks: 'sdedit' with all settings as JSON, plus 'parameters' in one readable line."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("sdedit", json.dumps(settings, sort_keys=True))
+    info.add_text("parameters", ", ".join(f"{k}: {v}" for k, v in settings.items()))
+    return info
+
+
+def read_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The settings an sdedit PNG carries in its metadata."""
+    with Image.open(path) as img:
+        return json.loads(img.text["sdedit"])  # type: ignore[attr-defined]
+
+
+def write_atomic(path: Path, write: Any, *, overwrite: bool = False) -> Path:
+    """Write via a temporary file in the same folder, then publish it in one step; never replace unless overwrite."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path exists: no clobbering, even under a race
+            os.unlink(tmp)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def free_path(path: Path) -> Path:
+    """path itself if it is free, else the first free 'stem-1.png', 'stem-2.png', ..."""
+    n = 0
+    candidate = path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def save_png(img: Image.Image, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Save atomically with the image's sdedit settings (img.info['sdedit']) in the PNG metadata; a taken name gets a suffix."""
+    target = Path(path)
+    settings = img.info.get("sdedit")
+    pnginfo = png_info(json.loads(settings)) if isinstance(settings, str) else None
+    while True:
+        target = target if overwrite else free_path(target)
+        try:
+            return write_atomic(target, lambda f: img.save(f, format="PNG", pnginfo=pnginfo), overwrite=overwrite)
+        except FileExistsError:
+            continue  # another writer took the name in between; pick the next one

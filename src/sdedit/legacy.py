@@ -1,0 +1,189 @@
+"""The released SDEdit command line (`python main.py --config church.yml --sample --npy_name ... --t 500 --ni`), done safely.
+
+Reads the released input format (a torch-saved [mask, img] pair, mask 1 = keep) with
+weights_only=True, runs DDPM ancestral SDEdit with t0 = t / 1000 and N = t steps, and
+writes the released layout under <exp>/image_samples/<image_folder>/.  It never deletes:
+an existing folder is moved aside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .cli import Parser, run_guarded
+from .checkpoints import load_plain
+from .errors import InputError, SamplingError
+
+BUNDLED = {"church.yml": "church", "bedroom.yml": "bedroom", "celeba.yml": "celebahq"}
+CATEGORY_PRESET = {"church_outdoor": "church", "bedroom": "bedroom", "celeba_hq": "celebahq", "celeba": "celebahq"}
+
+
+def _parser() -> Parser:
+    p = Parser(prog="main.py", description="SDEdit, the released command line (runs on the sdedit engine).")
+    p.add_argument("--config", required=True, help="church.yml, bedroom.yml, celeba.yml or a path to a config")
+    p.add_argument("--seed", type=int, default=1234, help="seed of sample 0; sample j uses seed + j")
+    p.add_argument("--exp", default="exp", help="experiment folder")
+    p.add_argument("--doc", default="", help="ignored (kept for compatibility)")
+    p.add_argument("--comment", default="", help="ignored (kept for compatibility)")
+    p.add_argument("--verbose", default="info", help="ignored (kept for compatibility)")
+    p.add_argument("--sample", action="store_true", help="sample (the only mode)")
+    p.add_argument("-i", "--image_folder", default="images", help="folder name under <exp>/image_samples")
+    p.add_argument("--ni", action="store_true", help="no interaction: move an existing output folder aside")
+    p.add_argument("--npy_name", "--mask_image_file", dest="npy_name", required=True,
+                   help="input: a .pth [mask, img] pair, found as given, as NAME.pth or colab_demo/NAME.pth")
+    p.add_argument("--sample_step", type=int, default=3, help="K, the number of repeats")
+    p.add_argument("--t", type=int, default=400, help="noise level in steps of 1000 (t0 = t / 1000, N = t)")
+    p.add_argument("--ckpt", help="a local checkpoint (original .ckpt, .safetensors or diffusers folder)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
+    return p
+
+
+def _config_path(name: str) -> tuple[Path, str | None]:
+    """The config file and the preset it stands for (bundled name, or by its data category)."""
+    if Path(name).is_file():
+        category = _read_yaml(Path(name)).get("data", {}).get("category")
+        return Path(name), BUNDLED.get(Path(name).name) or CATEGORY_PRESET.get(str(category))
+    base = Path(name).name
+    if base in BUNDLED:
+        return Path(str(resources.files("sdedit") / "configs" / base)), BUNDLED[base]
+    raise InputError(f"config not found: {name} (bundled: {', '.join(BUNDLED)})")
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise InputError(f"cannot read config {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a config (expected a YAML mapping)")
+    return data
+
+
+def find_input(name: str) -> Path:
+    """The input file for --npy_name, where the released code and users put it."""
+    for cand in (Path(name), Path(f"{name}.pth"), Path("colab_demo") / f"{name}.pth"):
+        if cand.is_file():
+            return cand
+    raise InputError(f"input not found: {name} (looked for {name}, {name}.pth and colab_demo/{name}.pth)")
+
+
+def read_pair(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(img 3xHxW in [0, 1], edit mask HxW with 1 = edit) from a released [mask, img] or [img, mask] file."""
+    obj = load_plain(path)
+    if not isinstance(obj, (list, tuple)) or len(obj) != 2 or not all(isinstance(t, torch.Tensor) for t in obj):
+        raise InputError(f"{path}: expected a pair [mask, img] of tensors")
+    a, b = (t.float() for t in obj)
+
+    def is_img(t: torch.Tensor) -> bool:
+        return t.ndim == 3 and t.shape[0] == 3
+
+    def is_binary(t: torch.Tensor) -> bool:
+        return bool(((t == 0) | (t == 1)).all())
+
+    if is_img(a) and is_img(b):
+        mask, img = (b, a) if is_binary(b) and not is_binary(a) else (a, b)  # released order: [mask, img]
+    elif is_img(b):
+        mask, img = a, b
+    elif is_img(a):
+        img, mask = a, b
+    else:
+        raise InputError(f"{path}: no 3xHxW image in the pair (shapes {tuple(a.shape)}, {tuple(b.shape)})")
+    if mask.ndim == 3:
+        mask = mask.ne(1).any(dim=0)  # released: edit wherever any channel is not 1
+    else:
+        mask = mask.ne(1)
+    if mask.shape != img.shape[1:]:
+        raise InputError(f"{path}: mask {tuple(mask.shape)} and image {tuple(img.shape[1:])} differ in size")
+    if not torch.isfinite(img).all() or img.min() < 0 or img.max() > 1:
+        raise InputError(f"{path}: image values must be in [0, 1]")
+    return img, mask.float()
+
+
+def prepare_folder(folder: Path, ni: bool) -> Path | None:
+    """Make the output folder; an existing one is moved aside (asking first without --ni); the moved path."""
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        return None
+    if not ni:
+        print(f"Image folder {folder} already exists. Move it aside and start anew? (Y/N)", file=sys.stderr)
+        answer = sys.stdin.readline().strip().upper() if sys.stdin and not sys.stdin.closed else ""
+        if answer != "Y":
+            raise InputError(f"output folder {folder} exists; nothing done (pass --ni to move it aside)")
+    n = 1
+    while (aside := folder.with_name(f"{folder.name}.old-{n}")).exists():
+        n += 1
+    folder.rename(aside)
+    folder.mkdir(parents=True)
+    return aside
+
+
+def run(args: argparse.Namespace) -> int:
+    from .checkpoints import load_model
+    from .editing import sdedit
+    from .images import grid, save_png, tensor_to_images, write_atomic
+
+    if args.t < 1 or args.t > 1000:
+        raise InputError(f"--t must be in 1..1000 (t0 = t / 1000), got {args.t}")
+    if args.sample_step < 1:
+        raise InputError(f"--sample_step must be >= 1, got {args.sample_step}")
+    config, preset = _config_path(args.config)
+    img, omega = read_pair(find_input(args.npy_name))
+    if args.ckpt:
+        model = load_model(args.ckpt, config=config, device=args.device)
+    elif preset:
+        model = load_model(preset, device=args.device)
+    else:
+        raise InputError(f"{config}: no preset matches this config; pass --ckpt PATH")
+    n = int(_read_yaml(config).get("sampling", {}).get("batch_size", 1))
+    r = model.resolution
+    if tuple(img.shape[1:]) != (r, r):
+        raise InputError(f"input is {img.shape[2]}x{img.shape[1]} but the model needs {r}x{r}")
+
+    folder = Path(args.exp) / "image_samples" / args.image_folder
+    aside = prepare_folder(folder, args.ni)
+    if aside is not None:
+        print(f"moved the previous results to {aside}")
+    dev = model.device
+    x0 = (img * 2 - 1)[None].expand(n, -1, -1, -1).to(dev)
+    mask = omega[None, None].to(dev)
+    generators = [torch.Generator().manual_seed(args.seed + j) for j in range(n)]
+
+    def save_grid(x: torch.Tensor, name: str) -> None:
+        save_png(grid(tensor_to_images(x)), folder / name, overwrite=True)
+
+    save_grid(x0, "original_input.png")
+    guide = x0
+    for it in range(args.sample_step):
+        first: dict[str, torch.Tensor] = {}
+
+        def keep_init(i: int, sigma: float, x: torch.Tensor, d: torch.Tensor) -> None:
+            if i == 0:
+                first["x"] = x / (1 + sigma**2) ** 0.5  # the noised start, in VP form like the release
+
+        try:
+            x = sdedit(model.denoise, model.schedule, guide, mask=mask, t0=args.t / 1000, steps=args.t, repeats=1,
+                       sampler="ddpm", generator=generators, callback=keep_init)
+        except FloatingPointError as e:
+            raise SamplingError(f"sampling diverged: {e}") from None
+        save_grid(first["x"], f"init_{it}.png")
+        save_grid(x, f"samples_{it}.png")
+        buf = io.BytesIO()
+        torch.save(x.cpu(), buf)
+        write_atomic(folder / f"samples_{it}.pth", lambda f: f.write(buf.getvalue()), overwrite=True)
+        guide = mask * x + (1 - mask) * x0
+        print(f"repeat {it + 1}/{args.sample_step}: wrote {folder / f'samples_{it}.png'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of main.py."""
+    return run_guarded(lambda: run(_parser().parse_args(argv)), "main.py")

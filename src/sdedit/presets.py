@@ -1,0 +1,54 @@
+"""The paper's pretrained models by name: where they live, their architecture, schedule and data scale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .original import DDPMArch
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named pretrained model."""
+
+    name: str
+    repo_id: str  # Hugging Face Hub repository (diffusers format)
+    family: Literal["vp", "ve"]  # DDPM epsilon network, or NCSN++ score network
+    resolution: int  # square image size
+    description: str
+    params_m: float | None  # parameters in millions (fp32 download ~ 4 bytes each); None: not recorded
+    data_range: Literal["[-1,1]", "[0,1]"]  # the data scale the network was trained on
+    sigma_max: float | None = None  # VE only, in the network's data units (sigma_min is 0.01)
+    arch: DDPMArch | None = None  # VP only: the original architecture, for original .ckpt files
+    original_ckpt: str | None = None  # the released checkpoint's file name (its bucket is gone)
+
+    @property
+    def size_mb(self) -> float | None:
+        return None if self.params_m is None else self.params_m * 4.0
+
+    @property
+    def schedule_text(self) -> str:
+        if self.family == "vp":
+            return "VP, linear betas 1e-4..0.02, T=1000"
+        return f"VE, sigma 0.01..{self.sigma_max:g}"
+
+
+_DDPM_256 = DDPMArch()  # ch 128, ch_mult (1,1,2,2,4,4), 2 res blocks, attention at 16x16
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("church", "google/ddpm-ema-church-256", "vp", 256, "LSUN church outdoor, DDPM (EMA)", 113.67,
+           "[-1,1]", arch=_DDPM_256, original_ckpt="church_outdoor.ckpt"),
+    Preset("bedroom", "google/ddpm-ema-bedroom-256", "vp", 256, "LSUN bedroom, DDPM (EMA)", 113.67,
+           "[-1,1]", arch=_DDPM_256, original_ckpt="bedroom.ckpt"),
+    Preset("celebahq", "google/ddpm-ema-celebahq-256", "vp", 256, "CelebA-HQ faces, DDPM (EMA)", 113.67,
+           "[-1,1]", arch=_DDPM_256, original_ckpt="celeba_hq.ckpt"),
+    Preset("church-ve", "google/ncsnpp-church-256", "ve", 256, "LSUN church outdoor, NCSN++ (VE SDE)", None,
+           "[0,1]", sigma_max=380.0),
+    Preset("celebahq-ve", "google/ncsnpp-celebahq-256", "ve", 256, "CelebA-HQ faces, NCSN++ (VE SDE)", None,
+           "[0,1]", sigma_max=348.0),
+    Preset("ffhq-ve", "google/ncsnpp-ffhq-256", "ve", 256, "FFHQ faces, NCSN++ (VE SDE)", None,
+           "[0,1]", sigma_max=348.0),
+    Preset("ffhq1024-ve", "google/ncsnpp-ffhq-1024", "ve", 1024, "FFHQ faces 1024px, NCSN++ (VE SDE)", None,
+           "[0,1]", sigma_max=1348.0),
+]}

@@ -1,0 +1,149 @@
+"""Reverse-time samplers over a decreasing list of sigmas, all with one signature.
+
+    sample_x(denoiser, x, sigmas, *, project=None, generator=None, callback=None) -> x
+
+`denoiser(x, sigma)` follows the VE contract; `sigmas` ends at 0.  After every step,
+`project(x, sigma_next)` may overwrite part of x (masked editing); `callback(i, sigma,
+x, denoised)` sees each step.  `generator` is one torch.Generator or a list with one per
+batch row, so a row's noise does not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Project = Callable[[torch.Tensor, float], torch.Tensor]
+Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+SamplerName = Literal["ddpm", "euler-maruyama", "ddim", "dpm++2m"]
+
+
+def randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn row by row when given one generator per row."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    rows = [torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device="cpu") for g in generator]
+    return torch.stack(rows).to(x.device)
+
+
+def _denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    d = denoiser(x, torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device))
+    if not torch.isfinite(d).all():
+        raise FloatingPointError(f"the denoiser returned NaN or inf at sigma={sigma:.4g}")
+    return d
+
+
+def _project(x: torch.Tensor, s_next: float, project: Project | None) -> torch.Tensor:
+    return project(x, s_next) if project is not None else x
+
+
+@torch.no_grad()
+def sample_ddpm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, project: Project | None = None,
+                generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2, "fixedsmall" variance) in VE form.
+
+    Each step draws x' from the exact Gaussian posterior q(x' | x, x0 = D(x)), which in VE
+    form is mean x0 + (s'^2 / s^2)(x - x0), variance s'^2 (s^2 - s'^2) / s^2; on DDPM's own
+    step grid this is the released SDEdit update step for step.  No noise at sigma' = 0.
+    """
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        d = _denoise(denoiser, x, s)
+        if callback is not None:
+            callback(i, s, x, d)
+        if s_next == 0.0:
+            x = d
+        else:
+            # Posterior mean, then posterior noise.
+            x = d + (s_next / s) ** 2 * (x - d)
+            x = x + (s_next / s) * math.sqrt(s**2 - s_next**2) * randn_like(x, generator)
+        x = _project(x, s_next, project)
+    return x
+
+
+@torch.no_grad()
+def sample_euler_maruyama(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+                          project: Project | None = None, generator: Generators = None,
+                          callback: Callback | None = None) -> torch.Tensor:
+    """Reverse-diffusion Euler-Maruyama predictor (SDEdit paper, Alg. 1).
+
+    x <- x + (s^2 - s'^2) score(x, s) + sqrt(s^2 - s'^2) z, with score = (D(x, s) - x) / s^2;
+    the last step to sigma 0 takes the mean only (score_sde's final denoising step).
+    """
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        d = _denoise(denoiser, x, s)
+        if callback is not None:
+            callback(i, s, x, d)
+        eps2 = s**2 - s_next**2
+        # Drift step along the score.
+        x = x + eps2 * (d - x) / s**2
+        if s_next > 0.0:
+            # Diffusion step.
+            x = x + math.sqrt(eps2) * randn_like(x, generator)
+        x = _project(x, s_next, project)
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, project: Project | None = None,
+                generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
+    """DDIM with eta = 0 (Song et al. 2021): x' = D + (s' / s)(x - D), the probability-flow ODE's Euler step in VE form."""
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        d = _denoise(denoiser, x, s)
+        if callback is not None:
+            callback(i, s, x, d)
+        x = d + (s_next / s) * (x - d)
+        x = _project(x, s_next, project)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, project: Project | None = None,
+                    generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): multistep second order in lambda = -log sigma."""
+    d_prev: torch.Tensor | None = None
+    h_prev = 0.0
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        d = _denoise(denoiser, x, s)
+        if callback is not None:
+            callback(i, s, x, d)
+        if s_next == 0.0:
+            x = d
+        else:
+            h = math.log(s / s_next)
+            d_hat = d
+            if d_prev is not None:
+                # Second-order correction from the previous denoised value.
+                r = h_prev / h
+                d_hat = (1.0 + 1.0 / (2.0 * r)) * d - (1.0 / (2.0 * r)) * d_prev
+            x = (s_next / s) * x + (1.0 - math.exp(-h)) * d_hat
+            h_prev = h
+        d_prev = d
+        x = _project(x, s_next, project)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "ddpm": sample_ddpm,
+    "euler-maruyama": sample_euler_maruyama,
+    "ddim": sample_ddim,
+    "dpm++2m": sample_dpmpp_2m,
+}
+
+
+def get_sampler(name: str) -> Callable[..., torch.Tensor]:
+    """The sampler function for a name in SAMPLERS."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}") from None

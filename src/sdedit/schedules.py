@@ -1,0 +1,117 @@
+"""Noise schedules in variance-exploding form: sigma(t) for t in [0, 1], and its inverse.
+
+Every schedule answers in the units of the denoiser contract (data in [-1, 1],
+x = x0 + sigma * n).  No networks, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class DiscreteVPSchedule:
+    """DDPM's discrete VP schedule (Ho et al. 2020) seen as VE: sigma_i = sqrt((1 - alpha_bar_i) / alpha_bar_i).
+
+    Step i (0-based) sits at t = (i + 1) / T, so t0 = 0.5 is step 499 of 1000, as in the
+    released SDEdit code.  Between steps log-sigma is interpolated linearly, which makes
+    sigma(t) exact on the grid and continuous in between; below step 0 sigma^2 falls
+    linearly to 0 at t = 0.
+    """
+
+    beta_start: float = 1e-4  # beta of step 0
+    beta_end: float = 0.02  # beta of step T - 1
+    num_steps: int = 1000  # T, the number of training steps
+    beta_schedule: str = "linear"  # "linear", "scaled_linear" or "squaredcos_cap_v2"
+    log_sigmas: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        betas = _betas(self.beta_schedule, self.beta_start, self.beta_end, self.num_steps)
+        alpha_bar = torch.cumprod(1.0 - betas, dim=0)
+        sigmas = ((1.0 - alpha_bar) / alpha_bar).sqrt()
+        object.__setattr__(self, "log_sigmas", sigmas.log())
+
+    @property
+    def kind(self) -> str:
+        return "vp"
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """The T discrete noise levels, float64, increasing."""
+        return self.log_sigmas.exp()
+
+    def sigma(self, t: float) -> float:
+        """sigma(t) for continuous t in [0, 1]."""
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"t must be in [0, 1], got {t}")
+        s = t * self.num_steps - 1.0  # fractional step index
+        if s <= 0.0:
+            return math.exp(self.log_sigmas[0].item()) * math.sqrt(max(s + 1.0, 0.0))
+        lo = min(int(math.floor(s)), self.num_steps - 2)
+        w = s - lo
+        return math.exp((1.0 - w) * self.log_sigmas[lo].item() + w * self.log_sigmas[lo + 1].item())
+
+    def step(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Fractional training step for each sigma (inverse of the grid), clamped to [0, T - 1]."""
+        log_sigma = sigma.double().clamp_min(1e-30).log().cpu()
+        grid = self.log_sigmas
+        hi = torch.searchsorted(grid, log_sigma).clamp(1, self.num_steps - 1)
+        lo = hi - 1
+        w = (log_sigma - grid[lo]) / (grid[hi] - grid[lo])
+        return (lo.double() + w).clamp(0.0, self.num_steps - 1.0).to(sigma.device)
+
+
+@dataclass(frozen=True)
+class VESchedule:
+    """Score SDE's VE schedule (Song et al. 2021): sigma(t) = sigma_min (sigma_max / sigma_min)^t.
+
+    sigma_min and sigma_max are given in the network's own data units; `data_range` is the
+    width of that data range (1 for [0, 1] data), so sigmas here are in [-1, 1] units.
+    """
+
+    sigma_min: float = 0.01  # in the network's data units
+    sigma_max: float = 348.0  # in the network's data units
+    data_range: float = 1.0  # 1.0 for networks trained on [0, 1] images, 2.0 for [-1, 1]
+
+    @property
+    def kind(self) -> str:
+        return "ve"
+
+    @property
+    def scale(self) -> float:
+        """Factor from the network's sigma to the contract's sigma."""
+        return 2.0 / self.data_range
+
+    def sigma(self, t: float) -> float:
+        """sigma(t) for continuous t in [0, 1], in [-1, 1] data units."""
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"t must be in [0, 1], got {t}")
+        return self.scale * self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+
+Schedule = DiscreteVPSchedule | VESchedule
+
+
+def _betas(kind: str, start: float, end: float, n: int) -> torch.Tensor:
+    """Per-step betas in float64 for the schedules diffusers and DDPM name."""
+    if kind == "linear":
+        return torch.linspace(start, end, n, dtype=torch.float64)
+    if kind == "scaled_linear":
+        return torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
+    if kind == "squaredcos_cap_v2":
+        f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        return torch.tensor([min(1 - f((i + 1) / n) / f(i / n), 0.999) for i in range(n)], dtype=torch.float64)
+    raise ValueError(f"unsupported beta schedule {kind!r} (linear, scaled_linear, squaredcos_cap_v2)")
+
+
+def sigma_grid(schedule: Schedule, t0: float, steps: int) -> torch.Tensor:
+    """Decreasing sigmas sigma(t0 n / N) for n = N..1, then 0: N steps from exactly t0 (never snapped)."""
+    if not 0.0 < t0 <= 1.0:
+        raise ValueError(f"t0 must be in (0, 1], got {t0}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    levels = [schedule.sigma(t0 * n / steps) for n in range(steps, 0, -1)]
+    return torch.tensor(levels + [0.0], dtype=torch.float64)
