@@ -23,7 +23,9 @@ class SDEModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
+        for t in (*self.denoiser.parameters(), *self.denoiser.buffers()):
+            return t.device
+        return torch.device("cpu")
 
     def to(self, device: str | torch.device) -> SDEModel:
         """Move the network to a device (in place) and return self."""
