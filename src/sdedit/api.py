@@ -117,7 +117,7 @@ def _paste_kept(out: Image.Image, guide: Image.Image, mask: Image.Image) -> Imag
     """Pixels whose mask is exactly 0 become the guide's own pixels, bit for bit."""
     keep = np.asarray(mask) == 0
     arr = np.where(keep[..., None], np.asarray(guide), np.asarray(out))
-    return Image.fromarray(arr.astype(np.uint8), "RGB")
+    return Image.fromarray(arr.astype(np.uint8))
 
 
 def _to_original(out: Image.Image, full: Image.Image, full_mask: Image.Image | None, fit: Fit) -> Image.Image:

@@ -47,7 +47,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         if img.mode == "F" and arr.max() <= 1.0:
             top = 1.0
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -82,7 +82,7 @@ def _from_array(a: torch.Tensor | np.ndarray, what: str) -> Image.Image:
         if not torch.isfinite(t).all() or t.min() < 0.0 or t.max() > 1.0:
             raise InputError(f"{what}: float arrays must hold values in [0, 1]")
         arr = (t * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
-    return Image.fromarray(arr, "RGB" if arr.ndim == 3 else "L")
+    return Image.fromarray(arr)
 
 
 def as_pil(src: ImageLike, what: str, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -106,10 +106,10 @@ def fit_box(size: tuple[int, int], fit: Fit) -> tuple[int, int, int, int]:
 
 def to_model_size(img: Image.Image, resolution: int, fit: Fit, resample: int = Image.Resampling.LANCZOS) -> Image.Image:
     """The resize policy: centre square crop (or stretch), then resize to resolution x resolution."""
-    box = fit_box(img.size, fit)
-    if box == (0, 0, resolution, resolution):
-        return img.copy()
-    return img.resize((resolution, resolution), resample=resample, box=box)
+    region = img.crop(fit_box(img.size, fit))  # crop first: the filter must not see pixels outside the box
+    if region.size == (resolution, resolution):
+        return region
+    return region.resize((resolution, resolution), resample=resample)
 
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -126,7 +126,7 @@ def mask_to_tensor(mask: Image.Image) -> torch.Tensor:
 def tensor_to_images(x: torch.Tensor) -> list[Image.Image]:
     """RGB images from a Bx3xHxW tensor in [-1, 1] (rounded, clipped)."""
     arr = ((x.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return [Image.fromarray(a.permute(1, 2, 0).numpy(), "RGB") for a in arr]
+    return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in arr]
 
 
 def grid(images: list[Image.Image], ncols: int = 8, pad: int = 2) -> Image.Image:

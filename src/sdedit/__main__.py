@@ -1,0 +1,7 @@
+"""python -m sdedit: the same as the `sdedit` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""The `sdedit` command: outputs, metadata, no clobbering, and one-line errors with exit 2 for every bad input."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdedit import read_settings
+from sdedit.cli import main
+
+from .conftest import DATA
+from .helpers import bomb_png, mask_png, stroke_png
+from .test_reference import Payload
+
+TINY = ["--model", str(DATA / "tiny.ckpt"), "--config", str(DATA / "tiny.yml")]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_edit_writes_pngs_with_settings_and_never_overwrites(tmp_path, capsys):
+    src, mask = stroke_png(tmp_path / "in.png"), mask_png(tmp_path / "m.png")
+    out = tmp_path / "out"
+    args = ["edit", str(src), "--mask", str(mask), *TINY, "--t0", "0.3", "--steps", "4", "-n", "2", "--seed", "5",
+            "-o", str(out), "-q", "--sampler", "dpm++2m"]
+    assert main(args) == 0
+    first = capsys.readouterr().out.split()
+    assert [Path(p).name for p in first] == ["in_t0.30_dpm++2m_s5.png", "in_t0.30_dpm++2m_s6.png"]
+    s = read_settings(first[1])
+    assert (s["seed"], s["t0"], s["steps"], s["sampler"], s["repeats"]) == (6, 0.3, 4, "dpm++2m", 1)
+    before = {p: Path(p).read_bytes() for p in first}
+    assert main(args) == 0
+    second = capsys.readouterr().out.split()
+    assert set(second).isdisjoint(first) and all(Path(p).exists() for p in second)
+    assert all(Path(p).read_bytes() == b for p, b in before.items())  # untouched
+    assert Path(second[0]).read_bytes() == before[first[0]]  # same seed, same image
+
+
+def bad_cases(tmp_path: Path) -> dict[str, list[str]]:
+    good = stroke_png(tmp_path / "good.png")
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not an image at all")
+    small_mask = mask_png(tmp_path / "small_mask.png", (10, 10))
+    evil = tmp_path / "evil.ckpt"
+    with open(evil, "wb") as f:
+        pickle.dump({"conv_in.weight": Payload(str(tmp_path / "pwned"))}, f)
+    base = ["-o", str(tmp_path / "out"), "-q"]
+    return {
+        "corrupt image": ["edit", str(corrupt), *TINY, *base],
+        "declared 30000x30000": ["edit", str(bomb_png(tmp_path / "bomb.png")), *TINY, *base],
+        "missing image": ["edit", str(tmp_path / "none.png"), *TINY, *base],
+        "mask of another size": ["edit", str(good), "--mask", str(small_mask), *TINY, *base],
+        "pickle posing as checkpoint": ["edit", str(good), "--model", str(evil), "--config", str(DATA / "tiny.yml"),
+                                        *base],
+        "t0 of 0": ["edit", str(good), *TINY, "--t0", "0", *base],
+        "t0 of 1.5": ["edit", str(good), *TINY, "--t0", "1.5", *base],
+        "steps 0": ["edit", str(good), *TINY, "--steps", "0", *base],
+        "repeats 0": ["edit", str(good), *TINY, "--repeats", "0", *base],
+        "unknown model": ["edit", str(good), "--model", "no/such/model.ckpt", *base],
+        "unknown flag": ["edit", str(good), "--bogus", *base],
+        "bad t0 text": ["edit", str(good), *TINY, "--t0", "half", *base],
+    }
+
+
+CASES = ["corrupt image", "declared 30000x30000", "missing image", "mask of another size",
+         "pickle posing as checkpoint", "t0 of 0", "t0 of 1.5", "steps 0", "repeats 0", "unknown model",
+         "unknown flag", "bad t0 text"]
+
+
+def test_cases_are_all_listed(tmp_path):
+    assert sorted(bad_cases(tmp_path)) == sorted(CASES)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
+    args = bad_cases(tmp_path)[case]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.png").write_bytes(b"user file")
+    before = snapshot(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("sdedit: error:")
+    assert snapshot(tmp_path) == before  # nothing written, nothing touched
+    assert not (tmp_path / "pwned").exists()  # no code ran
+
+
+def test_nan_in_sampler_is_exit_1_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import sdedit.denoisers as dn
+
+    monkeypatch.setattr(dn.EpsDenoiser, "eps", lambda self, x, t: torch.full_like(x, float("nan")))
+    out = tmp_path / "out"
+    assert main(["edit", str(stroke_png(tmp_path / "in.png")), *TINY, "-o", str(out), "-q", "--steps", "3"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "NaN" in err
+    assert not out.exists() or not list(out.iterdir())
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_console_entry_point_and_models_listing(tmp_path):
+    r = run("-m", "sdedit", "models", cwd=tmp_path)
+    assert r.returncode == 0 and "church" in r.stdout and "google/ncsnpp-ffhq-1024" in r.stdout
+    r = run("-m", "sdedit", "edit", str(bomb_png(tmp_path / "b.png")), *TINY, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    r = run("-m", "sdedit", "edit", str(stroke_png(tmp_path / "s.png")), "--model", "church", cwd=tmp_path)
+    assert r.returncode == 1 and "church" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
