@@ -77,7 +77,7 @@ def edit(model: SDEModel, image: ImageLike, *, mask: ImageLike | None = None, t0
     m = mask_to_tensor(small_mask).to(device) if small_mask is not None else None
     batch = batch_size or min(num_samples, 8)
     outputs: list[Image.Image] = []
-    bar = tqdm(total=num_samples * repeats * steps, desc="sdedit", unit="step", disable=not progress)
+    bar = tqdm(total=math.ceil(num_samples / batch) * repeats * steps, desc="sdedit", unit="step", disable=not progress)
 
     def step_callback(i: int, sigma: float, x: torch.Tensor, denoised: torch.Tensor) -> None:
         bar.update(1)
