@@ -218,7 +218,7 @@ def hub_snapshot(repo_id: str, *, what: str) -> Path:
         raise ModelUnavailableError(
             f"{what} ({repo_id}) is not in the Hugging Face cache and the Hub cannot be reached"
             f"{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') else ''}; "
-            f"run `sdedit download {what}` once with network access, or pass a local checkpoint with --model PATH"
+            f"run `sdedit download {what}` once with network access, or use a local checkpoint (sdedit: --model PATH, main.py: --ckpt PATH)"
         ) from None
     except RepositoryNotFoundError:
         raise InputError(f"{what}: no such model repository on the Hub: {repo_id}") from None
