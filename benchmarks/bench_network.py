@@ -26,15 +26,17 @@ from sdedit.presets import PRESETS
 from sdedit.schedules import DiscreteVPSchedule
 
 
-def median_time(fn, repeats: int) -> float:
-    """Median wall time of fn() over `repeats` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_medians(fns: dict[str, object], repeats: int) -> dict[str, float]:
+    """Median wall time of each fn over `repeats` rounds, the variants alternating within a round (one warm-up each)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def network(channels_last: bool) -> UNet2DModel:
@@ -57,16 +59,18 @@ def main() -> None:
     for batch in a.batches:
         x = torch.randn(batch, 3, 256, 256)
         t = torch.full((batch,), 499.0)
-        base = None
-        for name, unet in nets.items():
-            xin = x.contiguous(memory_format=torch.channels_last) if "channels_last" in name else x
 
+        def runner(unet: UNet2DModel, xin: torch.Tensor):
             def once() -> None:
                 with torch.inference_mode():
                     unet(xin, t)
+            return once
 
-            sec = median_time(once, a.repeats if batch == 1 else max(1, a.repeats - 1))
-            base = base or sec
+        fns = {name: runner(unet, x.contiguous(memory_format=torch.channels_last) if "channels_last" in name else x)
+               for name, unet in nets.items()}
+        medians = interleaved_medians(fns, a.repeats if batch == 1 else max(1, a.repeats - 1))
+        base = next(iter(medians.values()))
+        for name, sec in medians.items():
             rows.append({"what": name, "batch": batch, "s_per_eval": sec, "s_per_image": sec / batch,
                          "images_per_s": batch / sec, "speedup_vs_eager": base / sec})
             print(f"batch {batch:>2}  {name:<42} {sec:7.2f} s/eval  {sec / batch:6.2f} s/image  "

@@ -22,7 +22,7 @@ from .denoisers import EpsDenoiser, ScoreDenoiser
 from .errors import InputError, ModelUnavailableError
 from .model import SDEModel
 from .original import DDPMArch, convert_state_dict, read_config
-from .presets import PRESETS, Preset
+from .presets import BUNDLED, PRESETS, Preset
 from .schedules import DiscreteVPSchedule, VESchedule
 
 _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
@@ -232,10 +232,22 @@ def is_cached(repo_id: str) -> bool:
     return any(isinstance(try_to_load_from_cache(repo_id, n), str) for n in ("unet/config.json", "config.json"))
 
 
+def bundled_path(name: str) -> Path:
+    """Folder of a model that ships inside the package."""
+    from importlib import resources
+
+    return Path(str(resources.files("sdedit") / "models" / name))
+
+
 def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str] | None = None,
                device: str | torch.device | None = None) -> SDEModel:
     """Load a model by preset name, local checkpoint file, diffusers folder or Hub id; see README 'Models'."""
     src = str(source)
+    if src in BUNDLED and not Path(src).exists():
+        folder = bundled_path(src)
+        if not (folder / "config.json").is_file():
+            raise ModelUnavailableError(f"the bundled model {src!r} is missing from this installation ({folder})")
+        return load_diffusers(folder, device=device, name=src)
     if src in PRESETS and not Path(src).exists():
         preset = PRESETS[src]
         return load_diffusers(hub_snapshot(preset.repo_id, what=src), device=device, name=src, preset=preset)

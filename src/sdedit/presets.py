@@ -52,3 +52,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("ffhq1024-ve", "google/ncsnpp-ffhq-1024", "ve", 1024, "FFHQ faces 1024px, NCSN++ (VE SDE)", None,
            "[0,1]", sigma_max=1348.0),
 ]}
+
+# Models that ship inside the package (src/sdedit/models/<name>/, diffusers format), usable offline.
+DEFAULT_MODEL = "landscapes"
+BUNDLED: dict[str, str] = {
+    "landscapes": "64x64 DDPM trained by this project on its procedural landscapes (docs/default-model.md)",
+}

@@ -1,0 +1,326 @@
+"""`sdedit train`: DDPM training (Ho et al. 2020, Alg. 1; epsilon prediction, VP linear schedule) with EMA and exact resume.
+
+The output folder is a diffusers UNet2DModel folder that `load_model` reads (EMA weights in
+diffusion_pytorch_model.safetensors, config.json, scheduler_config.json); the full training
+state (weights, EMA, optimizer, random generators, step, loss history) is one safetensors
+file in training/state.safetensors, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import InputError
+from .images import grid, open_image, save_png, tensor_to_images, to_model_size, to_rgb, write_atomic
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train, on what, for how long."""
+
+    data: str = "synthetic"  # "synthetic" (built-in landscapes) or a folder of images
+    size: int = 64  # square training resolution
+    widths: tuple[int, ...] = (32, 64, 64, 64)  # channels per UNet level
+    attn_res: tuple[int, ...] = (16,)  # resolutions with self-attention
+    layers_per_block: int = 2  # residual blocks per level
+    norm_groups: int = 16  # GroupNorm groups
+    batch_size: int = 32
+    lr: float = 5e-4  # AdamW peak learning rate
+    warmup: int = 200  # linear warm-up steps
+    ema_decay: float = 0.999  # EMA of the weights (warmed up as (1 + n) / (10 + n))
+    low_t_share: float = 0.8  # share of steps drawn from t < t_split ...
+    t_split: int = 700  # ... the noise levels SDEdit starts from (t0 <= 0.7)
+    num_images: int = 20000  # synthetic images generated (and cached) for training
+    seed: int = 0
+    max_steps: int | None = None  # stop after this many steps in all
+    minutes: float | None = None  # stop after this many minutes in this sitting
+    save_every: float = 5.0  # minutes between checkpoints
+
+    def unet_config(self) -> dict[str, Any]:
+        attn = [self.size // 2**i in self.attn_res for i in range(len(self.widths))]
+        return dict(
+            sample_size=self.size, in_channels=3, out_channels=3, block_out_channels=list(self.widths),
+            layers_per_block=self.layers_per_block, norm_num_groups=self.norm_groups, attention_head_dim=None,
+            down_block_types=["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+            up_block_types=["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+            flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, downsample_padding=0,
+        )
+
+
+SCHEDULER = {"_class_name": "DDPMScheduler", "beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 1000,
+             "beta_schedule": "linear", "prediction_type": "epsilon", "variance_type": "fixed_small"}
+
+
+def load_folder(folder: Path, size: int) -> torch.Tensor:
+    """All images of a folder (recursively), centre-cropped and resized to size: uint8 (N, 3, size, size)."""
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise InputError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    arrs = [np.asarray(to_model_size(to_rgb(open_image(p)), size, "crop")) for p in paths]
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+
+
+def synthetic_data(count: int, size: int, cache: Path | None) -> torch.Tensor:
+    """The first `count` built-in landscapes (seeds 0..count-1), cached as .npy: uint8 (N, 3, size, size)."""
+    from .landscapes import landscape
+
+    path = cache / f"landscapes-{size}px-{count}.npy" if cache else None
+    if path is not None and path.is_file():
+        arr = np.load(path, allow_pickle=False)
+    else:
+        arr = np.stack([np.asarray(landscape(i, size)) for i in tqdm(range(count), desc="landscapes", unit="img")])
+        if path is not None:
+            write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False), overwrite=True)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training; saved whole so that a resumed run continues exactly."""
+
+    step: int = 0
+    seconds: float = 0.0  # training time over all sittings
+    images: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since the last entry)
+
+
+class Trainer:
+    """DDPM training loop over an in-memory uint8 data set."""
+
+    def __init__(self, cfg: TrainConfig, data: torch.Tensor, out: Path, device: torch.device):
+        from diffusers import UNet2DModel
+
+        self.cfg, self.data, self.out, self.device = cfg, data, out, device
+        with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the global RNG
+            torch.manual_seed(cfg.seed)
+            self.model = UNet2DModel(**cfg.unet_config()).to(device)
+        self.ema = UNet2DModel(**cfg.unet_config()).to(device).requires_grad_(False)
+        self.ema.load_state_dict(self.model.state_dict())
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        betas = torch.linspace(SCHEDULER["beta_start"], SCHEDULER["beta_end"], 1000, dtype=torch.float64)
+        self.alpha_bar = torch.cumprod(1 - betas, 0).float().to(device)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed + 1)  # batch indices and flips
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed + 2)  # timesteps and noise
+        self.state = TrainState()
+
+    def sample_t(self, n: int) -> torch.Tensor:
+        """Training steps: a share low_t_share uniform below t_split, the rest uniform above it."""
+        c = self.cfg
+        u = torch.rand(n, generator=self.noise_gen)
+        low = torch.rand(n, generator=self.noise_gen) < c.low_t_share
+        t = torch.where(low, u * c.t_split, c.t_split + u * (1000 - c.t_split))
+        return t.long().clamp(0, 999)
+
+    def train_step(self) -> float:
+        """One optimizer step on a fresh batch; the loss."""
+        c = self.cfg
+        idx = torch.randint(len(self.data), (c.batch_size,), generator=self.data_gen)
+        flip = torch.rand(c.batch_size, generator=self.data_gen) < 0.5
+        x0 = self.data[idx].float() / 127.5 - 1.0
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0).to(self.device)
+        t = self.sample_t(c.batch_size)
+        noise = torch.randn(x0.shape, generator=self.noise_gen).to(self.device)
+        ab = self.alpha_bar[t.to(self.device)][:, None, None, None]
+        # Forward process: x_t = sqrt(abar) x0 + sqrt(1 - abar) eps; predict eps.
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        loss = nn.functional.mse_loss(self.model(x_t, t.to(self.device)).sample, noise)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        for g in self.opt.param_groups:
+            g["lr"] = c.lr * min(1.0, (self.state.step + 1) / c.warmup)
+        self.opt.step()
+        self.update_ema()
+        self.state.step += 1
+        self.state.images += c.batch_size
+        return loss.item()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        n = self.state.step
+        decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+    # ---- saving and resuming ------------------------------------------------------------
+    def save(self) -> None:
+        """Atomically write the training state, then the loadable EMA model beside it."""
+        tensors: dict[str, torch.Tensor] = {}
+        for k, v in self.model.state_dict().items():
+            tensors[f"model.{k}"] = v.detach().cpu().contiguous()
+        for k, v in self.ema.state_dict().items():
+            tensors[f"ema.{k}"] = v.detach().cpu().contiguous()
+        opt = self.opt.state_dict()
+        for i, st in opt["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+        tensors["rng.data"] = self.data_gen.get_state()
+        tensors["rng.noise"] = self.noise_gen.get_state()
+        meta = {"config": asdict(self.cfg), "state": asdict(self.state),
+                "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]}
+        blob = save(tensors, metadata={"sdedit_training": json.dumps(meta)})
+        write_atomic(self.out / "training" / "state.safetensors", lambda f: f.write(blob), overwrite=True)
+        export_model(self.ema, self.cfg, self.state, self.out)
+
+    def load(self, path: Path) -> None:
+        """Restore everything save() wrote."""
+        tensors = load_file(str(path))
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
+        meta = read_training_meta(path)
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, i, name = k.split(".", 2)
+                opt_state.setdefault(int(i), {})[name] = v
+        groups = [{**g, "params": [p for p in range(len(list(self.model.parameters())))]} for g in meta["param_groups"]]
+        self.opt.load_state_dict({"state": opt_state, "param_groups": groups})
+        self.data_gen.set_state(tensors["rng.data"])
+        self.noise_gen.set_state(tensors["rng.noise"])
+        s = meta["state"]
+        self.state = TrainState(s["step"], s["seconds"], s["images"], [tuple(x) for x in s["losses"]])
+
+    def run(self, progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> TrainState:
+        """Train until max_steps or the time budget; checkpoint every save_every minutes and at the end."""
+        c = self.cfg
+        start = time.perf_counter()
+        last_save = start
+        window: list[float] = []
+        total = c.max_steps if c.max_steps is not None else None
+        bar = tqdm(total=total, initial=self.state.step, desc="train", unit="step", disable=not progress)
+        try:
+            while c.max_steps is None or self.state.step < c.max_steps:
+                if c.minutes is not None and time.perf_counter() - start >= c.minutes * 60:
+                    break
+                t_step = time.perf_counter()
+                loss = self.train_step()
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss} at step {self.state.step}; "
+                                             f"the last checkpoint is kept")
+                self.state.seconds += time.perf_counter() - t_step
+                window.append(loss)
+                if len(window) == 50:
+                    self.state.losses.append((self.state.step, sum(window) / len(window)))
+                    window = []
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{c.batch_size / (time.perf_counter() - t_step):.1f}")
+                if on_step is not None:
+                    on_step(self.state.step, loss)
+                if time.perf_counter() - last_save >= c.save_every * 60:
+                    self.save()
+                    last_save = time.perf_counter()
+        except KeyboardInterrupt:
+            self.save()  # an interrupted run keeps its progress
+            raise
+        finally:
+            bar.close()
+        if window:
+            self.state.losses.append((self.state.step, sum(window) / len(window)))
+        self.save()
+        return self.state
+
+
+def read_training_meta(path: Path) -> dict[str, Any]:
+    """The JSON metadata of a training state file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "sdedit_training" not in meta:
+        raise InputError(f"{path}: not an sdedit training state")
+    return json.loads(meta["sdedit_training"])
+
+
+def export_model(unet: nn.Module, cfg: TrainConfig, state: TrainState, out: Path, dtype: torch.dtype = torch.float32,
+                 ) -> None:
+    """Write a diffusers UNet2DModel folder (config.json, scheduler_config.json, safetensors weights) atomically."""
+    from safetensors.torch import save as save_bytes
+
+    config = {"_class_name": "UNet2DModel", **cfg.unet_config(),
+              "_sdedit": {"trained_steps": state.step, "train_hours": round(state.seconds / 3600, 3),
+                          "images_seen": state.images, "data": cfg.data}}
+    weights = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
+    blob = save_bytes(weights)
+    write_atomic(out / "diffusion_pytorch_model.safetensors", lambda f: f.write(blob), overwrite=True)
+    write_atomic(out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()), overwrite=True)
+    write_atomic(out / "scheduler_config.json", lambda f: f.write(json.dumps(SCHEDULER, indent=2).encode()),
+                 overwrite=True)
+
+
+def loss_plot(state: TrainState, path: Path) -> Path:
+    """The loss curve as a PNG (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if state.losses:
+        steps, losses = zip(*state.losses)
+        ax.plot(steps, losses)
+    ax.set_xlabel("step")
+    ax.set_ylabel("epsilon MSE (mean of 50 steps)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{state.step} steps, {state.seconds / 3600:.2f} h")
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return write_atomic(path, lambda f: f.write(buf.getvalue()), overwrite=True)
+
+
+def sample_grid(out: Path, path: Path, n: int = 16, steps: int = 100, seed: int = 0) -> Path:
+    """Unconditional samples of the saved EMA model (SDEdit from pure noise, t0 = 1) as one grid PNG."""
+    from .checkpoints import load_model
+    from .editing import sdedit
+
+    model = load_model(out, device="cpu")
+    r = model.resolution
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    x = sdedit(model.denoise, model.schedule, torch.zeros(n, 3, r, r), t0=1.0, steps=steps, sampler="ddpm",
+               generator=gens)
+    return save_png(grid(tensor_to_images(x), ncols=8), path, overwrite=True)
+
+
+def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | None = None, progress: bool = True,
+          cache: Path | None = None) -> TrainState:
+    """Train (or resume) a run in folder out; write the model, loss.png and samples.png."""
+    from .checkpoints import pick_device
+
+    state_path = out / "training" / "state.safetensors"
+    if resume:
+        if not state_path.is_file():
+            raise InputError(f"nothing to resume: {state_path} does not exist")
+        saved = read_training_meta(state_path)["config"]
+        budget = {"max_steps": cfg.max_steps, "minutes": cfg.minutes, "save_every": cfg.save_every}
+        cfg = replace(TrainConfig(**{**saved, "widths": tuple(saved["widths"]), "attn_res": tuple(saved["attn_res"])}),
+                      **budget)
+    elif state_path.exists() or (out.exists() and any(out.iterdir())):
+        raise InputError(f"{out} is not empty; pass --resume to continue its run, or choose a new folder")
+    dev = pick_device(device)
+    data = synthetic_data(cfg.num_images, cfg.size, cache) if cfg.data == "synthetic" else load_folder(
+        Path(cfg.data), cfg.size)
+    trainer = Trainer(cfg, data, out, dev)
+    if resume:
+        trainer.load(state_path)
+    state = trainer.run(progress=progress)
+    loss_plot(state, out / "training" / "loss.png")
+    sample_grid(out, out / "training" / "samples.png")
+    return state

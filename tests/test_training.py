@@ -1,0 +1,93 @@
+"""`sdedit train`: a folder of images, exact resume (also after a kill), and a checkpoint `sdedit edit` uses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from sdedit import load_model
+from sdedit.cli import main
+from sdedit.training import TrainConfig, read_training_meta, train
+
+SMALL = ["--size", "16", "--widths", "16,16", "--attn-res", "8", "--layers-per-block", "1", "--batch-size", "4"]
+
+
+@pytest.fixture()
+def folder(tmp_path) -> Path:
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        size = (int(rng.integers(20, 40)), int(rng.integers(20, 40)))
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(d / f"{i}.png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def small_cfg(folder: Path, **kw) -> TrainConfig:
+    return TrainConfig(data=str(folder), size=16, widths=(16, 16), attn_res=(8,), layers_per_block=1, norm_groups=8,
+                       batch_size=4, **kw)
+
+
+def test_resume_continues_exactly(folder, tmp_path):
+    train(small_cfg(folder, max_steps=6), tmp_path / "straight", progress=False)
+    train(small_cfg(folder, max_steps=3), tmp_path / "split", progress=False)
+    train(small_cfg(folder, max_steps=6), tmp_path / "split", resume=True, progress=False)
+    a = load_file(str(tmp_path / "straight" / "training" / "state.safetensors"))
+    b = load_file(str(tmp_path / "split" / "training" / "state.safetensors"))
+    assert a.keys() == b.keys() and any(k.startswith("opt.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    meta = read_training_meta(tmp_path / "split" / "training" / "state.safetensors")
+    assert meta["state"]["step"] == 6 and meta["state"]["images"] == 24
+    for name in ("loss.png", "samples.png"):
+        assert Image.open(tmp_path / "split" / "training" / name).size[0] > 16
+    # The EMA weights moved away from the raw weights and from their start.
+    assert not torch.equal(a["ema.conv_in.weight"], a["model.conv_in.weight"])
+
+
+def test_killed_run_resumes_and_edit_uses_it(folder, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "SDEDIT_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "sdedit", "train", "--data", str(folder), "-o", str(out), *SMALL,
+           "--max-steps", "100000", "--save-every", "0", "-q"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "training" / "state.safetensors"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (state.is_file() and read_training_meta(state)["state"]["step"] >= 3):
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    step = read_training_meta(state)["state"]["step"]
+    assert step >= 3
+    assert main(["train", "--data", str(folder), "-o", str(out), *SMALL, "--max-steps", str(step + 2), "--resume",
+                 "-q"]) == 0
+    assert read_training_meta(state)["state"]["step"] == step + 2
+    model = load_model(out)
+    assert model.resolution == 16 and model.info["format"] == "diffusers"
+    img = folder / "0.png"
+    assert main(["edit", str(img), "--model", str(out), "--steps", "3", "-o", str(tmp_path / "edits"), "-q"]) == 0
+    assert len(list((tmp_path / "edits").glob("*.png"))) == 1
+
+
+def test_refuses_to_train_over_a_folder(folder, tmp_path, capsys):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "mine.txt").write_text("x")
+    assert main(["train", "--data", str(folder), "-o", str(out), *SMALL, "--max-steps", "1", "-q"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "nothing"), "-o", str(tmp_path / "o"), "-q"]) == 2
+    assert main(["train", "-o", str(tmp_path / "o2"), "--resume", "-q"]) == 2
+    assert (out / "mine.txt").read_text() == "x"
