@@ -97,6 +97,37 @@ def _parser() -> Parser:
     k.add_argument("--kernel", type=int, help="median kernel, odd (default: 23 at 256 px, scaled)")
     k.add_argument("--overwrite", action="store_true")
 
+    v = sub.add_parser("eval", help="the paper's protocol: strokes of real images -> SDEdit -> L2 and KID")
+    v.add_argument("--model", help=f"model to evaluate ({DEFAULT_MODEL})")
+    v.add_argument("--config", help="for original .ckpt files: the YAML config or a preset name")
+    v.add_argument("--data", default="synthetic", help="'synthetic' (held-out landscapes) or a folder of images")
+    v.add_argument("--real", help="folder of real images for KID (default: a disjoint held-out block, or --data)")
+    v.add_argument("--n", type=int, default=200, help="images turned into strokes (200)")
+    v.add_argument("--t0", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6])
+    v.add_argument("--sampler", nargs="+", choices=list(SAMPLERS), default=["ddpm"])
+    v.add_argument("--steps", type=int, nargs="+", help="step counts to try (default: the sampler's default)")
+    v.add_argument("--repeats", "-K", type=int, default=1)
+    v.add_argument("--colors", type=int, default=6, help="stroke palette size (6)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--device")
+    v.add_argument("-o", "--outdir", type=Path, default=Path("eval-results"))
+
+    w = sub.add_parser("sweep", help="one input over a range of t0: a labelled grid and a realism/faithfulness plot")
+    w.add_argument("input", type=Path)
+    w.add_argument("--mask", type=Path)
+    w.add_argument("--model")
+    w.add_argument("--config")
+    w.add_argument("--t0", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    w.add_argument("--sampler", nargs="+", choices=list(SAMPLERS), default=["ddpm"])
+    w.add_argument("--steps", type=int, help="steps per run (default: the sampler's default for each t0)")
+    w.add_argument("-n", "--num", type=int, default=4, help="samples per setting (4)")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--real", help="folder of real images: adds KID against them to the plot "
+                                  "(default for the landscapes model: held-out landscapes)")
+    w.add_argument("--device")
+    w.add_argument("-o", "--outdir", type=Path, default=Path("outputs"))
+    w.add_argument("-q", "--quiet", action="store_true")
+
     sub.add_parser("models", help="list the preset models, their sizes and whether they are cached")
     d = sub.add_parser("download", help="fetch a preset model into the Hugging Face cache")
     d.add_argument("name", choices=list(PRESETS))
@@ -178,6 +209,81 @@ def _strokes(a: argparse.Namespace) -> int:
     return 0
 
 
+def _check_t0s(t0s: list[float]) -> None:
+    for t0 in t0s:
+        if not 0.0 < t0 <= 1.0:
+            raise InputError(f"t0 must be in (0, 1], got {t0}")
+
+
+def _eval(a: argparse.Namespace) -> int:
+    from .api import default_steps
+    from .checkpoints import load_model
+    from .evaluation import Setting, StrokeBenchmark, folder_images, held_out_landscapes, markdown_table, \
+        write_tables
+
+    _check_t0s(a.t0)
+    if a.n < 2 or a.repeats < 1 or (a.steps and min(a.steps) < 1):
+        raise InputError("--n must be >= 2, --repeats and --steps >= 1")
+    for folder in (a.data if a.data != "synthetic" else None, a.real):
+        if folder is not None and not Path(folder).is_dir():
+            raise InputError(f"not a folder of images: {folder}")
+    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device)
+    r = model.resolution
+    if a.data == "synthetic":
+        originals = held_out_landscapes(a.n, r)
+        reals = folder_images(Path(a.real), a.n, r) if a.real else held_out_landscapes(a.n, r, offset=100_000)
+    else:
+        originals = folder_images(Path(a.data), a.n, r)
+        reals = folder_images(Path(a.real), None, r) if a.real else originals
+    if len(originals) < 2 or len(reals) < 2:
+        raise InputError("need at least 2 images to turn into strokes and 2 real images")
+    bench = StrokeBenchmark(originals, reals, a.colors)
+    rows = bench.baselines()
+    print(markdown_table(rows))
+    for sampler in a.sampler:
+        for steps in a.steps or [None]:
+            for t0 in a.t0:
+                setting = Setting(t0, sampler, steps or default_steps(sampler, t0), a.repeats)
+                row, _ = bench.run(model, setting, seed=a.seed)
+                rows.append(row)
+                print(markdown_table([row]).splitlines()[-1], flush=True)
+    header = (f"sdedit eval: model {a.model or DEFAULT_MODEL}, data {a.data}, {len(originals)} stroke inputs "
+              f"({a.colors} colours), {len(reals)} real images for KID (offline random-CNN features).")
+    for p in write_tables(rows, a.outdir / "eval"):
+        print(p)
+    print(header)
+    return 0
+
+
+def _sweep(a: argparse.Namespace) -> int:
+    from .checkpoints import load_model
+    from .evaluation import folder_images, held_out_landscapes
+    from .images import open_image, save_png
+    from .sweep import edit_guide, run_sweep, sweep_grid, sweep_plot
+
+    _check_t0s(a.t0)
+    if a.num < 2 and a.real:
+        raise InputError("-n must be >= 2 for KID")
+    image = open_image(a.input)
+    mask = open_image(a.mask) if a.mask else None
+    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device)
+    reals = None
+    if a.real:
+        reals = folder_images(Path(a.real), 200, model.resolution)
+    elif (a.model or DEFAULT_MODEL) == DEFAULT_MODEL:
+        reals = held_out_landscapes(100, model.resolution, offset=100_000)
+    points = run_sweep(model, image, t0s=a.t0, samplers=a.sampler, steps=a.steps, mask=mask, num=a.num,
+                       seed=a.seed, reals=reals, progress=not a.quiet)
+    grid_path = save_png(sweep_grid(edit_guide(model, image), points), a.outdir / f"{a.input.stem}-sweep-grid.png")
+    plot_path = sweep_plot(points, a.outdir / f"{a.input.stem}-sweep-plot.png")
+    for p in points:
+        kid_text = f", KID {p.kid:.4f}" if p.kid is not None else ""
+        print(f"{p.sampler:<15} t0={p.t0:.2f} steps={p.steps:<4} L2 {p.l2:7.2f}{kid_text}")
+    print(grid_path)
+    print(plot_path)
+    return 0
+
+
 def _models(a: argparse.Namespace) -> int:
     from .checkpoints import is_cached
 
@@ -187,7 +293,9 @@ def _models(a: argparse.Namespace) -> int:
     for name, text in BUNDLED.items():
         w = bundled_path(name) / "diffusion_pytorch_model.safetensors"
         size = f"{w.stat().st_size / 1e6:.1f} MB" if w.is_file() else "?"
-        print(f"{name:<12} {'vp':<6} {64:>5} {size:>8}  {'bundled':<6} {'(inside the package)':<30} {text}")
+        cfg = bundled_path(name) / "config.json"
+        res = json.loads(cfg.read_text()).get("sample_size", "?") if cfg.is_file() else "?"
+        print(f"{name:<12} {'vp':<6} {res:>5} {size:>8}  {'bundled':<6} {'(inside the package)':<30} {text}")
     for p in PRESETS.values():
         size = f"{p.size_mb:.0f} MB" if p.size_mb else "?"
         cached = "yes" if is_cached(p.repo_id) else "no"
@@ -203,7 +311,8 @@ def _download(a: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "edit": _edit, "train": _train, "strokes": _strokes, "models": _models, "download": _download}
+    "edit": _edit, "train": _train, "strokes": _strokes, "eval": _eval, "sweep": _sweep, "models": _models,
+    "download": _download}
 
 
 def run_guarded(body: Callable[[], int], prog: str) -> int:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import io
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
 
 from .editing import sdedit
-from .images import image_to_tensor, tensor_to_images, to_model_size
+from .images import image_to_tensor, open_image, tensor_to_images, to_model_size, to_rgb
 from .landscapes import HELD_OUT_START, landscape
 from .metrics import image_features, kid, l2_distance, standardize
 from .model import SDEModel
 from .strokes import simulate_strokes
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def held_out_landscapes(count: int, size: int, offset: int = 0) -> list[Image.Image]:
@@ -20,17 +28,44 @@ def held_out_landscapes(count: int, size: int, offset: int = 0) -> list[Image.Im
     return [landscape(HELD_OUT_START + offset + i, size) for i in range(count)]
 
 
-def run_batch(model: SDEModel, guides: list[Image.Image], *, t0: float, steps: int, sampler: str, seed: int,
-              repeats: int = 1, batch: int = 32) -> list[Image.Image]:
-    """SDEdit on many guides (no mask); guide i is sampled with seed + i."""
+def folder_images(folder: Path, count: int | None, size: int) -> list[Image.Image]:
+    """Up to count images of a folder (sorted by name), centre-cropped to size x size."""
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if count is not None:
+        paths = paths[:count]
+    return [to_model_size(to_rgb(open_image(p)), size, "crop") for p in paths]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way of running SDEdit."""
+
+    t0: float
+    sampler: str
+    steps: int
+    repeats: int = 1
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per image."""
+        return self.steps * self.repeats
+
+    @property
+    def label(self) -> str:
+        return f"{self.sampler}, {self.steps} steps" + (f", K={self.repeats}" if self.repeats > 1 else "")
+
+
+def run_batch(model: SDEModel, guides: list[Image.Image], setting: Setting, *, seed: int = 0,
+              batch: int = 32) -> list[Image.Image]:
+    """SDEdit on many guides (no mask); guide i is sampled with seed + i, whatever the batching."""
     r = model.resolution
     out: list[Image.Image] = []
     for i in range(0, len(guides), batch):
         chunk = guides[i:i + batch]
         x = torch.cat([image_to_tensor(to_model_size(g.convert("RGB"), r, "crop")) for g in chunk]).to(model.device)
         gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
-        y = sdedit(model.denoise, model.schedule, x, t0=t0, steps=steps, repeats=repeats, sampler=sampler,
-                   generator=gens)
+        y = sdedit(model.denoise, model.schedule, x, t0=setting.t0, steps=setting.steps, repeats=setting.repeats,
+                   sampler=setting.sampler, generator=gens)
         out += tensor_to_images(y)
     return out
 
@@ -41,44 +76,76 @@ class Row:
 
     what: str
     t0: float | None
+    nfe: int  # network evaluations per image
+    seconds_per_image: float
+    peak_rss_mb: float  # the process's peak resident memory so far
     l2_mean: float  # faithfulness: L2 to the stroke input, mean over images
     l2_std: float
-    kid_mean: float  # realism: KID to held-out real images (lower is better)
+    kid_mean: float  # realism: KID to real images (lower is better)
     kid_std: float  # std over KID subsets
 
 
-def stroke_protocol(model: SDEModel, originals: list[Image.Image], reals: list[Image.Image], t0s: list[float], *,
-                    steps_for: dict[float, int], sampler: str, colors: int = 6, seed: int = 0,
-                    keep: dict[float, list[Image.Image]] | None = None) -> list[Row]:
-    """Strokes of `originals`, SDEdit at each t0, then L2 to the strokes and KID against `reals` (a disjoint set)."""
-    strokes = [simulate_strokes(o, colors) for o in originals]
-    real_f = image_features(reals)
-    rows = []
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
-    def row(what: str, t0: float | None, images: list[Image.Image]) -> Row:
-        ref, f = standardize(real_f, image_features(images))
+
+class StrokeBenchmark:
+    """Fixed strokes and real-image features, scored against any number of SDEdit settings."""
+
+    def __init__(self, originals: list[Image.Image], reals: list[Image.Image], colors: int = 6):
+        self.originals = originals
+        self.strokes = [simulate_strokes(o, colors) for o in originals]
+        self.real_features = image_features(reals)
+
+    def score(self, what: str, images: list[Image.Image], t0: float | None = None, nfe: int = 0,
+              seconds: float = 0.0) -> Row:
+        """L2 to the strokes and KID to the reals of a list of images."""
+        ref, f = standardize(self.real_features, image_features(images))
         k_mean, k_std = kid(ref, f)
-        l2 = l2_distance(images, strokes)
-        return Row(what, t0, float(l2.mean()), float(l2.std()), k_mean, k_std)
+        l2 = l2_distance(images, self.strokes)
+        return Row(what, t0, nfe, seconds / max(len(images), 1), _peak_rss_mb(), float(l2.mean()), float(l2.std()),
+                   k_mean, k_std)
 
-    rows.append(row("stroke inputs", None, strokes))
-    rows.append(row("held-out originals", None, originals))
-    for t0 in t0s:
-        outs = run_batch(model, strokes, t0=t0, steps=steps_for[t0], sampler=sampler, seed=seed)
-        if keep is not None:
-            keep[t0] = outs
-        rows.append(row(f"SDEdit {sampler}, {steps_for[t0]} steps", t0, outs))
-    return rows
+    def baselines(self) -> list[Row]:
+        """The stroke inputs themselves, and the originals they were made from."""
+        return [self.score("stroke inputs", self.strokes), self.score("originals of the strokes", self.originals)]
+
+    def run(self, model: SDEModel, setting: Setting, seed: int = 0) -> tuple[Row, list[Image.Image]]:
+        """SDEdit every stroke input with one setting; its row and its outputs."""
+        start = time.perf_counter()
+        outs = run_batch(model, self.strokes, setting, seed=seed)
+        sec = time.perf_counter() - start
+        return self.score(f"SDEdit {setting.label}", outs, setting.t0, setting.nfe, sec), outs
 
 
 def markdown_table(rows: list[Row]) -> str:
     """Rows as a Markdown table."""
-    lines = ["| images | t0 | L2 to strokes (mean +- std) | KID (mean +- std over subsets) |",
-             "| --- | --- | --- | --- |"]
+    lines = ["| images | t0 | NFE | s / image | L2 to strokes (mean +- std) | KID (mean +- std) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        t0 = f"{r.t0:.1f}" if r.t0 is not None else "-"
-        lines.append(f"| {r.what} | {t0} | {r.l2_mean:.2f} +- {r.l2_std:.2f} | {r.kid_mean:.4f} +- {r.kid_std:.4f} |")
+        t0 = f"{r.t0:.2f}" if r.t0 is not None else "-"
+        nfe = str(r.nfe) if r.nfe else "-"
+        sec = f"{r.seconds_per_image:.3f}" if r.nfe else "-"
+        lines.append(f"| {r.what} | {t0} | {nfe} | {sec} | {r.l2_mean:.2f} +- {r.l2_std:.2f} | "
+                     f"{r.kid_mean:.4f} +- {r.kid_std:.4f} |")
     return "\n".join(lines)
+
+
+def write_tables(rows: list[Row], stem: Path, header: str = "") -> list[Path]:
+    """The rows as <stem>.md, <stem>.json and <stem>.csv."""
+    from .images import write_atomic
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md = (header + "\n\n" if header else "") + markdown_table(rows) + "\n"
+    data = [asdict(r) for r in rows]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(data[0]))
+    w.writeheader()
+    w.writerows(data)
+    paths = []
+    for suffix, text in ((".md", md), (".json", json.dumps(data, indent=2)), (".csv", buf.getvalue())):
+        paths.append(write_atomic(stem.with_suffix(suffix), lambda f, t=text: f.write(t.encode()), overwrite=True))
+    return paths
 
 
 def side_by_side(columns: list[list[Image.Image]], size: int = 128) -> Image.Image:
@@ -89,4 +156,3 @@ def side_by_side(columns: list[list[Image.Image]], size: int = 128) -> Image.Ima
         for r, im in enumerate(col):
             fig.paste(im.resize((size, size), Image.Resampling.NEAREST), (4 + c * (size + 4), 4 + r * (size + 4)))
     return fig
-
