@@ -1,0 +1,59 @@
+"""Quality per cost: the released recipe against every sampler at several step counts, on simulated strokes.
+
+    python benchmarks/quality_per_cost.py [--model landscapes] [--n 200] [--t0 0.5] [--out docs]
+
+Each row: network evaluations per image (NFE), seconds per image, the process's peak memory
+so far, L2 to the stroke input and KID to held-out real images with their spreads.  The
+released recipe is DDPM ancestral sampling with steps = 1000 * t0, K = 1 and K = 3.
+Writes <out>/quality-per-cost.{md,json,csv}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from sdedit import load_model
+from sdedit.evaluation import Setting, StrokeBenchmark, held_out_landscapes, markdown_table, write_tables
+from sdedit.samplers import SAMPLERS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="landscapes")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--t0", type=float, default=0.5)
+    ap.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50])
+    ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
+    ap.add_argument("--no-k3", action="store_true", help="skip the released recipe with K = 3 (the slowest row)")
+    ap.add_argument("--out", type=Path, default=Path("docs"))
+    a = ap.parse_args()
+
+    start = time.perf_counter()
+    model = load_model(a.model)
+    r = model.resolution
+    bench = StrokeBenchmark(held_out_landscapes(a.n, r), held_out_landscapes(a.n, r, offset=100_000))
+    rows = bench.baselines()
+    released = round(1000 * a.t0)
+    settings = [Setting(a.t0, "ddpm", released, 1)] + ([] if a.no_k3 else [Setting(a.t0, "ddpm", released, 3)])
+    settings += [Setting(a.t0, s, n) for s in a.samplers for n in a.steps]
+    print(markdown_table(rows), flush=True)
+    for setting in settings:
+        row, _ = bench.run(model, setting)
+        if setting.steps == released and setting.sampler == "ddpm":
+            row = replace(row, what=f"released recipe: {row.what}")
+        rows.append(row)
+        print(markdown_table([row]).splitlines()[-1], flush=True)
+    header = (f"Model `{a.model}` at {r}x{r}, t0 = {a.t0}, {a.n} held-out stroke paintings (6 colours), KID against "
+              f"{a.n} other held-out landscapes (offline random-CNN features), torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, device {model.device}; {time.perf_counter() - start:.0f} s in all.")
+    write_tables(rows, a.out / "quality-per-cost", header)
+    print(header)
+
+
+if __name__ == "__main__":
+    main()
