@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from PIL import Image
 
 from sdedit.cli import main
@@ -56,3 +58,36 @@ def test_sweep_writes_grid_and_plot(tmp_path, capsys):
     l2 = {(ln.split()[0], ln.split()[1]): float(ln.split("L2")[1].split(",")[0]) for ln in lines}
     assert l2[("ddpm", "t0=0.90")] > l2[("ddpm", "t0=0.10")]
     assert l2[("ddim", "t0=0.90")] > l2[("ddim", "t0=0.10")]
+
+
+def test_feature_choice_falls_back_offline(monkeypatch):
+    import sys
+    import types
+
+    import torch
+
+    from sdedit.metrics import InceptionUnavailable, feature_extractor
+
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # not installed
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", None)
+    name, extract = feature_extractor("auto")
+    assert name == "random-cnn" and extract(torch.zeros(2, 3, 16, 16, dtype=torch.uint8)).shape == (2, 902)
+    with pytest.raises(InceptionUnavailable):
+        feature_extractor("inception")
+
+    class FakeInception:  # installed, weights present: auto picks it
+        def __init__(self, name, feats):
+            assert name == "inception-v3-compat" and feats == ["2048"]
+
+        def eval(self):
+            return self
+
+        def __call__(self, u8):
+            return (torch.ones(len(u8), 2048),)
+
+    mod = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    mod.FeatureExtractorInceptionV3 = FakeInception
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", mod)
+    name, extract = feature_extractor("auto")
+    assert name == "inception" and extract(torch.zeros(3, 3, 8, 8, dtype=torch.uint8)).shape == (3, 2048)

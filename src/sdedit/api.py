@@ -101,7 +101,8 @@ def edit(model: SDEModel, image: ImageLike, *, mask: ImageLike | None = None, t0
         bar.close()
 
     base = {"model": model.name, "t0": float(t0), "steps": steps, "sampler": sampler, "repeats": repeats,
-            "fit": fit, "resolution": r, "masked": mask is not None, "sdedit_version": __version__}
+            "fit": fit, "resolution": r, "masked": mask is not None, "precision": model.info.get("precision", "fp32"),
+            "device": str(device), "sdedit_version": __version__}
     results = []
     for j, out in enumerate(outputs):
         if small_mask is not None:

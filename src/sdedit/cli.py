@@ -43,6 +43,8 @@ class EditSettings:
     fit: str  # crop or stretch
     original_size: bool  # scale outputs back to the input's size
     overwrite: bool  # replace existing files instead of picking new names
+    precision: str  # fp32, bf16 or fp16
+    compile: bool  # torch.compile the network
     quiet: bool
 
 
@@ -69,6 +71,9 @@ def _parser() -> Parser:
                    help="non-square inputs: centre-crop (default) or stretch to the model's square")
     e.add_argument("--original-size", action="store_true", help="scale outputs back to the input's size")
     e.add_argument("--overwrite", action="store_true", help="replace existing output files (default: new names)")
+    e.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="network precision: fp32 (default), or bf16/fp16 autocast where the hardware is fast at it")
+    e.add_argument("--compile", action="store_true", help="torch.compile the network (slow first call)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     t = sub.add_parser("train", help="train a DDPM on a folder of images or the built-in landscapes")
@@ -108,6 +113,8 @@ def _parser() -> Parser:
     v.add_argument("--steps", type=int, nargs="+", help="step counts to try (default: the sampler's default)")
     v.add_argument("--repeats", "-K", type=int, default=1)
     v.add_argument("--colors", type=int, default=6, help="stroke palette size (6)")
+    v.add_argument("--features", choices=["auto", "inception", "random-cnn"], default="auto",
+                   help="KID features: Inception (torch-fidelity) when its weights are available, else random-CNN")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--device")
     v.add_argument("-o", "--outdir", type=Path, default=Path("eval-results"))
@@ -136,7 +143,8 @@ def _parser() -> Parser:
 
 def _edit(a: argparse.Namespace) -> int:
     s = EditSettings(a.input, a.mask, a.model, a.config, a.t0, a.steps, a.repeats, a.sampler, a.num, a.seed,
-                     a.device, a.outdir, a.batch_size, a.fit, a.original_size, a.overwrite, a.quiet)
+                     a.device, a.outdir, a.batch_size, a.fit, a.original_size, a.overwrite, a.precision,
+                     a.compile, a.quiet)
     from .api import default_steps, edit
     from .checkpoints import load_model, pick_device
     from .editing import check_settings
@@ -155,6 +163,7 @@ def _edit(a: argparse.Namespace) -> int:
     mask = open_image(s.mask) if s.mask is not None else None
     pick_device(s.device)
     model = load_model(s.model or DEFAULT_MODEL, config=s.config, device=s.device)
+    model.optimize(precision=s.precision, compile=s.compile)  # type: ignore[arg-type]
     steps = s.steps if s.steps is not None else default_steps(s.sampler or "ddpm", s.t0)
     outs = edit(model, image, mask=mask, t0=s.t0, steps=steps, repeats=s.repeats, sampler=s.sampler,
                 num_samples=s.num, seed=s.seed, progress=not s.quiet, batch_size=s.batch_size,
@@ -237,7 +246,15 @@ def _eval(a: argparse.Namespace) -> int:
         reals = folder_images(Path(a.real), None, r) if a.real else originals
     if len(originals) < 2 or len(reals) < 2:
         raise InputError("need at least 2 images to turn into strokes and 2 real images")
-    bench = StrokeBenchmark(originals, reals, a.colors)
+    from .metrics import InceptionUnavailable
+
+    try:
+        bench = StrokeBenchmark(originals, reals, a.colors, a.features)
+    except InceptionUnavailable as e:
+        raise InputError(f"--features inception: {e}") from None
+    if a.features == "auto" and bench.feature_name != "inception":
+        print("note: Inception features unavailable (torch-fidelity or its weights); KID uses the offline "
+              "random-CNN features, comparable only with other random-CNN numbers", file=sys.stderr)
     rows = bench.baselines()
     print(markdown_table(rows))
     for sampler in a.sampler:
@@ -248,7 +265,7 @@ def _eval(a: argparse.Namespace) -> int:
                 rows.append(row)
                 print(markdown_table([row]).splitlines()[-1], flush=True)
     header = (f"sdedit eval: model {a.model or DEFAULT_MODEL}, data {a.data}, {len(originals)} stroke inputs "
-              f"({a.colors} colours), {len(reals)} real images for KID (offline random-CNN features).")
+              f"({a.colors} colours), {len(reals)} real images for KID ({bench.feature_name} features).")
     for p in write_tables(rows, a.outdir / "eval"):
         print(p)
     print(header)

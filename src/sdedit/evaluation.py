@@ -16,7 +16,7 @@ from PIL import Image
 from .editing import sdedit
 from .images import image_to_tensor, open_image, tensor_to_images, to_model_size, to_rgb
 from .landscapes import HELD_OUT_START, landscape
-from .metrics import image_features, kid, l2_distance, standardize
+from .metrics import FeatureKind, feature_extractor, image_features, kid, l2_distance, standardize
 from .model import SDEModel
 from .strokes import simulate_strokes
 
@@ -92,15 +92,21 @@ def _peak_rss_mb() -> float:
 class StrokeBenchmark:
     """Fixed strokes and real-image features, scored against any number of SDEdit settings."""
 
-    def __init__(self, originals: list[Image.Image], reals: list[Image.Image], colors: int = 6):
+    def __init__(self, originals: list[Image.Image], reals: list[Image.Image], colors: int = 6,
+                 features: FeatureKind = "random-cnn"):
         self.originals = originals
         self.strokes = [simulate_strokes(o, colors) for o in originals]
-        self.real_features = image_features(reals)
+        self.feature_name, self.extract = feature_extractor(features)
+        self.real_features = self.features(reals)
+
+    def features(self, images: list[Image.Image]) -> torch.Tensor:
+        """Features for KID (Inception sees the images at their own size and resizes them itself)."""
+        return image_features(images, self.extract, size=None if self.feature_name == "inception" else 64)
 
     def score(self, what: str, images: list[Image.Image], t0: float | None = None, nfe: int = 0,
               seconds: float = 0.0) -> Row:
         """L2 to the strokes and KID to the reals of a list of images."""
-        ref, f = standardize(self.real_features, image_features(images))
+        ref, f = standardize(self.real_features, self.features(images))
         k_mean, k_std = kid(ref, f)
         l2 = l2_distance(images, self.strokes)
         return Row(what, t0, nfe, seconds / max(len(images), 1), _peak_rss_mb(), float(l2.mean()), float(l2.std()),

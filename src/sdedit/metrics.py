@@ -11,6 +11,9 @@ numbers are comparable only with each other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal
+
 import numpy as np
 import torch
 from PIL import Image
@@ -58,16 +61,55 @@ class RandomConvFeatures(nn.Module):
         return torch.cat(feats, 1)
 
 
-def image_features(images: list[Image.Image], extractor: nn.Module | None = None, size: int = 64,
-                   batch: int = 64) -> torch.Tensor:
-    """Features of PIL images, each resized to size x size first."""
-    extractor = extractor or RandomConvFeatures()
+FeatureKind = Literal["auto", "inception", "random-cnn"]
+
+
+class InceptionUnavailable(RuntimeError):
+    """torch-fidelity or its Inception weights cannot be had here."""
+
+
+def inception_extractor() -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch-fidelity's InceptionV3 pool features (2048) for uint8 batches; InceptionUnavailable when it cannot load."""
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError as e:
+        raise InceptionUnavailable(f"torch-fidelity is not installed ({e})") from None
+    try:
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).eval()
+    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError: no weights and no network
+        raise InceptionUnavailable(f"its Inception weights are not available offline ({e})") from None
+
+    @torch.inference_mode()
+    def extract(u8: torch.Tensor) -> torch.Tensor:
+        return net(u8)[0].reshape(len(u8), -1)
+
+    return extract
+
+
+def feature_extractor(kind: FeatureKind = "auto") -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """(name, function from uint8 Bx3xHxW batches to features): Inception when available for auto, else random-CNN."""
+    if kind in ("auto", "inception"):
+        try:
+            return "inception", inception_extractor()
+        except InceptionUnavailable:
+            if kind == "inception":
+                raise
+    net = RandomConvFeatures()
+    return "random-cnn", lambda u8: net(u8.float() / 255.0)
+
+
+def image_features(images: list[Image.Image], extractor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   size: int | None = 64, batch: int = 64) -> torch.Tensor:
+    """Features of PIL images (resized to size x size first unless size is None), random-CNN by default."""
+    if extractor is None:
+        extractor = feature_extractor("random-cnn")[1]
     rows = []
     for i in range(0, len(images), batch):
-        arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
-                        for im in images[i:i + batch]])
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
-        rows.append(extractor(x).double())
+        ims = [im.convert("RGB") for im in images[i:i + batch]]
+        if size is not None:
+            ims = [im.resize((size, size), Image.Resampling.BICUBIC) for im in ims]
+        arr = np.stack([np.asarray(im) for im in ims])
+        rows.append(extractor(torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()).double())
     return torch.cat(rows)
 
 

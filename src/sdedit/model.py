@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -30,6 +30,18 @@ class SDEModel:
     def to(self, device: str | torch.device) -> SDEModel:
         """Move the network to a device (in place) and return self."""
         self.denoiser.to(device)
+        return self
+
+    def optimize(self, *, precision: Literal["fp32", "bf16", "fp16"] = "fp32", compile: bool = False) -> SDEModel:
+        """Run the network under bf16/fp16 autocast and/or torch.compile (measure first: see benchmarks/speed.py)."""
+        dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if precision not in dtypes:
+            raise ValueError(f"precision must be one of {', '.join(dtypes)}, got {precision!r}")
+        self.denoiser.autocast_dtype = dtypes[precision]
+        if compile:
+            self.denoiser.unet = torch.compile(self.denoiser.unet)
+        self.info["precision"] = precision
+        self.info["compiled"] = compile
         return self
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
