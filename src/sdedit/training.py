@@ -137,7 +137,10 @@ class Trainer:
         ab = self.alpha_bar[t.to(self.device)][:, None, None, None]
         # Forward process: x_t = sqrt(abar) x0 + sqrt(1 - abar) eps; predict eps.
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        loss = nn.functional.mse_loss(self.model(x_t, t.to(self.device)).sample, noise)
+        # bf16 autocast on GPUs (fast there); fp32 on the CPU.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            pred = self.model(x_t, t.to(self.device)).sample
+        loss = nn.functional.mse_loss(pred.float(), noise)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
