@@ -45,12 +45,12 @@ def test_sweep_writes_grid_and_plot(tmp_path, capsys):
     real.mkdir()
     for i in range(6):
         landscape(100 + i, 32).save(real / f"{i}.png")
-    args = ["sweep", str(src), *TINY, "--t0", "0.1", "0.9", "--sampler", "ddpm", "ddim", "--steps", "2", "-n", "2",
+    args = ["sweep", str(src), *TINY, "--t0", "0.1", "0.9", "--sampler", "ddpm", "ddim", "--steps", "2", "-n", "4",
             "--real", str(real), "-o", str(tmp_path / "out"), "-q"]
     assert main(args) == 0
     out = capsys.readouterr().out
     grid = Image.open(tmp_path / "out" / "in-sweep-grid.png")
-    assert grid.size[0] > 3 * 128 and grid.size[1] >= 4 * 128  # input + 2 t0 columns, 2 samplers x 2 samples
+    assert grid.size[0] > 3 * 128 and grid.size[1] >= 8 * 128  # input + 2 t0 columns, 2 samplers x 4 samples
     assert Image.open(tmp_path / "out" / "in-sweep-plot.png").size[0] >= 500
     lines = [ln for ln in out.splitlines() if "t0=" in ln]
     assert len(lines) == 4 and all("KID" in ln for ln in lines)

@@ -115,10 +115,14 @@ def image_features(images: list[Image.Image], extractor: Callable[[torch.Tensor]
 
 def kid(fa: torch.Tensor, fb: torch.Tensor, *, subsets: int = 100, subset_size: int = 100,
         seed: int = 0) -> tuple[float, float]:
-    """KID between two feature sets: mean and std over random subsets of the unbiased polynomial-kernel MMD^2."""
-    n = min(len(fa), len(fb), subset_size)
-    if n < 2:
-        raise ValueError("KID needs at least 2 images on each side")
+    """KID between two feature sets: mean and std over random subsets of the unbiased polynomial-kernel MMD^2.
+
+    Subsets hold at most half of the smaller set, so that they differ and their std means something.
+    """
+    smaller = min(len(fa), len(fb))
+    if smaller < 4:
+        raise ValueError("KID needs at least 4 images on each side")
+    n = min(subset_size, smaller // 2)
     d = fa.shape[1]
     rng = np.random.default_rng(seed)
     vals = []

@@ -42,7 +42,7 @@ def run_sweep(model: SDEModel, image: ImageLike, *, t0s: list[float], samplers: 
             score = None
             if real_f is not None:
                 ref, f = standardize(real_f, image_features(outs))
-                score = kid(ref, f, subsets=50, subset_size=min(len(outs), len(real_f)))[0]
+                score = kid(ref, f, subsets=50)[0]
             points.append(SweepPoint(sampler, n, t0, outs, float(l2_distance(outs, [guide] * len(outs)).mean()),
                                      score))
     return points
