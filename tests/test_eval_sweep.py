@@ -31,6 +31,9 @@ def test_eval_writes_tables(tmp_path, capsys):
     with open(out / "eval.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert "| stroke inputs |" in (out / "eval.md").read_text()
+    before = (out / "eval.json").read_bytes()
+    assert main(args[:-2] + ["-o", str(out)]) == 0  # a second run never replaces the first
+    assert (out / "eval.json").read_bytes() == before and (out / "eval-1.json").is_file()
 
 
 def test_eval_bad_input(tmp_path, capsys):

@@ -266,7 +266,7 @@ def _eval(a: argparse.Namespace) -> int:
                 print(markdown_table([row]).splitlines()[-1], flush=True)
     header = (f"sdedit eval: model {a.model or DEFAULT_MODEL}, data {a.data}, {len(originals)} stroke inputs "
               f"({a.colors} colours), {len(reals)} real images for KID ({bench.feature_name} features).")
-    for p in write_tables(rows, a.outdir / "eval"):
+    for p in write_tables(rows, a.outdir / "eval", header, overwrite=False):
         print(p)
     print(header)
     return 0

@@ -137,11 +137,15 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_tables(rows: list[Row], stem: Path, header: str = "") -> list[Path]:
-    """The rows as <stem>.md, <stem>.json and <stem>.csv."""
+def write_tables(rows: list[Row], stem: Path, header: str = "", *, overwrite: bool = True) -> list[Path]:
+    """The rows as <stem>.md, <stem>.json and <stem>.csv; without overwrite, a taken stem becomes <stem>-1, -2, ..."""
     from .images import write_atomic
 
     stem.parent.mkdir(parents=True, exist_ok=True)
+    n, base = 0, stem
+    while not overwrite and any(stem.with_suffix(x).exists() for x in (".md", ".json", ".csv")):
+        n += 1
+        stem = base.with_name(f"{base.name}-{n}")
     md = (header + "\n\n" if header else "") + markdown_table(rows) + "\n"
     data = [asdict(r) for r in rows]
     buf = io.StringIO()
@@ -150,7 +154,8 @@ def write_tables(rows: list[Row], stem: Path, header: str = "") -> list[Path]:
     w.writerows(data)
     paths = []
     for suffix, text in ((".md", md), (".json", json.dumps(data, indent=2)), (".csv", buf.getvalue())):
-        paths.append(write_atomic(stem.with_suffix(suffix), lambda f, t=text: f.write(t.encode()), overwrite=True))
+        paths.append(write_atomic(stem.with_suffix(suffix), lambda f, t=text: f.write(t.encode()),
+                                  overwrite=overwrite))
     return paths
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .api import default_steps, edit
-from .images import ImageLike, write_atomic
+from .images import ImageLike, free_path, write_atomic
 from .metrics import image_features, kid, l2_distance, standardize
 from .model import SDEModel
 
@@ -104,4 +104,8 @@ def sweep_plot(points: list[SweepPoint], path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return write_atomic(path, lambda f: f.write(buf.getvalue()), overwrite=True)
+    while True:
+        try:
+            return write_atomic(free_path(path), lambda f: f.write(buf.getvalue()))
+        except FileExistsError:
+            continue  # taken in between; pick the next free name
