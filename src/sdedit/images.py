@@ -158,7 +158,10 @@ def write_atomic(path: Path, write: Any, *, overwrite: bool = False) -> Path:
     """Write via a temporary file in the same folder, then publish it in one step; never replace unless overwrite."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; published files get the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -290,15 +290,20 @@ def loss_plot(state: TrainState, path: Path) -> Path:
 
 
 def sample_grid(out: Path, path: Path, n: int = 16, steps: int = 100, seed: int = 0) -> Path:
-    """Unconditional samples of the saved EMA model (SDEdit from pure noise, t0 = 1) as one grid PNG."""
+    """Unconditional samples of the saved EMA model (SDEdit from pure noise, t0 = 1) as one grid PNG.
+
+    As in DDPM's own sampling code, the denoised estimate is clipped to [-1, 1] at each step: from
+    sigma ~ 157 small epsilon errors would otherwise saturate the colours.  (SDEdit from t0 <= 0.6
+    is unchanged by clipping on the bundled model, so the editing engine does not clip.)
+    """
     from .checkpoints import load_model
     from .editing import sdedit
 
     model = load_model(out, device="cpu")
     r = model.resolution
     gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-    x = sdedit(model.denoise, model.schedule, torch.zeros(n, 3, r, r), t0=1.0, steps=steps, sampler="ddpm",
-               generator=gens)
+    x = sdedit(lambda x, s: model.denoise(x, s).clamp(-1.0, 1.0), model.schedule, torch.zeros(n, 3, r, r), t0=1.0,
+               steps=steps, sampler="ddpm", generator=gens)
     return save_png(grid(tensor_to_images(x), ncols=8), path, overwrite=True)
 
 
