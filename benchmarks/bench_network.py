@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 
 import numpy as np
@@ -23,20 +22,8 @@ from sdedit import edit
 from sdedit.denoisers import EpsDenoiser
 from sdedit.model import SDEModel
 from sdedit.presets import PRESETS
+from speed import medians  # benchmarks/ is on sys.path when run as a script
 from sdedit.schedules import DiscreteVPSchedule
-
-
-def interleaved_medians(fns: dict[str, object], repeats: int) -> dict[str, float]:
-    """Median wall time of each fn over `repeats` rounds, the variants alternating within a round (one warm-up each)."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def network(channels_last: bool) -> UNet2DModel:
@@ -68,9 +55,9 @@ def main() -> None:
 
         fns = {name: runner(unet, x.contiguous(memory_format=torch.channels_last) if "channels_last" in name else x)
                for name, unet in nets.items()}
-        medians = interleaved_medians(fns, a.repeats if batch == 1 else max(1, a.repeats - 1))
-        base = next(iter(medians.values()))
-        for name, sec in medians.items():
+        res = medians(fns, a.repeats if batch == 1 else max(1, a.repeats - 1))
+        base = next(iter(res.values()))
+        for name, sec in res.items():
             rows.append({"what": name, "batch": batch, "s_per_eval": sec, "s_per_image": sec / batch,
                          "images_per_s": batch / sec, "speedup_vs_eager": base / sec})
             print(f"batch {batch:>2}  {name:<42} {sec:7.2f} s/eval  {sec / batch:6.2f} s/image  "
