@@ -6,7 +6,6 @@ import json
 import math
 import secrets
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch

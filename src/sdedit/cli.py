@@ -227,8 +227,8 @@ def _check_t0s(t0s: list[float]) -> None:
 def _eval(a: argparse.Namespace) -> int:
     from .api import default_steps
     from .checkpoints import load_model
-    from .evaluation import Setting, StrokeBenchmark, folder_images, held_out_landscapes, markdown_table, \
-        write_tables
+    from .evaluation import Setting, StrokeBenchmark, held_out_landscapes, markdown_table, write_tables
+    from .images import folder_images
 
     _check_t0s(a.t0)
     if a.n < 2 or a.repeats < 1 or (a.steps and min(a.steps) < 1):
@@ -274,7 +274,8 @@ def _eval(a: argparse.Namespace) -> int:
 
 def _sweep(a: argparse.Namespace) -> int:
     from .checkpoints import load_model
-    from .evaluation import folder_images, held_out_landscapes
+    from .evaluation import held_out_landscapes
+    from .images import folder_images
     from .images import open_image, save_png
     from .sweep import edit_guide, run_sweep, sweep_grid, sweep_plot
 

@@ -14,26 +14,15 @@ import torch
 from PIL import Image
 
 from .editing import sdedit
-from .images import image_to_tensor, open_image, tensor_to_images, to_model_size, to_rgb
+from .images import image_to_tensor, tensor_to_images, to_model_size
 from .landscapes import HELD_OUT_START, landscape
 from .metrics import FeatureKind, feature_extractor, image_features, kid, l2_distance, standardize
 from .model import SDEModel
 from .strokes import simulate_strokes
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-
-
 def held_out_landscapes(count: int, size: int, offset: int = 0) -> list[Image.Image]:
     """Landscapes from the held-out seed range (never trained on); offset picks a disjoint block."""
     return [landscape(HELD_OUT_START + offset + i, size) for i in range(count)]
-
-
-def folder_images(folder: Path, count: int | None, size: int) -> list[Image.Image]:
-    """Up to count images of a folder (sorted by name), centre-cropped to size x size."""
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if count is not None:
-        paths = paths[:count]
-    return [to_model_size(to_rgb(open_image(p)), size, "crop") for p in paths]
 
 
 @dataclass(frozen=True)

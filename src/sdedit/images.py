@@ -15,6 +15,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InputError
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (decompression bombs)
 Fit = Literal["crop", "stretch"]
 ImageLike = str | os.PathLike[str] | Image.Image | torch.Tensor | np.ndarray
@@ -199,3 +200,11 @@ def save_png(img: Image.Image, path: str | os.PathLike[str], *, overwrite: bool 
             return write_atomic(target, lambda f: img.save(f, format="PNG", pnginfo=pnginfo), overwrite=overwrite)
         except FileExistsError:
             continue  # another writer took the name in between; pick the next one
+
+
+def folder_images(folder: str | os.PathLike[str], count: int | None, size: int) -> list[Image.Image]:
+    """Up to count images of a folder (recursively, sorted by path), centre-cropped and resized to size x size."""
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if count is not None:
+        paths = paths[:count]
+    return [to_model_size(to_rgb(open_image(p)), size, "crop") for p in paths]

@@ -23,10 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import InputError
-from .images import grid, open_image, save_png, tensor_to_images, to_model_size, to_rgb, write_atomic
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-
+from .images import IMAGE_SUFFIXES, folder_images, grid, save_png, tensor_to_images, write_atomic
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -67,10 +64,10 @@ SCHEDULER = {"_class_name": "DDPMScheduler", "beta_start": 1e-4, "beta_end": 0.0
 
 def load_folder(folder: Path, size: int) -> torch.Tensor:
     """All images of a folder (recursively), centre-cropped and resized to size: uint8 (N, 3, size, size)."""
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
+    images = folder_images(folder, None, size)
+    if not images:
         raise InputError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    arrs = [np.asarray(to_model_size(to_rgb(open_image(p)), size, "crop")) for p in paths]
+    arrs = [np.asarray(im) for im in images]
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
 
