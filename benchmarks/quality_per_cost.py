@@ -1,6 +1,6 @@
 """Quality per cost: the released recipe against every sampler at several step counts, on simulated strokes.
 
-    python benchmarks/quality_per_cost.py [--model landscapes] [--n 200] [--t0 0.5] [--out docs]
+    python benchmarks/quality_per_cost.py [--model landscapes] [--n 200] [--t0 0.5] [--precision fp32] [--out docs]
 
 Each row: network evaluations per image (NFE), seconds per image, the process's peak memory
 so far, L2 to the stroke input and KID to held-out real images with their spreads.  The
@@ -30,11 +30,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50])
     ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
     ap.add_argument("--no-k3", action="store_true", help="skip the released recipe with K = 3 (the slowest row)")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                    help="autocast every row the same way (bf16 is ~1.8x faster on CPUs with AVX-512 BF16)")
     ap.add_argument("--out", type=Path, default=Path("docs"))
     a = ap.parse_args()
 
     start = time.perf_counter()
-    model = load_model(a.model)
+    model = load_model(a.model).optimize(precision=a.precision)
     r = model.resolution
     bench = StrokeBenchmark(held_out_landscapes(a.n, r), held_out_landscapes(a.n, r, offset=100_000))
     rows = bench.baselines()
@@ -50,7 +52,7 @@ def main() -> None:
         print(markdown_table([row]).splitlines()[-1], flush=True)
     header = (f"Model `{a.model}` at {r}x{r}, t0 = {a.t0}, {a.n} held-out stroke paintings (6 colours), KID against "
               f"{a.n} other held-out landscapes (offline random-CNN features), torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, device {model.device}; {time.perf_counter() - start:.0f} s in all.")
+              f"{torch.get_num_threads()} threads, device {model.device}, {a.precision}; {time.perf_counter() - start:.0f} s in all.")
     write_tables(rows, a.out / "quality-per-cost", header)
     print(header)
 

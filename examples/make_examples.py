@@ -25,6 +25,7 @@ def hand_drawn() -> Image.Image:
 
 def main() -> None:
     hand_drawn().save(HERE / "landscape-strokes.png")
+    hand_drawn().save(HERE.parent / "src" / "sdedit" / "assets" / "landscape-strokes.png")  # the web UI's example
     for k, seed in enumerate((7, 21, 33), start=1):
         simulate_strokes(landscape(HELD_OUT_START + seed, 256)).save(HERE / f"strokes-{k}.png")
     # Stroke-based editing: a held-out landscape, a dark conifer painted on it, and the mask of the stroke.

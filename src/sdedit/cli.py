@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -134,6 +135,16 @@ def _parser() -> Parser:
     w.add_argument("--device")
     w.add_argument("-o", "--outdir", type=Path, default=Path("outputs"))
     w.add_argument("-q", "--quiet", action="store_true")
+
+    u = sub.add_parser("ui", help="start the web app: paint strokes or paint on a photo, in the browser")
+    u.add_argument("--model", help=f"an extra model to offer and select first (default: {DEFAULT_MODEL}); "
+                                   "bundled models and downloaded presets are always offered")
+    u.add_argument("--config", help="for an original .ckpt given with --model: its YAML config or a preset name")
+    u.add_argument("--port", type=int, default=7860, help="port (7860)")
+    u.add_argument("--listen", action="store_true", help="serve on all interfaces (needs --auth)")
+    u.add_argument("--auth", help="USER:PASS required to open the app")
+    u.add_argument("--queue-size", type=int, default=8, help="runs that may wait; more get a 'busy' message (8)")
+    u.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
 
     sub.add_parser("models", help="list the preset models, their sizes and whether they are cached")
     d = sub.add_parser("download", help="fetch a preset model into the Hugging Face cache")
@@ -304,6 +315,31 @@ def _sweep(a: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(a: argparse.Namespace) -> int:
+    from .ui import parse_auth
+
+    auth = parse_auth(a.auth)
+    if a.listen and auth is None:
+        raise InputError("--listen exposes the app to the network: give --auth USER:PASS as well")
+    if not 1 <= a.port <= 65535:
+        raise InputError(f"--port must be in 1-65535, got {a.port}")
+    if a.queue_size < 1:
+        raise InputError(f"--queue-size must be at least 1, got {a.queue_size}")
+    with tempfile.TemporaryDirectory(prefix="sdedit-ui-") as tmp:
+        # Gradio reads these at import: uploads and results live in this run's own folder, and nothing phones home
+        os.environ["GRADIO_TEMP_DIR"] = str(Path(tmp) / "gradio")
+        os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+        from .ui import ModelPool, build_app, launch, model_choices
+
+        pool = ModelPool(model_choices(a.model), device=a.device, config=a.config)
+        first = a.model or DEFAULT_MODEL
+        pool.get(first)  # fail now, with one line, rather than on the first click
+        outdir = Path(tmp) / "results"
+        app = build_app(pool, outdir=outdir, default_model=first)
+        launch(app, port=a.port, listen=a.listen, auth=auth, queue_size=a.queue_size, outdir=outdir)
+    return 0
+
+
 def _models(a: argparse.Namespace) -> int:
     from .checkpoints import is_cached
 
@@ -331,7 +367,7 @@ def _download(a: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "edit": _edit, "train": _train, "strokes": _strokes, "eval": _eval, "sweep": _sweep, "models": _models,
+    "edit": _edit, "train": _train, "strokes": _strokes, "eval": _eval, "sweep": _sweep, "ui": _ui, "models": _models,
     "download": _download}
 
 

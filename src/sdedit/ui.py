@@ -1,0 +1,214 @@
+"""`sdedit ui`: a local Gradio app to paint strokes, or paint on a photo, and watch SDEdit turn them into images."""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .api import DEFAULT_SAMPLER
+from .checkpoints import is_cached, load_model
+from .errors import InputError, SdeditError
+from .images import save_png
+from .model import SDEModel
+from .presets import BUNDLED, PRESETS
+from .samplers import SAMPLERS
+from .ui_handlers import Limits, Progress, guide_and_mask, read_canvas, run_steps, t0_hint, validate
+
+PALETTE = ["#87b5e0", "#f2f2f2", "#f0a050", "#7a7f8c", "#3d4a5c", "#2f5a2a", "#6f9a3a", "#3a6ea5", "#d8c48a"]
+CANVAS = 512  # side of the blank painting canvas, pixels
+
+
+def model_choices(extra: str | None = None) -> dict[str, str]:
+    """Models the page may pick: the bundled ones, presets already downloaded, and the one given at start-up."""
+    choices = {name: name for name in BUNDLED}
+    choices.update({name: name for name, p in PRESETS.items() if is_cached(p.repo_id)})
+    if extra is not None:
+        choices[extra] = extra
+    return choices
+
+
+@dataclass
+class ModelPool:
+    """Loads the models the page names, one at a time (the last one stays loaded)."""
+
+    sources: dict[str, str]  # name shown on the page -> load_model source
+    device: str | None = None
+    config: str | None = None  # for an original checkpoint given at start-up
+    _loaded: dict[str, SDEModel] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, name: str) -> SDEModel:
+        """The model behind a validated name, loading it on first use."""
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded.clear()
+                src = self.sources[name]
+                cfg = self.config if src not in BUNDLED and src not in PRESETS else None
+                self._loaded[name] = load_model(src, config=cfg, device=self.device)
+            return self._loaded[name]
+
+
+def _save(img: Image.Image, folder: Path) -> str:
+    """Write one result as a PNG with its settings, under the app's own folder; the path for the gallery."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(save_png(img, folder / f"sdedit-{secrets.token_hex(6)}.png"))
+
+
+def make_handler(pool: ModelPool, limits: Limits, outdir: Path, *, photo: bool) -> Callable[..., Iterator[Any]]:
+    """The generate handler of one tab: validate, read the canvas, run, stream previews, then the gallery."""
+    import gradio as gr
+
+    def handler(editor: Any, model: Any, t0: Any, sampler: Any, steps: Any, repeats: Any, samples: Any, seed: Any,
+                grow: Any, feather: Any, progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
+        try:
+            req = validate(list(pool.sources), limits, model=model, t0=t0, sampler=sampler, steps=steps,
+                           repeats=repeats, samples=samples, seed=seed)
+            guide, mask = guide_and_mask(read_canvas(editor, limits), photo=photo, grow=grow, feather=feather,
+                                         limits=limits)
+            net = pool.get(req.model)
+            progress(0.0, desc="starting")
+            for ev in run_steps(net, req, guide, mask, fit="stretch" if photo else "crop", original_size=photo):
+                if isinstance(ev, Progress):
+                    progress(ev.fraction, desc=f"sampling {req.samples} image(s)")
+                    yield gr.update(), _enlarge(ev.preview)
+                else:
+                    yield [(_save(img, outdir), text) for img, text in ev.images], gr.update()
+        except SdeditError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    return handler
+
+
+def _enlarge(img: Image.Image | None, side: int = 256) -> Image.Image | None:
+    """Small previews shown with visible pixels rather than as a thumbnail."""
+    if img is None or img.width >= side:
+        return img
+    k = max(1, side // img.width)
+    return img.resize((img.width * k, img.height * k), Image.Resampling.NEAREST)
+
+
+HELP = """**Paint** a scene with a few flat colours (sky, mountains, trees, water), or **edit a photo** by painting
+colours where it should change. *t0* sets how much noise SDEdit adds before denoising: low keeps your strokes,
+high makes the result more realistic. Results keep their settings in the PNG; download them from the gallery."""
+
+
+def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | None = None,
+              default_model: str | None = None) -> Any:
+    """The Gradio Blocks of the app (not launched)."""
+    import gradio as gr
+
+    limits = limits or Limits()
+    outdir = outdir or Path(tempfile.mkdtemp(prefix="sdedit-ui-out-"))
+    names = list(pool.sources)
+    brush = gr.Brush(colors=PALETTE, default_color=PALETTE[0], color_mode="defaults", default_size=24)
+    blank = Image.new("RGB", (CANVAS, CANVAS), "white")
+
+    with gr.Blocks(title="sdedit") as app:
+        gr.Markdown("## sdedit: stroke paintings to images (SDEdit)\n" + HELP)
+        with gr.Row():
+            with gr.Column(scale=3):
+                with gr.Tabs():
+                    with gr.Tab("Paint", id="paint"):
+                        paint = gr.ImageEditor(value={"background": blank, "layers": [], "composite": None},
+                                               type="filepath", format="png", brush=brush, eraser=gr.Eraser(),
+                                               layers=gr.LayerOptions(layers=["strokes"], allow_additional_layers=False),
+                                               canvas_size=(CANVAS, CANVAS), label="stroke painting",
+                                               elem_id="paint-canvas", sources=("upload", "clipboard"))
+                        with gr.Row():
+                            example = gr.Button("start from an example painting", size="sm", elem_id="paint-example")
+                            paint_go = gr.Button("Generate", variant="primary", elem_id="paint-go", scale=3)
+                    with gr.Tab("Edit a photo", id="photo"):
+                        photo = gr.ImageEditor(type="filepath", format="png", brush=brush, eraser=gr.Eraser(),
+                                               layers=gr.LayerOptions(layers=["strokes", "mask"],
+                                                                      allow_additional_layers=False),
+                                               label="photo: paint colours on 'strokes'; optionally the region to "
+                                                     "change on 'mask'", elem_id="photo-canvas",
+                                               sources=("upload", "clipboard"))
+                        with gr.Row():
+                            grow = gr.Slider(0, limits.max_grow, value=8, step=1, label="mask grow (px)")
+                            feather = gr.Slider(0, limits.max_feather, value=4, step=1, label="mask feather (px)")
+                        photo_go = gr.Button("Edit", variant="primary", elem_id="photo-go")
+                with gr.Row():
+                    model = gr.Dropdown(names, value=default_model if default_model in names else names[0],
+                                        label="model")
+                    sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="sampler")
+                t0 = gr.Slider(0.05, 1.0, value=0.5, step=0.01, label="t0 (noise level)")
+                hint = gr.Markdown(t0_hint(0.5))
+                with gr.Row():
+                    steps = gr.Slider(0, 200, value=0, step=1, label="steps (0 = default for sampler and t0)")
+                    repeats = gr.Slider(1, limits.max_repeats, value=1, step=1, label="repeats K")
+                    samples = gr.Slider(1, limits.max_samples, value=4, step=1, label="samples")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="seed")
+                    dice = gr.Button("random seed", size="sm")
+            with gr.Column(scale=2):
+                preview = gr.Image(label="denoised estimate while sampling", interactive=False, height=256,
+                                   elem_id="preview")
+                gallery = gr.Gallery(label="results", columns=2, height="auto", buttons=["download", "fullscreen"],
+                                     elem_id="results")
+                cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+
+        controls = [model, t0, sampler, steps, repeats, samples, seed, grow, feather]
+        ev_paint = paint_go.click(make_handler(pool, limits, outdir, photo=False), [paint, *controls],
+                                  [gallery, preview], api_name="paint", concurrency_id="sdedit")
+        ev_photo = photo_go.click(make_handler(pool, limits, outdir, photo=True), [photo, *controls],
+                                  [gallery, preview], api_name="edit_photo", concurrency_id="sdedit")
+        cancel.click(None, None, None, cancels=[ev_paint, ev_photo], queue=False)
+        example.click(_example_painting, None, paint, queue=False, api_name=False)
+        dice.click(lambda: secrets.randbits(31), None, seed, queue=False, api_name=False)
+        t0.change(_hint, t0, hint, queue=False, api_name=False)
+    return app
+
+
+def _example_painting() -> dict[str, Any]:
+    """The bundled stroke painting as the canvas background, ready to paint over."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("sdedit") / "assets" / "landscape-strokes.png") as path:
+        img = Image.open(path).convert("RGB").resize((CANVAS, CANVAS), Image.Resampling.NEAREST)
+    return {"background": img, "layers": [], "composite": None}
+
+
+def _hint(t0: Any) -> str:
+    try:
+        return t0_hint(float(t0))
+    except (TypeError, ValueError):
+        return ""
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    """USER:PASS from the command line, or None."""
+    if text is None:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise InputError("--auth must be USER:PASS with both parts non-empty")
+    return user, password
+
+
+def launch(app: Any, *, port: int, listen: bool, auth: tuple[str, str] | None, queue_size: int,
+           outdir: Path, block: bool = True) -> str:
+    """Start the server (loopback unless listen, which needs auth); returns its address."""
+    if listen and auth is None:
+        raise InputError("--listen exposes the app to the network: give --auth USER:PASS as well")
+    app.queue(max_size=queue_size, default_concurrency_limit=1)
+    host = "0.0.0.0" if listen else "127.0.0.1"
+    try:
+        app.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=True, quiet=True,
+                   show_error=True, max_file_size="20mb", allowed_paths=[str(outdir)], ssr_mode=False,
+                   footer_links=[], mcp_server=False)
+    except OSError as e:
+        raise InputError(f"cannot serve on {host}:{port} ({e}); is another app using it? pick one with --port") \
+            from None
+    address = f"http://{'127.0.0.1' if not listen else host}:{app.server_port}/"
+    print(f"sdedit ui: running on {address} (Ctrl-C to stop)", flush=True)
+    if block:
+        app.block_thread()
+    return address

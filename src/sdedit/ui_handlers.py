@@ -1,0 +1,258 @@
+"""What the web UI does, without Gradio: validate settings, read the canvas, derive masks, run SDEdit in steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from .api import default_steps, edit
+from .errors import InputError
+from .images import Fit, open_image, tensor_to_images, to_model_size, to_rgb
+from .metrics import l2_distance
+from .model import SDEModel
+from .samplers import SAMPLERS
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side bounds on what one request may ask for, whatever the browser sends."""
+
+    max_pixels: int = 16_000_000  # per uploaded image, checked before decoding
+    max_samples: int = 8
+    max_steps: int = 1000
+    max_repeats: int = 5
+    max_grow: int = 64  # mask dilation, pixels
+    max_feather: int = 32  # mask blur radius, pixels
+
+
+@dataclass(frozen=True)
+class Request:
+    """One validated run: which model and how to sample."""
+
+    model: str
+    t0: float
+    sampler: str
+    steps: int
+    repeats: int
+    samples: int
+    seed: int
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or value is None:
+        raise InputError(f"{what} must be a number, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise InputError(f"{what} must be finite, got {value!r}")
+    return x
+
+
+def _integer(value: Any, what: str, lo: int, hi: int) -> int:
+    x = _number(value, what)
+    if x != int(x) or not lo <= x <= hi:
+        raise InputError(f"{what} must be a whole number from {lo} to {hi}, got {value!r}")
+    return int(x)
+
+
+def validate(models: Sequence[str], limits: Limits, *, model: Any, t0: Any, sampler: Any, steps: Any,
+             repeats: Any, samples: Any, seed: Any) -> Request:
+    """Check every setting a page sent; steps 0 means the sampler's default for t0."""
+    if model not in models:
+        raise InputError(f"unknown model {model!r}; this server offers: {', '.join(models)}")
+    if sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    t = _number(t0, "t0")
+    if not 0.0 < t <= 1.0:
+        raise InputError(f"t0 must be in (0, 1], got {t0!r}")
+    n_steps = _integer(steps, "steps", 0, limits.max_steps) or default_steps(sampler, t)
+    return Request(model, t, sampler, n_steps, _integer(repeats, "repeats K", 1, limits.max_repeats),
+                   _integer(samples, "number of samples", 1, limits.max_samples),
+                   _integer(seed, "seed", 0, 2**31 - 1))
+
+
+def t0_hint(t0: float) -> str:
+    """One line on the realism-faithfulness trade-off at this t0 (the paper's Figure 3)."""
+    if t0 < 0.3:
+        return f"t0 = {t0:.2f}: stays very close to your strokes; little realism is added."
+    if t0 <= 0.6:
+        return f"t0 = {t0:.2f}: the usual balance; realistic, and still follows your strokes' layout and colours."
+    return f"t0 = {t0:.2f}: very realistic, but free to drift away from your strokes."
+
+
+@dataclass
+class Canvas:
+    """An ImageEditor value read into images: the picture, the strokes layer and the optional mask layer."""
+
+    background: Image.Image | None  # RGB, the uploaded image (None on a blank canvas)
+    strokes: Image.Image | None  # RGBA layer the user painted colours on
+    mask: Image.Image | None  # RGBA layer the user painted the edit region on
+    composite: Image.Image  # RGB: everything flattened on white
+
+
+def _load(src: Any, what: str, limits: Limits) -> Image.Image | None:
+    if src is None:
+        return None
+    if isinstance(src, Image.Image):
+        if src.width * src.height > limits.max_pixels:
+            raise InputError(f"{what} has {src.width * src.height:,} pixels; the limit is {limits.max_pixels:,}")
+        return src
+    if isinstance(src, (str, Path)):
+        img = open_image(src, max_pixels=limits.max_pixels)
+        img.load()
+        return img
+    raise InputError(f"{what}: expected an image, got {type(src).__name__}")
+
+
+def read_canvas(value: Mapping[str, Any] | None, limits: Limits) -> Canvas:
+    """Read {background, layers, composite} (paths or PIL images) from the editor; layers[0] strokes, [1] mask."""
+    if not value or value.get("composite") is None:
+        raise InputError("the canvas is empty: paint some strokes or upload an image first")
+    composite = _load(value["composite"], "the canvas", limits)
+    background = _load(value.get("background"), "the uploaded image", limits)
+    layers = [_load(v, "a layer", limits) for v in (value.get("layers") or [])]
+    size = background.size if background is not None else composite.size
+
+    def layer(i: int) -> Image.Image | None:
+        if i >= len(layers) or layers[i] is None:
+            return None
+        lay = layers[i].convert("RGBA")
+        return lay if lay.size == size else lay.resize(size, Image.Resampling.NEAREST)
+
+    return Canvas(to_rgb(background) if background is not None else None, layer(0), layer(1), to_rgb(composite))
+
+
+def painted(layer: Image.Image | None) -> np.ndarray:
+    """Boolean map of the pixels a layer covers (alpha > 0)."""
+    if layer is None:
+        return np.zeros((0, 0), bool)
+    return np.asarray(layer.getchannel("A")) > 0
+
+
+def derive_mask(covered: np.ndarray, grow: int, feather: int) -> Image.Image:
+    """Edit mask from painted pixels: grown by `grow` px (max filter), edges blurred by `feather` px (white = edit)."""
+    m = Image.fromarray((covered * 255).astype(np.uint8))
+    if grow > 0:
+        m = m.filter(ImageFilter.MaxFilter(2 * grow + 1))
+    if feather > 0:
+        # blur outward only: what was painted stays fully edited, the soft edge falls off outside it
+        soft = np.asarray(m.filter(ImageFilter.GaussianBlur(feather)), np.float32)
+        m = Image.fromarray(np.maximum(soft * 2.0, np.asarray(m, np.float32)).clip(0, 255).astype(np.uint8))
+    return m
+
+
+def guide_and_mask(canvas: Canvas, *, photo: bool, grow: int, feather: int,
+                   limits: Limits) -> tuple[Image.Image, Image.Image | None]:
+    """The SDEdit guide and mask of one canvas: a painting is edited everywhere; a photo only where painted."""
+    if not photo:
+        return canvas.composite, None
+    if canvas.background is None:
+        raise InputError("upload a photo to edit first (or use the Paint tab for a blank canvas)")
+    grow = _integer(grow, "mask grow", 0, limits.max_grow)
+    feather = _integer(feather, "mask feather", 0, limits.max_feather)
+    strokes = painted(canvas.strokes)
+    user_mask = painted(canvas.mask)
+    guide = canvas.background.convert("RGBA")
+    if canvas.strokes is not None:
+        guide = Image.alpha_composite(guide, canvas.strokes)
+    guide = guide.convert("RGB")
+    if user_mask.any():
+        return guide, derive_mask(user_mask | strokes if strokes.size else user_mask, 0, feather)
+    if not strokes.size or not strokes.any():
+        raise InputError("paint some strokes on the photo first (on the 'strokes' layer)")
+    return guide, derive_mask(strokes, grow, feather)
+
+
+def caption(settings: Mapping[str, Any], l2: float) -> str:
+    """Gallery caption: seed, settings and faithfulness (L2 to the guide at the model's resolution)."""
+    k = f", K={settings['repeats']}" if settings["repeats"] > 1 else ""
+    return (f"seed {settings['seed']} | t0 {settings['t0']:g} | {settings['sampler']} {settings['steps']} steps{k} "
+            f"| L2 to guide {l2:.2f}")
+
+
+def faithfulness(outputs: list[Image.Image], guide: Image.Image, resolution: int, fit: Fit = "crop") -> list[float]:
+    """L2 between each output and the guide, both at the model's resolution (the paper's measure)."""
+    small = to_model_size(guide, resolution, fit)
+    outs = [o if o.size == small.size else o.resize(small.size, Image.Resampling.LANCZOS) for o in outputs]
+    return [float(v) for v in l2_distance(outs, [small] * len(outs))]
+
+
+class Cancelled(Exception):
+    """Raised inside sampling when the user cancels a run."""
+
+
+@dataclass
+class Progress:
+    """A run's state while it goes: fraction done and the current denoised estimate of sample 0."""
+
+    fraction: float
+    preview: Image.Image | None
+
+
+@dataclass
+class Result:
+    """A finished run: the images with their captions."""
+
+    images: list[tuple[Image.Image, str]]
+
+
+def run_steps(model: SDEModel, req: Request, guide: Image.Image, mask: Image.Image | None, *,
+              fit: Fit = "crop", original_size: bool = False, preview_every: float = 0.25,
+              edit_fn: Callable[..., list[Image.Image]] = edit) -> Iterator[Progress | Result]:
+    """SDEdit in a worker thread, yielding progress with previews; closing the iterator cancels the run."""
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    stop = threading.Event()
+    batch = min(req.samples, 8)
+    total = math.ceil(req.samples / batch) * req.repeats * req.steps
+    done = [0]
+
+    def on_step(i: int, sigma: float, x: torch.Tensor, denoised: torch.Tensor) -> None:
+        if stop.is_set():
+            raise Cancelled()
+        done[0] += 1
+        events.put(("step", (done[0], denoised[:1].detach().clamp(-1, 1).float().cpu())))
+
+    def work() -> None:
+        try:
+            outs = edit_fn(model, guide, mask=mask, t0=req.t0, steps=req.steps, repeats=req.repeats,
+                           sampler=req.sampler, num_samples=req.samples, seed=req.seed, progress=False,
+                           batch_size=batch, fit=fit, original_size=original_size, callback=on_step)
+            events.put(("done", outs))
+        except BaseException as e:  # handed to the caller's thread, re-raised there
+            events.put(("error", e))
+
+    worker = threading.Thread(target=work, name="sdedit-ui-run", daemon=True)
+    worker.start()
+    last = 0.0
+    try:
+        while True:
+            kind, payload = events.get()
+            if kind == "step":
+                count, estimate = payload
+                now = time.monotonic()
+                if now - last >= preview_every or count == total:
+                    last = now
+                    yield Progress(count / total, tensor_to_images(estimate)[0])
+            elif kind == "error":
+                raise payload
+            else:
+                l2 = faithfulness(payload, guide, model.resolution, fit)
+                yield Result([(img, caption(json.loads(img.info["sdedit"]), d)) for img, d in zip(payload, l2)])
+                return
+    finally:
+        stop.set()
+        worker.join()
+

@@ -1,0 +1,172 @@
+"""The web UI's handlers without a browser: validation, canvas reading, masks, runs, cancellation."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from .conftest import DATA, gaussian_model
+from PIL import Image
+
+from sdedit.api import default_steps, edit
+from sdedit.errors import InputError
+from sdedit.images import read_settings
+from sdedit.ui_handlers import Cancelled, Limits, Progress, Result, derive_mask, guide_and_mask, read_canvas, \
+    run_steps, validate
+
+MODELS = ["landscapes", "tiny"]
+GOOD = dict(model="landscapes", t0=0.5, sampler="ddpm", steps=0, repeats=1, samples=2, seed=7)
+
+
+def test_validate_accepts_and_fills_default_steps():
+    req = validate(MODELS, Limits(), **GOOD)
+    assert (req.model, req.t0, req.samples, req.seed) == ("landscapes", 0.5, 2, 7)
+    assert req.steps == default_steps("ddpm", 0.5)
+    assert validate(MODELS, Limits(), **{**GOOD, "steps": 12.0, "t0": "0.3"}).steps == 12
+
+
+@pytest.mark.parametrize("field, value", [
+    ("model", "/etc/passwd"), ("model", "https://example.org/x.ckpt"), ("model", None), ("sampler", "heun"),
+    ("t0", 0), ("t0", 1.5), ("t0", "nan"), ("t0", "abc"), ("t0", None), ("steps", -1), ("steps", 1001),
+    ("steps", 2.5), ("repeats", 0), ("repeats", 6), ("samples", 9), ("samples", True), ("seed", -1),
+    ("seed", 2**31), ("seed", "1e400"), ("seed", [1]),
+])
+def test_validate_rejects_what_a_page_could_send(field, value):
+    with pytest.raises(InputError) as e:
+        validate(MODELS, Limits(), **{**GOOD, field: value})
+    assert "\n" not in str(e.value)
+
+
+def test_derive_mask_grows_then_feathers_outward_only():
+    covered = np.zeros((21, 21), bool)
+    covered[10, 10] = True
+    grown = np.asarray(derive_mask(covered, grow=2, feather=0))
+    assert (grown[8:13, 8:13] == 255).all() and grown.sum() == 25 * 255
+    soft = np.asarray(derive_mask(covered, grow=2, feather=2))
+    assert (soft[8:13, 8:13] == 255).all()  # the grown region is still fully edited
+    ring = soft[6, 10]
+    assert 0 < ring < 255 and soft[0, 0] == 0  # a soft edge outside it, nothing far away
+
+
+def photo_and_strokes(size=(48, 40)):
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    strokes = Image.new("RGBA", size, (0, 0, 0, 0))
+    strokes.paste((20, 120, 40, 255), (30, 5, 42, 20))
+    return photo, strokes
+
+
+def test_photo_guide_is_the_photo_with_strokes_and_mask_is_derived_from_them():
+    photo, strokes = photo_and_strokes()
+    canvas = read_canvas({"background": photo, "layers": [strokes], "composite": photo}, Limits())
+    guide, mask = guide_and_mask(canvas, photo=True, grow=1, feather=0, limits=Limits())
+    g, m, p = np.asarray(guide), np.asarray(mask), np.asarray(photo)
+    assert (g[5:20, 30:42] == (20, 120, 40)).all()
+    assert (m[4:21, 29:43] == 255).all() and m.sum() == 17 * 14 * 255
+    assert (g[m == 0] == p[m == 0]).all()
+
+
+def test_a_painted_mask_layer_wins_over_the_derived_mask():
+    photo, strokes = photo_and_strokes()
+    mask_layer = Image.new("RGBA", photo.size, (0, 0, 0, 0))
+    mask_layer.paste((255, 255, 255, 255), (0, 0, 10, 10))
+    canvas = read_canvas({"background": photo, "layers": [strokes, mask_layer], "composite": photo}, Limits())
+    _, mask = guide_and_mask(canvas, photo=True, grow=8, feather=0, limits=Limits())
+    m = np.asarray(mask)
+    assert (m[:10, :10] == 255).all() and (m[5:20, 30:42] == 255).all()  # painted region plus the strokes
+    assert m.sum() == (100 + 15 * 12) * 255  # no growing of a hand-painted mask
+
+
+@pytest.mark.parametrize("value, photo, message", [
+    (None, False, "canvas is empty"),
+    ({"background": None, "layers": [], "composite": None}, False, "canvas is empty"),
+    ({"background": None, "layers": [], "composite": Image.new("RGB", (8, 8))}, True, "upload a photo"),
+    ({"background": Image.new("RGB", (8, 8)), "layers": [Image.new("RGBA", (8, 8))],
+      "composite": Image.new("RGB", (8, 8))}, True, "paint some strokes"),
+    ({"background": Image.new("RGB", (200, 200)), "layers": [], "composite": Image.new("RGB", (200, 200))},
+     True, "pixels; the limit"),
+])
+def test_bad_canvases_are_one_line_errors(value, photo, message):
+    limits = Limits(max_pixels=10_000)
+    with pytest.raises(InputError, match=message):
+        guide_and_mask(read_canvas(value, limits), photo=photo, grow=0, feather=0, limits=limits)
+
+
+def test_uploaded_files_are_checked_before_decoding(tmp_path):
+    from .helpers import bomb_png
+
+    with pytest.raises(InputError, match="pixels"):
+        read_canvas({"background": str(bomb_png(tmp_path / "b.png", 5000, 5000)), "layers": [],
+                     "composite": str(bomb_png(tmp_path / "c.png", 5000, 5000))}, Limits())
+
+
+def test_photo_run_edits_only_where_painted_at_full_size():
+    photo, strokes = photo_and_strokes()
+    canvas = read_canvas({"background": photo, "layers": [strokes], "composite": photo}, Limits())
+    guide, mask = guide_and_mask(canvas, photo=True, grow=2, feather=2, limits=Limits())
+    req = validate(["g"], Limits(), model="g", t0=0.6, sampler="ddpm", steps=10, repeats=1, samples=2, seed=3)
+    events = list(run_steps(gaussian_model(), req, guide, mask, fit="stretch", original_size=True,
+                            preview_every=0.0))
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [round(p.fraction, 6) for p in progress] == [round((i + 1) / 10, 6) for i in range(10)]
+    assert all(p.preview is not None and p.preview.size == (32, 32) for p in progress)
+    result = events[-1]
+    assert isinstance(result, Result) and len(result.images) == 2
+    keep = np.asarray(mask) == 0
+    for j, (img, text) in enumerate(result.images):
+        out = np.asarray(img)
+        assert img.size == photo.size
+        assert (out[keep] == np.asarray(photo)[keep]).all()  # kept pixels bit for bit, at the photo's size
+        assert np.abs(out[5:20, 30:42].astype(int) - (20, 120, 40)).mean() > 5  # the painted region was edited
+        assert text.startswith(f"seed {3 + j} | t0 0.6 | ddpm 10 steps") and "L2 to guide" in text
+        assert json.loads(img.info["sdedit"])["seed"] == 3 + j
+
+
+def test_closing_the_run_cancels_sampling_and_ends_the_worker():
+    seen: list[BaseException] = []
+
+    def recording_edit(*args, **kwargs):
+        try:
+            return edit(*args, **kwargs)
+        except BaseException as e:
+            seen.append(e)
+            raise
+
+    req = validate(["g"], Limits(), model="g", t0=1.0, sampler="ddpm", steps=1000, repeats=5, samples=8, seed=0)
+    run = run_steps(gaussian_model(resolution=64), req, Image.new("RGB", (64, 64)), None, preview_every=0.0,
+                    edit_fn=recording_edit)
+    first = next(run)
+    assert isinstance(first, Progress) and first.fraction < 0.01
+    run.close()
+    assert len(seen) == 1 and isinstance(seen[0], Cancelled)
+    assert not [t for t in threading.enumerate() if t.name == "sdedit-ui-run"]
+
+
+def test_errors_inside_a_run_reach_the_caller():
+    def broken_edit(*args, **kwargs):
+        raise InputError("broken on purpose")
+
+    req = validate(["g"], Limits(), model="g", t0=0.5, sampler="ddpm", steps=5, repeats=1, samples=1, seed=0)
+    with pytest.raises(InputError, match="broken on purpose"):
+        list(run_steps(gaussian_model(), req, Image.new("RGB", (32, 32)), None, edit_fn=broken_edit))
+
+
+def test_gradio_handler_writes_pngs_with_settings_and_turns_errors_into_messages(tmp_path):
+    import gradio as gr
+
+    from sdedit.ui import ModelPool, make_handler
+
+    pool = ModelPool({"tiny": str(DATA / "tiny.ckpt")}, device="cpu", config=str(DATA / "tiny.yml"))
+    handler = make_handler(pool, Limits(), tmp_path, photo=False)
+    painting = Image.new("RGB", (40, 40), (90, 140, 200))
+    editor = {"background": painting, "layers": [], "composite": painting}
+    outputs = list(handler(editor, "tiny", 0.4, "ddim", 3, 1, 2, 5, 0, 0, progress=lambda *a, **k: None))
+    gallery, _ = outputs[-1]
+    assert len(gallery) == 2
+    for j, (path, text) in enumerate(gallery):
+        assert path.startswith(str(tmp_path)) and read_settings(path)["seed"] == 5 + j
+        assert text.startswith(f"seed {5 + j} | t0 0.4 | ddim 3 steps")
+    with pytest.raises(gr.Error, match="unknown model"):
+        list(handler(editor, "/etc/passwd", 0.4, "ddim", 3, 1, 2, 5, 0, 0, progress=lambda *a, **k: None))
