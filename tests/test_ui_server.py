@@ -207,3 +207,11 @@ def test_browser_edits_an_uploaded_photo_only_where_painted(server, tmp_path):
     rows = np.nonzero(changed.any(1))[0]
     assert (out[: rows.min()] == ref[: rows.min()]).all() and (out[rows.max() + 1:] == ref[rows.max() + 1:]).all()
     assert rows.max() - rows.min() < 0.5 * ref.shape[0]  # the untouched rows are the photo, bit for bit
+
+
+def test_a_port_in_use_is_a_one_line_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = sdedit_cmd("ui", "--port", str(s.getsockname()[1]))
+    assert r.returncode == 2 and "pick one with --port" in r.stderr and len(r.stderr.strip().splitlines()) == 1

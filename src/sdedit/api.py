@@ -17,6 +17,7 @@ from .editing import check_settings, sdedit
 from .errors import InputError, SamplingError
 from .images import Fit, ImageLike, as_pil, fit_box, image_to_tensor, mask_to_tensor, tensor_to_images, to_gray, \
     to_model_size, to_rgb
+from .latent import LatentModel, latent_edit
 from .model import SDEModel
 from .samplers import SAMPLERS
 
@@ -28,10 +29,10 @@ def default_steps(sampler: str, t0: float) -> int:
     return max(10, math.ceil(100 * t0 - 1e-9))
 
 
-def edit(model: SDEModel, image: ImageLike, *, mask: ImageLike | None = None, t0: float = 0.5,
+def edit(model: SDEModel | LatentModel, image: ImageLike, *, mask: ImageLike | None = None, t0: float = 0.5,
          steps: int | None = None, repeats: int = 1, sampler: str | None = None, num_samples: int = 1,
          seed: int | None = None, progress: bool = True, batch_size: int | None = None, fit: Fit = "crop",
-         original_size: bool = False,
+         original_size: bool = False, prompt: str | None = None, negative_prompt: str = "", guidance: float = 7.5,
          callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None) -> list[Image.Image]:
     """SDEdit (Meng et al. 2022) on one guide image: num_samples outputs, sample j seeded with seed + j.
 
@@ -40,7 +41,16 @@ def edit(model: SDEModel, image: ImageLike, *, mask: ImageLike | None = None, t0
     (fit="crop") or stretched (fit="stretch") and resized to the model's resolution; with
     original_size the outputs are scaled back to the cropped/stretched input size, kept
     pixels pasted from the full-size input.  Each output's settings are in img.info["sdedit"].
+    A text-conditioned (Stable Diffusion) model takes prompt, negative_prompt and guidance and
+    works at the input's own size (latent.latent_edit); fit and original_size do not apply.
     """
+    if isinstance(model, LatentModel):
+        return latent_edit(model, image, prompt=prompt or "", negative_prompt=negative_prompt, guidance=guidance,
+                           mask=mask, t0=t0, steps=steps, repeats=repeats, sampler=sampler or DEFAULT_SAMPLER,
+                           num_samples=num_samples, seed=seed, progress=progress, batch_size=batch_size,
+                           callback=callback)
+    if prompt or negative_prompt:
+        raise InputError(f"{model.name} is not text-conditioned: --prompt needs a Stable Diffusion-style model")
     sampler = sampler or DEFAULT_SAMPLER
     if sampler not in SAMPLERS:
         raise InputError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")

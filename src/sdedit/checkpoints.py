@@ -12,7 +12,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -20,6 +20,9 @@ from safetensors.torch import load_file
 
 from .denoisers import EpsDenoiser, ScoreDenoiser
 from .errors import InputError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    from .latent import LatentModel
 from .model import SDEModel
 from .original import DDPMArch, convert_state_dict, read_config
 from .presets import BUNDLED, PRESETS, Preset
@@ -225,6 +228,24 @@ def hub_snapshot(repo_id: str, *, what: str) -> Path:
     return config.parent.parent if sub else config.parent
 
 
+PIPELINE_FILES = ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
+                  "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                  "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors",
+                  "tokenizer/*"]
+
+
+def hub_pipeline_snapshot(repo_id: str) -> Path | None:
+    """The local folder of a Stable Diffusion-style Hub repo (safetensors weights only), or None if it is not one."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        hf_hub_download(repo_id, "model_index.json")
+    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError):
+        return None  # not a pipeline, or unreachable: hub_snapshot reports which
+    return Path(snapshot_download(repo_id, allow_patterns=PIPELINE_FILES))
+
+
 def is_cached(repo_id: str) -> bool:
     """Whether a repo's UNet config is in huggingface_hub's cache (no network)."""
     from huggingface_hub import try_to_load_from_cache
@@ -240,7 +261,7 @@ def bundled_path(name: str) -> Path:
 
 
 def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str] | None = None,
-               device: str | torch.device | None = None) -> SDEModel:
+               device: str | torch.device | None = None) -> SDEModel | LatentModel:
     """Load a model by preset name, local checkpoint file, diffusers folder or Hub id; see README 'Models'."""
     src = str(source)
     if src in BUNDLED and not Path(src).exists():
@@ -253,6 +274,10 @@ def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str]
         return load_diffusers(hub_snapshot(preset.repo_id, what=src), device=device, name=src, preset=preset)
     path = Path(src).expanduser()
     if path.is_dir():
+        from .latent import is_latent_folder, load_latent
+
+        if is_latent_folder(path):
+            return load_latent(path, device=device, name=src)
         return load_diffusers(path, device=device, name=src)
     if path.is_file():
         if path.suffix not in _WEIGHT_SUFFIXES:
@@ -265,6 +290,11 @@ def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str]
                                  f"such as 'church')")
         return load_original(path, config, device=device, name=src)
     if _HUB_ID.match(src) and not src.startswith((".", "/")):
+        pipeline = hub_pipeline_snapshot(src)
+        if pipeline is not None:
+            from .latent import load_latent
+
+            return load_latent(pipeline, device=device, name=src)
         return load_diffusers(hub_snapshot(src, what=src), device=device, name=src)
     raise InputError(f"no such model: {src!r} (not a preset, a file, a folder or a Hub id); "
                      f"presets: {', '.join(PRESETS)}")

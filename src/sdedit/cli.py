@@ -47,6 +47,9 @@ class EditSettings:
     precision: str  # fp32, bf16 or fp16
     compile: bool  # torch.compile the network
     quiet: bool
+    prompt: str | None = None  # text-conditioned models: what the result should show
+    negative_prompt: str = ""  # ... and what it should not
+    guidance: float = 7.5  # classifier-free guidance weight
 
 
 def _parser() -> Parser:
@@ -76,6 +79,9 @@ def _parser() -> Parser:
                    help="network precision: fp32 (default), or bf16/fp16 autocast where the hardware is fast at it")
     e.add_argument("--compile", action="store_true", help="torch.compile the network (slow first call)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--prompt", help="text-conditioned (Stable Diffusion) models: what the result should show")
+    e.add_argument("--negative-prompt", default="", help="... and what it should not (the unconditional branch)")
+    e.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance weight (7.5; 1 = none)")
 
     t = sub.add_parser("train", help="train a DDPM on a folder of images or the built-in landscapes")
     t.add_argument("-o", "--out", type=Path, required=True, help="run folder: the model, and its training state")
@@ -147,15 +153,16 @@ def _parser() -> Parser:
     u.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
 
     sub.add_parser("models", help="list the preset models, their sizes and whether they are cached")
-    d = sub.add_parser("download", help="fetch a preset model into the Hugging Face cache")
-    d.add_argument("name", choices=list(PRESETS))
+    d = sub.add_parser("download", help="fetch a preset or a Stable Diffusion Hub repo into the Hugging Face cache")
+    d.add_argument("name", help=f"a preset ({', '.join(PRESETS)}) or a Hub id such as "
+                                "stable-diffusion-v1-5/stable-diffusion-v1-5")
     return p
 
 
 def _edit(a: argparse.Namespace) -> int:
     s = EditSettings(a.input, a.mask, a.model, a.config, a.t0, a.steps, a.repeats, a.sampler, a.num, a.seed,
                      a.device, a.outdir, a.batch_size, a.fit, a.original_size, a.overwrite, a.precision,
-                     a.compile, a.quiet)
+                     a.compile, a.quiet, a.prompt, a.negative_prompt, a.guidance)
     from .api import default_steps, edit
     from .checkpoints import load_model, pick_device
     from .editing import check_settings
@@ -178,7 +185,8 @@ def _edit(a: argparse.Namespace) -> int:
     steps = s.steps if s.steps is not None else default_steps(s.sampler or "ddpm", s.t0)
     outs = edit(model, image, mask=mask, t0=s.t0, steps=steps, repeats=s.repeats, sampler=s.sampler,
                 num_samples=s.num, seed=s.seed, progress=not s.quiet, batch_size=s.batch_size,
-                fit=s.fit, original_size=s.original_size)  # type: ignore[arg-type]
+                fit=s.fit, original_size=s.original_size, prompt=s.prompt, negative_prompt=s.negative_prompt,
+                guidance=s.guidance)  # type: ignore[arg-type]
     for img in outs:
         meta = json.loads(img.info["sdedit"])
         name = f"{s.input.stem}_t{meta['t0']:.2f}_{meta['sampler']}_s{meta['seed']}.png"
@@ -360,9 +368,15 @@ def _models(a: argparse.Namespace) -> int:
 
 
 def _download(a: argparse.Namespace) -> int:
-    from .checkpoints import hub_snapshot
+    from .checkpoints import hub_pipeline_snapshot, hub_snapshot
 
-    print(hub_snapshot(PRESETS[a.name].repo_id, what=a.name))
+    if a.name in PRESETS:
+        print(hub_snapshot(PRESETS[a.name].repo_id, what=a.name))
+        return 0
+    if "/" not in a.name:
+        raise InputError(f"unknown preset {a.name!r}; presets: {', '.join(PRESETS)} (or give a Hub id OWNER/NAME)")
+    folder = hub_pipeline_snapshot(a.name)
+    print(folder if folder is not None else hub_snapshot(a.name, what=a.name))
     return 0
 
 

@@ -16,6 +16,7 @@ from .api import DEFAULT_SAMPLER
 from .checkpoints import is_cached, load_model
 from .errors import InputError, SdeditError
 from .images import save_png
+from .latent import LatentModel, is_latent_folder
 from .model import SDEModel
 from .presets import BUNDLED, PRESETS
 from .samplers import SAMPLERS
@@ -41,10 +42,14 @@ class ModelPool:
     sources: dict[str, str]  # name shown on the page -> load_model source
     device: str | None = None
     config: str | None = None  # for an original checkpoint given at start-up
-    _loaded: dict[str, SDEModel] = field(default_factory=dict)
+    text: set[str] = field(default_factory=set)  # names of the text-conditioned models seen so far
+    _loaded: dict[str, SDEModel | LatentModel] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def get(self, name: str) -> SDEModel:
+    def __post_init__(self) -> None:
+        self.text |= {n for n, src in self.sources.items() if is_latent_folder(Path(src).expanduser())}
+
+    def get(self, name: str) -> SDEModel | LatentModel:
         """The model behind a validated name, loading it on first use."""
         with self._lock:
             if name not in self._loaded:
@@ -52,6 +57,8 @@ class ModelPool:
                 src = self.sources[name]
                 cfg = self.config if src not in BUNDLED and src not in PRESETS else None
                 self._loaded[name] = load_model(src, config=cfg, device=self.device)
+                if isinstance(self._loaded[name], LatentModel):
+                    self.text.add(name)
             return self._loaded[name]
 
 
@@ -66,10 +73,12 @@ def make_handler(pool: ModelPool, limits: Limits, outdir: Path, *, photo: bool) 
     import gradio as gr
 
     def handler(editor: Any, model: Any, t0: Any, sampler: Any, steps: Any, repeats: Any, samples: Any, seed: Any,
-                grow: Any, feather: Any, progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
+                grow: Any, feather: Any, prompt: Any = "", negative_prompt: Any = "", guidance: Any = 7.5,
+                progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
         try:
             req = validate(list(pool.sources), limits, model=model, t0=t0, sampler=sampler, steps=steps,
-                           repeats=repeats, samples=samples, seed=seed)
+                           repeats=repeats, samples=samples, seed=seed, prompt=prompt,
+                           negative_prompt=negative_prompt, guidance=guidance)
             guide, mask = guide_and_mask(read_canvas(editor, limits), photo=photo, grow=grow, feather=feather,
                                          limits=limits)
             net = pool.get(req.model)
@@ -139,6 +148,12 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                     model = gr.Dropdown(names, value=default_model if default_model in names else names[0],
                                         label="model")
                     sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="sampler")
+                first = default_model if default_model in names else names[0]
+                with gr.Group(visible=first in pool.text) as text_box:
+                    prompt = gr.Textbox(label="prompt (text-conditioned models)", elem_id="prompt")
+                    with gr.Row():
+                        negative = gr.Textbox(label="negative prompt")
+                        guidance = gr.Slider(1.0, 20.0, value=7.5, step=0.5, label="guidance")
                 t0 = gr.Slider(0.05, 1.0, value=0.5, step=0.01, label="t0 (noise level)")
                 hint = gr.Markdown(t0_hint(0.5))
                 with gr.Row():
@@ -155,7 +170,9 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                                      elem_id="results")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
 
-        controls = [model, t0, sampler, steps, repeats, samples, seed, grow, feather]
+        controls = [model, t0, sampler, steps, repeats, samples, seed, grow, feather, prompt, negative, guidance]
+        model.change(lambda name: gr.update(visible=name in pool.text), model, text_box, queue=False,
+                     api_name=False)
         ev_paint = paint_go.click(make_handler(pool, limits, outdir, photo=False), [paint, *controls],
                                   [gallery, preview], api_name="paint", concurrency_id="sdedit")
         ev_photo = photo_go.click(make_handler(pool, limits, outdir, photo=True), [photo, *controls],

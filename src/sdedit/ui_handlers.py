@@ -20,6 +20,7 @@ from .api import default_steps, edit
 from .errors import InputError
 from .images import Fit, open_image, tensor_to_images, to_model_size, to_rgb
 from .metrics import l2_distance
+from .latent import LatentModel
 from .model import SDEModel
 from .samplers import SAMPLERS
 
@@ -47,6 +48,9 @@ class Request:
     repeats: int
     samples: int
     seed: int
+    prompt: str = ""  # text-conditioned models only
+    negative_prompt: str = ""
+    guidance: float = 7.5
 
 
 def _number(value: Any, what: str) -> float:
@@ -68,8 +72,17 @@ def _integer(value: Any, what: str, lo: int, hi: int) -> int:
     return int(x)
 
 
+def _text(value: Any, what: str, limit: int = 1000) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > limit:
+        raise InputError(f"{what} must be text of at most {limit} characters")
+    return value
+
+
 def validate(models: Sequence[str], limits: Limits, *, model: Any, t0: Any, sampler: Any, steps: Any,
-             repeats: Any, samples: Any, seed: Any) -> Request:
+             repeats: Any, samples: Any, seed: Any, prompt: Any = "", negative_prompt: Any = "",
+             guidance: Any = 7.5) -> Request:
     """Check every setting a page sent; steps 0 means the sampler's default for t0."""
     if model not in models:
         raise InputError(f"unknown model {model!r}; this server offers: {', '.join(models)}")
@@ -81,7 +94,15 @@ def validate(models: Sequence[str], limits: Limits, *, model: Any, t0: Any, samp
     n_steps = _integer(steps, "steps", 0, limits.max_steps) or default_steps(sampler, t)
     return Request(model, t, sampler, n_steps, _integer(repeats, "repeats K", 1, limits.max_repeats),
                    _integer(samples, "number of samples", 1, limits.max_samples),
-                   _integer(seed, "seed", 0, 2**31 - 1))
+                   _integer(seed, "seed", 0, 2**31 - 1), _text(prompt, "prompt"),
+                   _text(negative_prompt, "negative prompt"), _bounded(guidance, "guidance", 0.0, 30.0))
+
+
+def _bounded(value: Any, what: str, lo: float, hi: float) -> float:
+    x = _number(value, what)
+    if not lo <= x <= hi:
+        raise InputError(f"{what} must be from {lo:g} to {hi:g}, got {value!r}")
+    return x
 
 
 def t0_hint(t0: float) -> str:
@@ -209,7 +230,7 @@ class Result:
     images: list[tuple[Image.Image, str]]
 
 
-def run_steps(model: SDEModel, req: Request, guide: Image.Image, mask: Image.Image | None, *,
+def run_steps(model: SDEModel | LatentModel, req: Request, guide: Image.Image, mask: Image.Image | None, *,
               fit: Fit = "crop", original_size: bool = False, preview_every: float = 0.25,
               edit_fn: Callable[..., list[Image.Image]] = edit) -> Iterator[Progress | Result]:
     """SDEdit in a worker thread, yielding progress with previews; closing the iterator cancels the run."""
@@ -223,13 +244,18 @@ def run_steps(model: SDEModel, req: Request, guide: Image.Image, mask: Image.Ima
         if stop.is_set():
             raise Cancelled()
         done[0] += 1
-        events.put(("step", (done[0], denoised[:1].detach().clamp(-1, 1).float().cpu())))
+        # pixel models show their denoised estimate; a latent one would need a VAE decode per step
+        estimate = denoised[:1].detach().clamp(-1, 1).float().cpu() if denoised.shape[1] == 3 else None
+        events.put(("step", (done[0], estimate)))
+
+    text = dict(prompt=req.prompt, negative_prompt=req.negative_prompt, guidance=req.guidance) \
+        if isinstance(model, LatentModel) else {}
 
     def work() -> None:
         try:
             outs = edit_fn(model, guide, mask=mask, t0=req.t0, steps=req.steps, repeats=req.repeats,
                            sampler=req.sampler, num_samples=req.samples, seed=req.seed, progress=False,
-                           batch_size=batch, fit=fit, original_size=original_size, callback=on_step)
+                           batch_size=batch, fit=fit, original_size=original_size, callback=on_step, **text)
             events.put(("done", outs))
         except BaseException as e:  # handed to the caller's thread, re-raised there
             events.put(("error", e))
@@ -245,7 +271,7 @@ def run_steps(model: SDEModel, req: Request, guide: Image.Image, mask: Image.Ima
                 now = time.monotonic()
                 if now - last >= preview_every or count == total:
                     last = now
-                    yield Progress(count / total, tensor_to_images(estimate)[0])
+                    yield Progress(count / total, tensor_to_images(estimate)[0] if estimate is not None else None)
             elif kind == "error":
                 raise payload
             else:

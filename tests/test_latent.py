@@ -1,0 +1,209 @@
+"""Text-guided SDEdit on latent models: a tiny Stable Diffusion built offline, diffusers' img2img as reference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdedit import edit, load_model
+from sdedit.errors import InputError
+from sdedit.images import image_to_tensor, read_settings
+from sdedit.latent import GuidedDenoiser, LatentModel, latent_mask, snap8
+from sdedit.samplers import SAMPLERS
+from sdedit.schedules import DiscreteVPSchedule
+
+from .tiny_sd import make_tiny_sd
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    pipe = make_tiny_sd(folder)
+    return folder, pipe
+
+
+def photo(size=(64, 48), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, size[0])[None, :, None] * np.ones((size[1], 1, 3))
+    return Image.fromarray((0.7 * base + 0.3 * rng.integers(0, 256, (size[1], size[0], 3))).astype(np.uint8))
+
+
+class Oracle(torch.nn.Module):
+    """A 'UNet' that knows x0 and the noise: returns the exact eps or v of its input (cond and uncond differ)."""
+
+    def __init__(self, x0, noise, schedule, kind, shift=0.0):
+        super().__init__()
+        self.x0, self.noise, self.schedule, self.kind, self.shift = x0, noise, schedule, kind, shift
+
+    def forward(self, x_vp, t, encoder_hidden_states):
+        sigma = self.schedule.sigmas[t.round().long()].float().reshape(-1, 1, 1, 1)
+        a = 1 / (1 + sigma**2).sqrt()
+        out = a * self.noise - sigma * a * self.x0 if self.kind == "v_prediction" else self.noise
+        out = out.expand(x_vp.shape[0], -1, -1, -1)
+        # the conditional half (second when guided, all when not) is offset by `shift` per unit of context
+        out = out + self.shift * encoder_hidden_states.mean(dim=(1, 2)).reshape(-1, 1, 1, 1)
+        return type("Out", (), {"sample": out})()
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_guided_denoiser_recovers_x0_from_exact_eps_or_v(kind):
+    schedule = DiscreteVPSchedule(0.00085, 0.012, 1000, "scaled_linear")
+    x0, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    sigma = schedule.sigmas[400].float().reshape(1)
+    cond = torch.zeros(1, 3, 5)
+    d = GuidedDenoiser(Oracle(x0, noise, schedule, kind), schedule, kind, cond, None, 1.0)
+    assert torch.allclose(d(x0 + sigma * noise, sigma), x0, atol=1e-4)
+
+
+def test_classifier_free_guidance_extrapolates_from_the_negative_prompt():
+    schedule = DiscreteVPSchedule(0.00085, 0.012, 1000, "scaled_linear")
+    x0, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    sigma = schedule.sigmas[300].float().reshape(1)
+    cond, uncond = torch.ones(1, 3, 5), torch.zeros(1, 3, 5)  # eps_c = eps + 0.1, eps_u = eps
+    w = 4.0
+    d = GuidedDenoiser(Oracle(x0, noise, schedule, "epsilon", shift=0.1), schedule, "epsilon", cond, uncond, w)
+    # D = x - sigma (eps_u + w (eps_c - eps_u)) = x0 - sigma * w * 0.1
+    assert torch.allclose(d(x0 + sigma * noise, sigma), x0 - sigma * w * 0.1, atol=1e-4)
+
+
+def test_latent_mask_and_sizes():
+    m = torch.zeros(1, 1, 16, 24)
+    m[..., 3, 9] = 1.0  # one edited pixel makes its whole latent cell edited
+    lat = latent_mask(m, (2, 3))
+    assert lat.shape == (1, 1, 2, 3) and lat[0, 0, 0, 1] == 1 and lat.sum() == 1
+    assert snap8((70, 45)) == (64, 40) and snap8((5, 5)) == (8, 8)
+
+
+def test_python_edit_with_prompt_unmasked_and_masked(sd_folder):
+    folder, _ = sd_folder
+    model = load_model(folder, device="cpu")
+    assert isinstance(model, LatentModel) and model.resolution == 64
+    img = photo((70, 45))  # not multiples of 8: worked at 64x40, returned at 70x45
+    outs = edit(model, img, prompt="a red barn", negative_prompt="blurry", guidance=3.0, t0=0.6, steps=4,
+                num_samples=2, seed=5, progress=False)
+    assert [o.size for o in outs] == [(70, 45)] * 2
+    meta = json.loads(outs[1].info["sdedit"])
+    assert meta["prompt"] == "a red barn" and meta["guidance"] == 3.0 and meta["seed"] == 6 and meta["size"] == [64, 40]
+    again = edit(model, img, prompt="a red barn", negative_prompt="blurry", guidance=3.0, t0=0.6, steps=4,
+                 num_samples=1, seed=6, progress=False)
+    assert np.array_equal(np.asarray(again[0]), np.asarray(outs[1]))  # seeds do not depend on the batch
+    assert not np.array_equal(np.asarray(outs[0]), np.asarray(outs[1]))
+
+    mask = Image.new("L", img.size, 0)
+    mask.paste(255, (20, 10, 50, 30))
+    masked = edit(model, img, mask=mask, prompt="a red barn", t0=0.8, steps=4, seed=0, progress=False)[0]
+    keep = np.asarray(mask) == 0
+    assert (np.asarray(masked)[keep] == np.asarray(img)[keep]).all()  # kept pixels exactly the input's
+    assert np.abs(np.asarray(masked, float)[~keep] - np.asarray(img, float)[~keep]).mean() > 1
+
+
+def test_prompt_on_a_pixel_model_is_a_clear_error():
+    from .conftest import gaussian_model
+
+    with pytest.raises(InputError, match="not text-conditioned"):
+        edit(gaussian_model(), Image.new("RGB", (32, 32)), prompt="a cat", progress=False)
+
+
+def test_cli_edit_with_prompt_and_mask(sd_folder, tmp_path):
+    folder, _ = sd_folder
+    img = photo((64, 64))
+    img.save(tmp_path / "in.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 32))
+    mask.save(tmp_path / "mask.png")
+    r = subprocess.run([sys.executable, "-m", "sdedit", "edit", str(tmp_path / "in.png"), "--model", str(folder),
+                        "--prompt", "snowy mountains", "--mask", str(tmp_path / "mask.png"), "--sampler", "dpm++2m",
+                        "--steps", "3", "-n", "2", "--seed", "1", "-q", "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    paths = sorted((tmp_path / "out").glob("*.png"))
+    assert len(paths) == 2
+    settings = read_settings(paths[0])
+    assert settings["prompt"] == "snowy mountains" and settings["masked"] and settings["sampler"] == "dpm++2m"
+    out = np.asarray(Image.open(paths[0]).convert("RGB"))
+    assert (out[32:, :] == np.asarray(img)[32:, :]).all()
+
+
+def test_matches_diffusers_img2img_on_its_own_step_grid(sd_folder):
+    """Same components, strength, DDIM (eta 0), guidance and generator: our engine gives diffusers' images."""
+    folder, pipe = sd_folder
+    model = load_model(folder, device="cpu")
+    img = photo((64, 64), seed=3)
+    strength, n_steps, w, prompt = 0.6, 10, 3.0, "a red barn"
+    ref = pipe(prompt, image=img, strength=strength, num_inference_steps=n_steps, guidance_scale=w,
+               negative_prompt="", generator=torch.Generator().manual_seed(0), output_type="np", eta=0.0).images[0]
+
+    # diffusers' grid: `strength` snapped to whole steps of its spacing, ending at alphas_cumprod[0]
+    sched = pipe.scheduler
+    sched.set_timesteps(n_steps)
+    start = n_steps - int(n_steps * strength)
+    ts = sched.timesteps[start:].long()
+    sigmas = torch.cat([model.schedule.sigmas[ts], model.schedule.sigmas[:1]]).float()
+
+    gen = torch.Generator().manual_seed(0)
+    z_g = model.encode(image_to_tensor(img), [gen])  # posterior draw, then the perturbation: diffusers' order
+    z = z_g + sigmas[0] * torch.randn(z_g.shape, generator=gen)
+    with torch.inference_mode():
+        z = SAMPLERS["ddim"](model.guided(prompt, "", w), z, sigmas)
+        ours = ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    assert np.abs(ours - ref).max() < 2e-3, np.abs(ours - ref).max()
+
+
+def test_exact_t0_where_diffusers_snaps_strength(sd_folder):
+    """Strength 0.5 with 30 steps starts diffusers at timestep 463 (t = 0.464); we start at t0 = 0.5 exactly."""
+    _, pipe = sd_folder
+    sched = pipe.scheduler
+    sched.set_timesteps(30)
+    first = int(sched.timesteps[30 - int(30 * 0.5)])
+    assert first == 463
+    schedule = DiscreteVPSchedule(0.00085, 0.012, 1000, "scaled_linear")
+    assert schedule.sigma(0.5) == pytest.approx(float(schedule.sigmas[499]), rel=1e-6)
+    assert float(schedule.sigmas[first]) < 0.9 * schedule.sigma(0.5)
+
+
+def test_unsupported_folders_are_named(sd_folder, tmp_path):
+    import shutil
+
+    folder, _ = sd_folder
+    xl = tmp_path / "xl"
+    shutil.copytree(folder, xl)
+    idx = json.loads((xl / "model_index.json").read_text())
+    (xl / "model_index.json").write_text(json.dumps({**idx, "_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(InputError, match="SDXL|XL"):
+        load_model(xl, device="cpu")
+    inpaint = tmp_path / "inpaint"
+    shutil.copytree(folder, inpaint)
+    cfg = json.loads((inpaint / "unet" / "config.json").read_text())
+    (inpaint / "unet" / "config.json").write_text(json.dumps({**cfg, "in_channels": 9}))
+    with pytest.raises(InputError, match="inpainting UNet"):
+        load_model(inpaint, device="cpu")
+
+
+def test_web_ui_offers_a_prompt_for_text_models_and_passes_it(sd_folder, tmp_path):
+    from sdedit.ui import ModelPool, make_handler
+    from sdedit.ui_handlers import Limits
+
+    folder, _ = sd_folder
+    pool = ModelPool({"sd": str(folder), "landscapes": "landscapes"}, device="cpu")
+    assert pool.text == {"sd"}  # known from the folder, before loading
+    handler = make_handler(pool, Limits(), tmp_path, photo=True)
+    img = photo((64, 64))
+    strokes = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    strokes.paste((200, 30, 30, 255), (10, 10, 30, 30))
+    editor = {"background": img, "layers": [strokes], "composite": img}
+    outs = list(handler(editor, "sd", 0.6, "ddim", 3, 1, 1, 4, 0, 0, "a red barn", "fog", 3.0,
+                        progress=lambda *a, **k: None))
+    gallery, _ = outs[-1]
+    (path, caption), = gallery
+    settings = read_settings(path)
+    assert (settings["prompt"], settings["negative_prompt"], settings["guidance"]) == ("a red barn", "fog", 3.0)
+    out = np.asarray(Image.open(path).convert("RGB"))
+    keep = np.ones((64, 64), bool)
+    keep[10:30, 10:30] = False
+    assert (out[keep] == np.asarray(img)[keep]).all() and caption.startswith("seed 4 | t0 0.6 | ddim 3 steps")
