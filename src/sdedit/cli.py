@@ -142,6 +142,28 @@ def _parser() -> Parser:
     w.add_argument("-o", "--outdir", type=Path, default=Path("outputs"))
     w.add_argument("-q", "--quiet", action="store_true")
 
+    b = sub.add_parser("batch", help="SDEdit every image of a folder: resumable, one mask per image, many processes")
+    b.add_argument("input_dir", type=Path, help="folder of guide images (top level)")
+    b.add_argument("-o", "--outdir", type=Path, required=True, help="output folder (not inside the input folder)")
+    b.add_argument("--masks", type=Path, help="folder of masks matched by file name stem: white = edit")
+    b.add_argument("--model", help=f"as for edit ({DEFAULT_MODEL})")
+    b.add_argument("--config")
+    b.add_argument("--t0", type=float, default=0.5)
+    b.add_argument("--steps", type=int, help="default: the sampler's default for t0")
+    b.add_argument("--repeats", "-K", type=int, default=1)
+    b.add_argument("--sampler", choices=list(SAMPLERS))
+    b.add_argument("-n", "--num", type=int, default=1, help="outputs per image (1)")
+    b.add_argument("--seed", type=int, default=0, help="item seeds derive from (seed, file name) (0)")
+    b.add_argument("--fit", choices=["crop", "stretch"], default="crop")
+    b.add_argument("--original-size", action="store_true")
+    b.add_argument("--prompt")
+    b.add_argument("--negative-prompt", default="")
+    b.add_argument("--guidance", type=float, default=7.5)
+    b.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    b.add_argument("--batch-size", type=int)
+    b.add_argument("--device")
+    b.add_argument("-q", "--quiet", action="store_true")
+
     u = sub.add_parser("ui", help="start the web app: paint strokes or paint on a photo, in the browser")
     u.add_argument("--model", help=f"an extra model to offer and select first (default: {DEFAULT_MODEL}); "
                                    "bundled models and downloaded presets are always offered")
@@ -323,6 +345,25 @@ def _sweep(a: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(a: argparse.Namespace) -> int:
+    from .api import DEFAULT_SAMPLER, default_steps
+    from .batch import BatchParams, run_folder
+    from .editing import check_settings
+
+    sampler = a.sampler or DEFAULT_SAMPLER
+    steps = a.steps if a.steps is not None else (default_steps(sampler, a.t0) if 0 < a.t0 <= 1 else 1)
+    try:
+        check_settings(a.t0, steps, a.repeats)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if a.num < 1 or not 0 <= a.seed < 2**31:
+        raise InputError("-n must be >= 1 and --seed in [0, 2^31)")
+    params = BatchParams(a.model or DEFAULT_MODEL, a.t0, steps, sampler, a.repeats, a.num, a.seed, a.fit,
+                         a.original_size, a.prompt, a.negative_prompt, a.guidance)
+    return run_folder(a.input_dir, a.outdir, a.masks, params, config=a.config, device=a.device,
+                      precision=a.precision, batch_size=a.batch_size, quiet=a.quiet)
+
+
 def _ui(a: argparse.Namespace) -> int:
     from .ui import parse_auth
 
@@ -381,7 +422,7 @@ def _download(a: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "edit": _edit, "train": _train, "strokes": _strokes, "eval": _eval, "sweep": _sweep, "ui": _ui, "models": _models,
+    "edit": _edit, "train": _train, "strokes": _strokes, "eval": _eval, "sweep": _sweep, "batch": _batch, "ui": _ui, "models": _models,
     "download": _download}
 
 

@@ -1,0 +1,348 @@
+"""`sdedit batch`: SDEdit over a folder, resumable through a JSON-lines manifest, split across processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, SdeditError
+from .images import IMAGE_SUFFIXES, png_info, write_atomic
+
+MANIFEST = "manifest"  # manifest.jsonl (one process) or manifest.<rank>.jsonl (several)
+
+
+@dataclass(frozen=True)
+class BatchParams:
+    """Everything that decides an item's outputs besides the input itself (hashed into the manifest)."""
+
+    model: str
+    t0: float
+    steps: int
+    sampler: str
+    repeats: int
+    num: int
+    seed: int
+    fit: str = "crop"
+    original_size: bool = False
+    prompt: str | None = None
+    negative_prompt: str = ""
+    guidance: float = 7.5
+
+    def digest(self) -> str:
+        """A stable hash of the parameters."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Item:
+    """One input image and what becomes of it."""
+
+    name: str  # file name inside INPUT_DIR
+    path: Path
+    mask: Path | None = None
+    error: str | None = None  # known bad before any work: no mask, an ambiguous mask, a name clash
+
+
+def item_seed(seed: int, name: str) -> int:
+    """The seed of an item, from (seed, file name) only: order, batching and workers do not change it."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{name}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_folders(input_dir: Path, output_dir: Path, mask_dir: Path | None) -> None:
+    """Refuse an output folder that is, contains or lies inside an input or mask folder."""
+    if not input_dir.is_dir():
+        raise InputError(f"input folder not found: {input_dir}")
+    if mask_dir is not None and not mask_dir.is_dir():
+        raise InputError(f"mask folder not found: {mask_dir}")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"output {output_dir} exists and is not a folder")
+    out = output_dir.resolve()
+    for what, d in (("input", input_dir), ("mask", mask_dir)):
+        if d is None:
+            continue
+        src = d.resolve()
+        if out == src or out.is_relative_to(src) or src.is_relative_to(out):
+            raise InputError(f"the output folder {output_dir} must not be, contain or lie inside the {what} "
+                             f"folder {d}")
+
+
+def list_items(input_dir: Path, mask_dir: Path | None) -> list[Item]:
+    """The images of INPUT_DIR (top level, sorted by name) with their masks matched by file stem."""
+    files = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    masks: dict[str, list[Path]] = {}
+    if mask_dir is not None:
+        for m in mask_dir.iterdir():
+            if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES:
+                masks.setdefault(m.stem, []).append(m)
+    items = []
+    stems: dict[str, str] = {}
+    for p in files:
+        found = masks.get(p.stem, [])
+        item = Item(p.name, p, found[0] if len(found) == 1 else None)
+        if p.stem in stems:
+            item.error = f"same name stem as {stems[p.stem]}: their outputs would collide; rename one"
+        elif mask_dir is not None and not found:
+            item.error = f"no mask named {p.stem}.* in {mask_dir}"
+        elif len(found) > 1:
+            item.error = f"several masks named {p.stem}.* in {mask_dir}: {', '.join(sorted(m.name for m in found))}"
+        stems.setdefault(p.stem, p.name)
+        items.append(item)
+    return items
+
+
+def output_names(item: Item, num: int) -> list[str]:
+    """Outputs are named after the input: stem.png, or stem_0.png ... for several samples."""
+    stem = Path(item.name).stem
+    return [f"{stem}.png"] if num == 1 else [f"{stem}_{j}.png" for j in range(num)]
+
+
+class Manifest:
+    """Append-only JSON lines, one per finished or failed item; the last line per input wins."""
+
+    def __init__(self, folder: Path, rank: int, world: int):
+        self.folder = folder
+        self.path = folder / (f"{MANIFEST}.jsonl" if world == 1 else f"{MANIFEST}.{rank}.jsonl")
+        self.records: dict[str, dict[str, Any]] = {}
+        for p in sorted(folder.glob(f"{MANIFEST}*.jsonl")):
+            self._read(p)
+
+    def _read(self, path: Path) -> None:
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n") and path == self.path:
+            # a line cut by a kill: drop it, so that the next append starts on a line of its own
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+            data = data[: data.rfind(b"\n") + 1]
+        for line in data.decode("utf-8", "replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a cut line from a killed process in another rank's file
+            if isinstance(rec, dict) and "input" in rec:
+                self.records[rec["input"]] = rec
+
+    def written_by_us(self, name: str) -> str | None:
+        """The sha256 recorded for an output file this batch wrote, if any."""
+        for rec in self.records.values():
+            for out in rec.get("outputs", []):
+                if out.get("file") == name:
+                    return out.get("sha256")
+        return None
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add one record durably (flushed and fsynced before returning)."""
+        self.records[record["input"]] = record
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def is_done(rec: dict[str, Any] | None, input_sha: str, params: str, folder: Path) -> bool:
+    """Whether a record says this exact input and parameters finished, with its outputs still intact."""
+    if not rec or rec.get("status") != "done" or rec.get("input_sha256") != input_sha or rec.get("params") != params:
+        return False
+    return all((folder / o["file"]).is_file() and file_digest(folder / o["file"]) == o["sha256"]
+               for o in rec.get("outputs", []))
+
+
+def remove_stray_temporaries(folder: Path) -> int:
+    """Delete temporary files our atomic writes left behind when killed ('.NAME.png.XXXX.tmp')."""
+    n = 0
+    for p in folder.glob(".*.png.*.tmp"):
+        p.unlink()
+        n += 1
+    return n
+
+
+class StopRequest:
+    """First Ctrl-C: finish the current item, then stop; second: stop at once (KeyboardInterrupt)."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.requested = False
+        self.say = say
+        self.previous: Any = None
+
+    def __enter__(self) -> StopRequest:
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        self.say("stopping after the current item (Ctrl-C again to stop now)")
+
+
+@dataclass
+class Summary:
+    """Counts of one run of one process."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def run_items(items: list[Item], params: BatchParams, outdir: Path, manifest: Manifest,
+              edit_one: Callable[[Item, int], list[Any]], *, stop: StopRequest | None = None,
+              progress: Iterator[Item] | None = None) -> Summary:
+    """Edit each item not already done; record every outcome; stop cleanly when asked."""
+    summary = Summary()
+    start = time.perf_counter()
+    digest = params.digest()
+    for item in progress if progress is not None else items:
+        if stop is not None and stop.requested:
+            summary.interrupted = True
+            break
+        try:
+            input_sha = file_digest(item.path)
+        except OSError as e:
+            summary.failed += 1
+            summary.failures.append((item.name, str(e)))
+            manifest.append({"input": item.name, "status": "failed", "reason": f"cannot read: {e}", "params": digest})
+            continue
+        if is_done(manifest.records.get(item.name), input_sha, digest, outdir):
+            summary.skipped += 1
+            continue
+        t = time.perf_counter()
+        record: dict[str, Any] = {"input": item.name, "input_sha256": input_sha, "params": digest,
+                                  "seed": item_seed(params.seed, item.name)}
+        try:
+            if item.error is not None:
+                raise InputError(item.error)
+            names = output_names(item, params.num)
+            for n in names:
+                target = outdir / n
+                if target.exists() and manifest.written_by_us(n) is None:
+                    raise InputError(f"{target} exists and was not written by this batch; not overwriting it")
+            images = edit_one(item, record["seed"])
+            outputs = []
+            for n, img in zip(names, images, strict=True):
+                path = outdir / n
+                info = img.info.get("sdedit")
+                pnginfo = png_info(json.loads(info)) if isinstance(info, str) else None
+                write_atomic(path, lambda f, img=img, pnginfo=pnginfo: img.save(f, format="PNG", pnginfo=pnginfo),
+                             overwrite=True)
+                outputs.append({"file": n, "sha256": file_digest(path)})
+            record.update(status="done", outputs=outputs, seconds=round(time.perf_counter() - t, 3))
+            summary.done += 1
+        except SdeditError as e:
+            record.update(status="failed", reason=str(e))
+            summary.failed += 1
+            summary.failures.append((item.name, str(e)))
+        manifest.append(record)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's share of the work: rank, world size and device (accelerate/torchrun set the environment)."""
+
+    rank: int
+    world: int
+    device: str | None
+    wait: Callable[[], None]  # barrier; a no-op for one process
+
+
+def distributed(device: str | None) -> Distributed:
+    """Join the process group when launched by `accelerate launch` or torchrun; else a world of one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Distributed(0, 1, device, lambda: None)
+    import torch
+    from accelerate import PartialState
+
+    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    state = PartialState(cpu=not cuda)
+    if not cuda and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+    return Distributed(state.process_index, state.num_processes, str(state.device) if cuda else "cpu",
+                       state.wait_for_everyone)
+
+
+def totals(outdir: Path, items: list[Item], params: BatchParams) -> dict[str, int]:
+    """Counts over every process's manifest: items done with these parameters, failed, and not yet done."""
+    records = Manifest(outdir, 0, 1).records
+    digest = params.digest()
+    done = sum(1 for i in items if records.get(i.name, {}).get("status") == "done"
+               and records[i.name].get("params") == digest)
+    failed = sum(1 for i in items if records.get(i.name, {}).get("status") == "failed")
+    return {"done": done, "failed": failed, "pending": len(items) - done - failed}
+
+
+def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, params: BatchParams, *,
+               config: str | None, device: str | None, precision: str, batch_size: int | None,
+               quiet: bool) -> int:
+    """The `sdedit batch` command: exit 0 all done, 1 some item failed, 130 stopped by Ctrl-C."""
+    from tqdm.auto import tqdm
+
+    from .api import edit
+    from .checkpoints import load_model
+
+    check_folders(input_dir, output_dir, mask_dir)
+    dist = distributed(device)
+    items = list_items(input_dir, mask_dir)
+    if not items:
+        raise InputError(f"no images in {input_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if dist.rank == 0:
+        remove_stray_temporaries(output_dir)
+    dist.wait()
+    mine = items[dist.rank::dist.world]
+    manifest = Manifest(output_dir, dist.rank, dist.world)
+    model = load_model(params.model, config=config, device=dist.device).optimize(precision=precision)
+
+    def edit_one(item: Item, seed: int) -> list[Any]:
+        from .images import open_image
+
+        image = open_image(item.path)
+        mask = open_image(item.mask) if item.mask is not None else None
+        return edit(model, image, mask=mask, t0=params.t0, steps=params.steps, repeats=params.repeats,
+                    sampler=params.sampler, num_samples=params.num, seed=seed, progress=False,
+                    batch_size=batch_size, fit=params.fit, original_size=params.original_size,  # type: ignore[arg-type]
+                    prompt=params.prompt, negative_prompt=params.negative_prompt, guidance=params.guidance)
+
+    label = f"sdedit batch [{dist.rank + 1}/{dist.world}]" if dist.world > 1 else "sdedit batch"
+    bar = tqdm(mine, desc=label, unit="item", disable=quiet, position=dist.rank)
+    with StopRequest(lambda m: tqdm.write(f"{label}: {m}", file=sys.stderr)) as stop:
+        summary = run_items(mine, params, output_dir, manifest, edit_one, stop=stop, progress=iter(bar))
+    bar.close()
+    for name, reason in summary.failures:
+        print(f"{label}: failed: {name}: {reason}", flush=True)
+    rate = summary.done / summary.seconds if summary.seconds > 0 else 0.0
+    print(f"{label}: done {summary.done}, skipped (done before) {summary.skipped}, failed {summary.failed}, "
+          f"{summary.seconds:.1f} s, {rate:.2f} items/s" + (" (interrupted)" if summary.interrupted else ""),
+          flush=True)
+    if not summary.interrupted:
+        dist.wait()
+    if dist.rank == 0:
+        t = totals(output_dir, items, params)
+        print(f"| items | done | failed | not done yet |\n| --- | --- | --- | --- |\n"
+              f"| {len(items)} | {t['done']} | {t['failed']} | {t['pending']} |", flush=True)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failed else 0

@@ -1,0 +1,176 @@
+"""`sdedit batch`: resumable through kills and Ctrl-C, identical across process counts, bad items reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdedit.batch import item_seed
+
+from .conftest import DATA
+from .helpers import bomb_png
+
+MODEL = ["--model", str(DATA / "tiny.ckpt"), "--config", str(DATA / "tiny.yml"), "--steps", "3", "-q"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def make_folder(root: Path, count: int = 50) -> tuple[Path, Path]:
+    """count small images with one mask each (top half edited)."""
+    rng = np.random.default_rng(0)
+    inp, masks = root / "in", root / "masks"
+    inp.mkdir()
+    masks.mkdir()
+    m = np.zeros((20, 20), np.uint8)
+    m[:10] = 255
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(inp / f"item{i:03d}.png")
+        Image.fromarray(m).save(masks / f"item{i:03d}.png")
+    return inp, masks
+
+
+def batch_cmd(inp: Path, out: Path, masks: Path | None, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "sdedit", "batch", str(inp), "-o", str(out),
+            *(["--masks", str(masks)] if masks else []), *MODEL, *extra]
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith("manifest")}
+
+
+def manifest_lines(out: Path) -> int:
+    return sum(p.read_text().count("\n") for p in out.glob("manifest*.jsonl")) if out.exists() else 0
+
+
+def kill_after(cmd: list[str], out: Path, lines: int) -> None:
+    """Start a batch and SIGKILL it once its manifest has `lines` lines (mid-item, at whatever moment)."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while manifest_lines(out) < lines and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.Random(lines).uniform(0.0, 0.15))  # land somewhere inside the next item
+    proc.kill()
+    proc.wait()
+
+
+def test_item_seeds_come_from_seed_and_name_only():
+    assert item_seed(0, "a.png") == item_seed(0, "a.png") != item_seed(1, "a.png")
+    assert item_seed(0, "a.png") != item_seed(0, "b.png") and 0 <= item_seed(5, "x") < 2**31
+
+
+def test_killed_twice_and_resumed_equals_an_uninterrupted_run(tmp_path):
+    inp, masks = make_folder(tmp_path)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert subprocess.run(batch_cmd(inp, ref, masks), env=ENV, capture_output=True).returncode == 0
+    first, second = sorted(random.Random(7).sample(range(5, 45), 2))
+    kill_after(batch_cmd(inp, out, masks), out, first)
+    kill_after(batch_cmd(inp, out, masks), out, second)
+    r = subprocess.run(batch_cmd(inp, out, masks), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "| 50 | 50 | 0 | 0 |" in r.stdout
+    got, want = files(out), files(ref)
+    assert sorted(got) == sorted(want) and len(got) == 50  # exactly the 50 outputs, no temporaries
+    assert all(got[k] == want[k] for k in want)  # byte for byte
+    assert not list(out.glob(".*"))
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {r["input"] for r in records if r["status"] == "done"} == {f"item{i:03d}.png" for i in range(50)}
+
+
+def test_two_processes_write_the_same_files_as_one(tmp_path):
+    inp, masks = make_folder(tmp_path, 12)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert subprocess.run(batch_cmd(inp, one, masks), env=ENV, capture_output=True).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(29500 + os.getpid() % 1000), *batch_cmd(inp, two, masks)[1:]], env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert files(one) == files(two) and len(files(two)) == 12
+    assert sorted(p.name for p in two.glob("manifest*")) == ["manifest.0.jsonl", "manifest.1.jsonl"]
+
+
+def test_ctrl_c_finishes_the_item_flushes_and_exits_130_then_resumes(tmp_path):
+    inp, masks = make_folder(tmp_path, 40)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(batch_cmd(inp, out, masks), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    while manifest_lines(out) < 3 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "stopping after the current item" in err
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert 3 <= len(lines) < 40 and all(json.loads(x)["status"] == "done" for x in lines)
+    assert len(files(out)) == len(lines) and not list(out.glob(".*"))  # every finished item, nothing half-done
+    r = subprocess.run(batch_cmd(inp, out, masks), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0 and f"skipped (done before) {len(lines)}" in r.stdout
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    inp, _ = make_folder(tmp_path, 40)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(batch_cmd(inp, out, None, "--steps", "300"), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while manifest_lines(out) < 1 and proc.poll() is None:
+        time.sleep(0.01)
+    item_seconds = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["seconds"]
+    proc.send_signal(signal.SIGINT)  # the second item has just begun: finishing it would take item_seconds
+    time.sleep(0.2)
+    t = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    took = time.monotonic() - t
+    assert proc.returncode == 130 and took < 0.5 * item_seconds, (proc.returncode, took, item_seconds)
+    assert not list(out.glob(".*")) and len(files(out)) == 1  # the abandoned item left nothing behind
+
+
+def test_bad_items_are_skipped_with_reasons_and_the_exit_code_says_so(tmp_path):
+    inp, _ = make_folder(tmp_path, 3)
+    (inp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    good = (inp / "item000.png").read_bytes()
+    (inp / "truncated.png").write_bytes(good[: len(good) // 2])
+    bomb_png(inp / "huge.png", 8000, 8000)  # 64 MP: over our 50 MP limit
+    Image.new("CMYK", (20, 20), (10, 200, 30, 0)).save(inp / "cmyk.jpg")
+    Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(inp / "deep16.png")
+    (inp / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    r = subprocess.run(batch_cmd(inp, out, None), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 1
+    records = {json.loads(x)["input"]: json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()}
+    assert {k for k, v in records.items() if v["status"] == "failed"} == {"corrupt.png", "truncated.png", "huge.png"}
+    assert "over the limit" in records["huge.png"]["reason"]
+    assert {k for k, v in records.items() if v["status"] == "done"} == {"item000.png", "item001.png", "item002.png",
+                                                                        "cmyk.jpg",
+                                                                        "deep16.png"}
+    assert "| 8 | 5 | 3 | 0 |" in r.stdout and "failed: huge.png" in r.stdout
+
+
+def test_never_overwrites_a_file_it_did_not_write_and_redoes_changed_settings(tmp_path):
+    inp, masks = make_folder(tmp_path, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "item001.png").write_bytes(b"mine")
+    r = subprocess.run(batch_cmd(inp, out, masks), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 1 and "not written by this batch" in r.stdout
+    assert (out / "item001.png").read_bytes() == b"mine"
+    before = (out / "item000.png").read_bytes()
+    r = subprocess.run(batch_cmd(inp, out, masks, "--t0", "0.8"), env=ENV, capture_output=True, text=True)
+    assert "done 2" in r.stdout and (out / "item000.png").read_bytes() != before  # new settings: redone
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "around"])
+def test_output_folder_must_be_apart_from_the_input(tmp_path, where):
+    inp, _ = make_folder(tmp_path, 1)
+    out = {"same": inp, "inside": inp / "out", "around": tmp_path}[where]
+    r = subprocess.run(batch_cmd(inp, out, None), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and "must not be, contain or lie inside" in r.stderr
+    assert sorted(p.name for p in inp.iterdir()) == ["item000.png"]
