@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to warm up)")
     ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
+    ap.add_argument("--one-thread", action="store_true", help="also time channels_last on 1 thread (thread scaling)")
     ap.add_argument("--out", help="write all rows as JSON here")
     a = ap.parse_args()
 
@@ -100,6 +101,8 @@ def main() -> None:
             variants["channels_last + bf16 autocast"] = (fast, True, torch.bfloat16)
         if a.compile:
             variants["channels_last + compile"] = (torch.compile(fast), True, None)
+        if a.one_thread:
+            variants["channels_last, 1 thread"] = (fast, True, None)
         batches = a.batches or ([1, 2, 4, 8, 16, 32] if size <= 64 else [1, 2, 4])
         print(f"\n{size}x{size}: {sum(p.numel() for p in eager.parameters()) / 1e6:.2f}M parameters, "
               f"{flops / 1e9:.2f} GFLOP per image")
@@ -107,18 +110,24 @@ def main() -> None:
             x = torch.randn(batch, 3, size, size, device=device)
             t = torch.full((batch,), 500.0, device=device)
 
-            def runner(net, cl: bool, dtype):
+            def runner(net, cl: bool, dtype, threads: int | None = None):
                 xin = x.contiguous(memory_format=torch.channels_last) if cl else x
 
                 def run() -> None:
-                    with torch.inference_mode(), torch.autocast(device, dtype=dtype or torch.float32,
-                                                                enabled=dtype is not None):
-                        net(xin, t)
-                    if device == "cuda":
-                        torch.cuda.synchronize()
+                    before = torch.get_num_threads()
+                    if threads:
+                        torch.set_num_threads(threads)
+                    try:
+                        with torch.inference_mode(), torch.autocast(device, dtype=dtype or torch.float32,
+                                                                    enabled=dtype is not None):
+                            net(xin, t)
+                        if device == "cuda":
+                            torch.cuda.synchronize()
+                    finally:
+                        torch.set_num_threads(before)
                 return run
 
-            res = medians({k: runner(*v) for k, v in variants.items()}, a.rounds)
+            res = medians({k: runner(*v, 1 if "1 thread" in k else None) for k, v in variants.items()}, a.rounds)
             base = res["eager fp32"]
             for name, sec in res.items():
                 peak = peaks.get("bf16" if "bf16" in name else "fp32")

@@ -207,3 +207,17 @@ def test_web_ui_offers_a_prompt_for_text_models_and_passes_it(sd_folder, tmp_pat
     keep = np.ones((64, 64), bool)
     keep[10:30, 10:30] = False
     assert (out[keep] == np.asarray(img)[keep]).all() and caption.startswith("seed 4 | t0 0.6 | ddim 3 steps")
+
+
+def test_tiled_vae_for_large_images_keeps_size_and_kept_pixels(sd_folder):
+    from sdedit.latent import latent_edit
+
+    folder, _ = sd_folder
+    model = load_model(folder, device="cpu")
+    img = photo((136, 96))  # larger than the tiny VAE's 64 px tile: encoded and decoded in overlapping tiles
+    mask = Image.new("L", img.size, 0)
+    mask.paste(255, (40, 20, 100, 70))
+    out = latent_edit(model, img, mask=mask, prompt="x", t0=0.5, steps=2, seed=0, progress=False, tile_vae=True)[0]
+    keep = np.asarray(mask) == 0
+    assert out.size == img.size and (np.asarray(out)[keep] == np.asarray(img)[keep]).all()
+    assert model.vae.use_tiling

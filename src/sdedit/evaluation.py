@@ -67,14 +67,31 @@ class Row:
     t0: float | None
     nfe: int  # network evaluations per image
     seconds_per_image: float
-    peak_rss_mb: float  # the process's peak resident memory so far
+    peak_rss_mb: float  # peak resident memory while this row ran (Linux; elsewhere the process's peak so far)
     l2_mean: float  # faithfulness: L2 to the stroke input, mean over images
     l2_std: float
     kid_mean: float  # realism: KID to real images (lower is better)
     kid_std: float  # std over KID subsets
 
 
+def _reset_peak_rss() -> None:
+    """Start a new peak-memory window: Linux resets VmHWM when 5 is written to /proc/self/clear_refs."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the peak then covers the whole process so far
+
+
 def _peak_rss_mb() -> float:
+    """Peak resident memory since the last reset (VmHWM), or since the process started."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -107,6 +124,7 @@ class StrokeBenchmark:
 
     def run(self, model: SDEModel, setting: Setting, seed: int = 0) -> tuple[Row, list[Image.Image]]:
         """SDEdit every stroke input with one setting; its row and its outputs."""
+        _reset_peak_rss()
         start = time.perf_counter()
         outs = run_batch(model, self.strokes, setting, seed=seed)
         sec = time.perf_counter() - start
