@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .api import DEFAULT_SAMPLER
 from .errors import InputError, SdeditError
 from .presets import BUNDLED, DEFAULT_MODEL, PRESETS
 from .samplers import SAMPLERS
@@ -63,9 +64,10 @@ def _parser() -> Parser:
                                    "a checkpoint file, a diffusers folder or a Hub id")
     e.add_argument("--config", help="for original .ckpt files: the released YAML config, or a preset name")
     e.add_argument("--t0", type=float, default=0.5, help="noise level in (0, 1]; 0.3-0.6 suits most guides (0.5)")
-    e.add_argument("--steps", type=int, help="reverse steps from t0 to 0 (default: 100 * t0, at least 10)")
+    e.add_argument("--steps", type=int,
+                   help="reverse steps from t0 to 0 (default: per sampler; 10 for dpm++2m-sde at t0 = 0.5)")
     e.add_argument("--repeats", "-K", type=int, default=1, help="K: repeat noise-and-denoise (1)")
-    e.add_argument("--sampler", choices=list(SAMPLERS), help="reverse sampler (ddpm)")
+    e.add_argument("--sampler", choices=list(SAMPLERS), help=f"reverse sampler ({DEFAULT_SAMPLER})")
     e.add_argument("-n", "--num", type=int, default=1, help="number of outputs (1)")
     e.add_argument("--seed", type=int, help="seed of the first output; output j uses seed + j (random)")
     e.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present, else CPU)")
@@ -116,7 +118,7 @@ def _parser() -> Parser:
     v.add_argument("--real", help="folder of real images for KID (default: a disjoint held-out block, or --data)")
     v.add_argument("--n", type=int, default=200, help="images turned into strokes (200)")
     v.add_argument("--t0", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6])
-    v.add_argument("--sampler", nargs="+", choices=list(SAMPLERS), default=["ddpm"])
+    v.add_argument("--sampler", nargs="+", choices=list(SAMPLERS), default=[DEFAULT_SAMPLER])
     v.add_argument("--steps", type=int, nargs="+", help="step counts to try (default: the sampler's default)")
     v.add_argument("--repeats", "-K", type=int, default=1)
     v.add_argument("--colors", type=int, default=6, help="stroke palette size (6)")
@@ -132,7 +134,7 @@ def _parser() -> Parser:
     w.add_argument("--model")
     w.add_argument("--config")
     w.add_argument("--t0", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
-    w.add_argument("--sampler", nargs="+", choices=list(SAMPLERS), default=["ddpm"])
+    w.add_argument("--sampler", nargs="+", choices=list(SAMPLERS), default=[DEFAULT_SAMPLER])
     w.add_argument("--steps", type=int, help="steps per run (default: the sampler's default for each t0)")
     w.add_argument("-n", "--num", type=int, default=8, help="samples per setting (8; KID needs at least 4)")
     w.add_argument("--seed", type=int, default=0)
@@ -204,7 +206,7 @@ def _edit(a: argparse.Namespace) -> int:
     pick_device(s.device)
     model = load_model(s.model or DEFAULT_MODEL, config=s.config, device=s.device)
     model.optimize(precision=s.precision, compile=s.compile)  # type: ignore[arg-type]
-    steps = s.steps if s.steps is not None else default_steps(s.sampler or "ddpm", s.t0)
+    steps = s.steps if s.steps is not None else default_steps(s.sampler or DEFAULT_SAMPLER, s.t0)
     outs = edit(model, image, mask=mask, t0=s.t0, steps=steps, repeats=s.repeats, sampler=s.sampler,
                 num_samples=s.num, seed=s.seed, progress=not s.quiet, batch_size=s.batch_size,
                 fit=s.fit, original_size=s.original_size, prompt=s.prompt, negative_prompt=s.negative_prompt,
@@ -346,7 +348,7 @@ def _sweep(a: argparse.Namespace) -> int:
 
 
 def _batch(a: argparse.Namespace) -> int:
-    from .api import DEFAULT_SAMPLER, default_steps
+    from .api import default_steps
     from .batch import BatchParams, run_folder
     from .editing import check_settings
 

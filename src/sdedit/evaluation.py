@@ -133,13 +133,14 @@ class StrokeBenchmark:
 
 def markdown_table(rows: list[Row]) -> str:
     """Rows as a Markdown table."""
-    lines = ["| images | t0 | NFE | s / image | L2 to strokes (mean +- std) | KID (mean +- std) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| images | t0 | NFE | s / image | peak MB | L2 to strokes (mean +- std) | KID (mean +- std) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         t0 = f"{r.t0:.2f}" if r.t0 is not None else "-"
         nfe = str(r.nfe) if r.nfe else "-"
         sec = f"{r.seconds_per_image:.3f}" if r.nfe else "-"
-        lines.append(f"| {r.what} | {t0} | {nfe} | {sec} | {r.l2_mean:.2f} +- {r.l2_std:.2f} | "
+        mem = f"{r.peak_rss_mb:.0f}" if r.nfe else "-"
+        lines.append(f"| {r.what} | {t0} | {nfe} | {sec} | {mem} | {r.l2_mean:.2f} +- {r.l2_std:.2f} | "
                      f"{r.kid_mean:.4f} +- {r.kid_std:.4f} |")
     return "\n".join(lines)
 
