@@ -278,8 +278,6 @@ def distributed(device: str | None) -> Distributed:
 
     cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
     state = PartialState(cpu=not cuda)
-    if not cuda and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
     return Distributed(state.process_index, state.num_processes, str(state.device) if cuda else "cpu",
                        state.wait_for_everyone)
 
@@ -296,8 +294,13 @@ def totals(outdir: Path, items: list[Item], params: BatchParams) -> dict[str, in
 
 def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, params: BatchParams, *,
                config: str | None, device: str | None, precision: str, batch_size: int | None,
-               quiet: bool) -> int:
-    """The `sdedit batch` command: exit 0 all done, 1 some item failed, 130 stopped by Ctrl-C."""
+               quiet: bool, threads: int = 1) -> int:
+    """The `sdedit batch` command: exit 0 all done, 1 some item failed, 130 stopped by Ctrl-C.
+
+    On a CPU each process computes with `threads` threads: CPU kernels round differently with
+    other thread counts, so a fixed count keeps the files identical whatever the number of
+    processes; use more processes (torchrun) rather than more threads to use more cores.
+    """
     from tqdm.auto import tqdm
 
     from .api import edit
@@ -315,6 +318,10 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, params:
     mine = items[dist.rank::dist.world]
     manifest = Manifest(output_dir, dist.rank, dist.world)
     model = load_model(params.model, config=config, device=dist.device).optimize(precision=precision)
+    if model.device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)
 
     def edit_one(item: Item, seed: int) -> list[Any]:
         from .images import open_image

@@ -164,6 +164,9 @@ def _parser() -> Parser:
     b.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     b.add_argument("--batch-size", type=int)
     b.add_argument("--device")
+    b.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per process (1: files identical whatever the process count; "
+                        "use torchrun --nproc_per_node N for N cores)")
     b.add_argument("-q", "--quiet", action="store_true")
 
     u = sub.add_parser("ui", help="start the web app: paint strokes or paint on a photo, in the browser")
@@ -358,12 +361,12 @@ def _batch(a: argparse.Namespace) -> int:
         check_settings(a.t0, steps, a.repeats)
     except ValueError as e:
         raise InputError(str(e)) from None
-    if a.num < 1 or not 0 <= a.seed < 2**31:
-        raise InputError("-n must be >= 1 and --seed in [0, 2^31)")
+    if a.num < 1 or not 0 <= a.seed < 2**31 or a.threads < 1:
+        raise InputError("-n and --threads must be >= 1 and --seed in [0, 2^31)")
     params = BatchParams(a.model or DEFAULT_MODEL, a.t0, steps, sampler, a.repeats, a.num, a.seed, a.fit,
                          a.original_size, a.prompt, a.negative_prompt, a.guidance)
     return run_folder(a.input_dir, a.outdir, a.masks, params, config=a.config, device=a.device,
-                      precision=a.precision, batch_size=a.batch_size, quiet=a.quiet)
+                      precision=a.precision, batch_size=a.batch_size, quiet=a.quiet, threads=a.threads)
 
 
 def _ui(a: argparse.Namespace) -> int:

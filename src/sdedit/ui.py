@@ -150,9 +150,9 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                     sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="sampler")
                 first = default_model if default_model in names else names[0]
                 with gr.Group(visible=first in pool.text) as text_box:
-                    prompt = gr.Textbox(label="prompt (text-conditioned models)", elem_id="prompt")
+                    prompt = gr.Textbox("", label="prompt (text-conditioned models)", elem_id="prompt")
                     with gr.Row():
-                        negative = gr.Textbox(label="negative prompt")
+                        negative = gr.Textbox("", label="negative prompt")
                         guidance = gr.Slider(1.0, 20.0, value=7.5, step=0.5, label="guidance")
                 t0 = gr.Slider(0.05, 1.0, value=0.5, step=0.01, label="t0 (noise level)")
                 hint = gr.Markdown(t0_hint(0.5))
