@@ -221,3 +221,16 @@ def test_tiled_vae_for_large_images_keeps_size_and_kept_pixels(sd_folder):
     keep = np.asarray(mask) == 0
     assert out.size == img.size and (np.asarray(out)[keep] == np.asarray(img)[keep]).all()
     assert model.vae.use_tiling
+
+
+def test_reduced_precision_runs_the_unet_under_autocast_and_keeps_the_vae_fp32(sd_folder):
+    folder, _ = sd_folder
+    model = load_model(folder, device="cpu").optimize(precision="bf16")  # on a GPU: fp16 or bf16, same path
+    img = photo((64, 64))
+    low = edit(model, img, prompt="a red barn", t0=0.5, steps=3, seed=0, progress=False)[0]
+    full = edit(load_model(folder, device="cpu"), img, prompt="a red barn", t0=0.5, steps=3, seed=0,
+                progress=False)[0]
+    assert all(p.dtype == torch.float32 for p in model.vae.parameters())
+    assert json.loads(low.info["sdedit"])["precision"] == "bf16"
+    diff = np.abs(np.asarray(low, float) - np.asarray(full, float))
+    assert 0 < diff.mean() < 8  # autocast changed the arithmetic, not the picture
