@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sdedit import load_model
-from sdedit.api import DEFAULT_SAMPLER, default_steps
+from sdedit.run_settings import DEFAULT_SAMPLER, default_steps
 from sdedit.evaluation import Setting, StrokeBenchmark, held_out_landscapes, markdown_table, side_by_side, \
     write_tables
 

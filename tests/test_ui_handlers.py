@@ -7,14 +7,16 @@ import threading
 
 import numpy as np
 import pytest
-from .conftest import DATA, gaussian_model
 from PIL import Image
 
-from sdedit.api import default_steps, edit
+from sdedit.api import edit
 from sdedit.errors import InputError
 from sdedit.images import read_settings
+from sdedit.run_settings import default_steps
 from sdedit.ui_handlers import Cancelled, Limits, Progress, Result, derive_mask, guide_and_mask, read_canvas, \
     run_steps, validate
+
+from .conftest import DATA, gaussian_model
 
 MODELS = ["landscapes", "tiny"]
 GOOD = dict(model="landscapes", t0=0.5, sampler="ddpm", steps=0, repeats=1, samples=2, seed=7)

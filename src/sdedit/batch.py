@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, SdeditError
-from .images import IMAGE_SUFFIXES, png_info, write_atomic
+from .images import IMAGE_SUFFIXES, open_image, save_png
 
 MANIFEST = "manifest"  # manifest.jsonl (one process) or manifest.<rank>.jsonl (several)
 
@@ -242,11 +242,7 @@ def run_items(items: list[Item], params: BatchParams, outdir: Path, manifest: Ma
             images = edit_one(item, record["seed"])
             outputs = []
             for n, img in zip(names, images, strict=True):
-                path = outdir / n
-                info = img.info.get("sdedit")
-                pnginfo = png_info(json.loads(info)) if isinstance(info, str) else None
-                write_atomic(path, lambda f, img=img, pnginfo=pnginfo: img.save(f, format="PNG", pnginfo=pnginfo),
-                             overwrite=True)
+                path = save_png(img, outdir / n, overwrite=True)  # atomic: temporary file, then rename
                 outputs.append({"file": n, "sha256": file_digest(path)})
             record.update(status="done", outputs=outputs, seconds=round(time.perf_counter() - t, 3))
             summary.done += 1
@@ -324,8 +320,6 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, params:
         torch.set_num_threads(threads)
 
     def edit_one(item: Item, seed: int) -> list[Any]:
-        from .images import open_image
-
         image = open_image(item.path)
         mask = open_image(item.mask) if item.mask is not None else None
         return edit(model, image, mask=mask, t0=params.t0, steps=params.steps, repeats=params.repeats,

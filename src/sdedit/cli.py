@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .api import DEFAULT_SAMPLER
+from .run_settings import DEFAULT_SAMPLER
 from .errors import InputError, SdeditError
 from .presets import BUNDLED, DEFAULT_MODEL, PRESETS
 from .samplers import SAMPLERS
@@ -190,7 +190,8 @@ def _edit(a: argparse.Namespace) -> int:
     s = EditSettings(a.input, a.mask, a.model, a.config, a.t0, a.steps, a.repeats, a.sampler, a.num, a.seed,
                      a.device, a.outdir, a.batch_size, a.fit, a.original_size, a.overwrite, a.precision,
                      a.compile, a.quiet, a.prompt, a.negative_prompt, a.guidance)
-    from .api import default_steps, edit
+    from .api import edit
+    from .run_settings import default_steps
     from .checkpoints import load_model, pick_device
     from .editing import check_settings
     from .images import open_image, save_png
@@ -271,7 +272,7 @@ def _check_t0s(t0s: list[float]) -> None:
 
 
 def _eval(a: argparse.Namespace) -> int:
-    from .api import default_steps
+    from .run_settings import default_steps
     from .checkpoints import load_model
     from .evaluation import Setting, StrokeBenchmark, held_out_landscapes, markdown_table, write_tables
     from .images import folder_images
@@ -351,7 +352,7 @@ def _sweep(a: argparse.Namespace) -> int:
 
 
 def _batch(a: argparse.Namespace) -> int:
-    from .api import default_steps
+    from .run_settings import default_steps
     from .batch import BatchParams, run_folder
     from .editing import check_settings
 

@@ -130,6 +130,24 @@ def tensor_to_images(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in arr]
 
 
+def load_guide(image: ImageLike, mask: ImageLike | None) -> tuple[Image.Image, Image.Image | None]:
+    """The guide as RGB and the mask as L, refusing a mask of another size."""
+    full = to_rgb(as_pil(image, "image"))
+    if mask is None:
+        return full, None
+    full_mask = to_gray(as_pil(mask, "mask"))
+    if full_mask.size != full.size:
+        raise InputError(f"mask is {full_mask.size[0]}x{full_mask.size[1]} but the image is "
+                         f"{full.size[0]}x{full.size[1]}; they must be the same size")
+    return full, full_mask
+
+
+def paste_kept(out: Image.Image, guide: Image.Image, mask: Image.Image) -> Image.Image:
+    """Pixels whose mask is exactly 0 become the guide's own pixels, bit for bit."""
+    keep = np.asarray(mask) == 0
+    return Image.fromarray(np.where(keep[..., None], np.asarray(guide), np.asarray(out)).astype(np.uint8))
+
+
 def grid(images: list[Image.Image], ncols: int = 8, pad: int = 2) -> Image.Image:
     """Images tiled in rows of ncols on a black background with pad pixels between them."""
     w, h = images[0].size

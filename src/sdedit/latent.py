@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .editing import check_settings, sdedit
+from .editing import sdedit
 from .errors import InputError, SamplingError
-from .images import ImageLike, as_pil, image_to_tensor, mask_to_tensor, tensor_to_images, to_gray, to_rgb
-from .samplers import SAMPLERS
+from .images import ImageLike, image_to_tensor, load_guide, mask_to_tensor, paste_kept, tensor_to_images
+from .run_settings import checked_run
 from .schedules import DiscreteVPSchedule
 
 LATENT_FACTOR = 8  # pixels per latent cell in Stable Diffusion's VAE
@@ -209,29 +208,10 @@ def latent_edit(model: LatentModel, image: ImageLike, *, prompt: str = "", negat
                 progress: bool = True, batch_size: int | None = None, tile_vae: bool | None = None,
                 callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None) -> list[Image.Image]:
     """Text-guided SDEdit in latent space; outputs at the input's size, kept pixels exactly the input's."""
-    from .api import _paste_kept, default_steps  # api imports this module; these two are plain helpers
-
-    if sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    if isinstance(t0, (int, float)) and steps is None and 0.0 < t0 <= 1.0:
-        steps = default_steps(sampler, float(t0))
-    try:
-        check_settings(t0, steps, repeats)  # type: ignore[arg-type]
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    steps, seed = checked_run(sampler, t0, steps, repeats, num_samples, seed, batch_size)
     if not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 0:
         raise InputError(f"guidance must be a finite number >= 0, got {guidance!r}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise InputError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    seed = secrets.randbits(31) if seed is None else int(seed)
-    if not 0 <= seed < 2**63 - num_samples:
-        raise InputError(f"seed must be a non-negative integer, got {seed}")
-
-    full = to_rgb(as_pil(image, "image"))
-    full_mask = to_gray(as_pil(mask, "mask")) if mask is not None else None
-    if full_mask is not None and full_mask.size != full.size:
-        raise InputError(f"mask is {full_mask.size[0]}x{full_mask.size[1]} but the image is "
-                         f"{full.size[0]}x{full.size[1]}; they must be the same size")
+    full, full_mask = load_guide(image, mask)
     size = snap8(full.size)
     guide = full if size == full.size else full.resize(size, Image.Resampling.LANCZOS)
     small_mask = None if full_mask is None else \
@@ -283,7 +263,7 @@ def latent_edit(model: LatentModel, image: ImageLike, *, prompt: str = "", negat
         if out.size != full.size:
             out = out.resize(full.size, Image.Resampling.LANCZOS)
         if full_mask is not None:
-            out = _paste_kept(out, full, full_mask)
+            out = paste_kept(out, full, full_mask)
         out.info["sdedit"] = json.dumps({**base, "seed": seed + j, "sample": j})
         results.append(out)
     return results

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .api import default_steps, edit
+from .api import edit
 from .images import ImageLike, free_path, write_atomic
 from .metrics import image_features, kid, l2_distance, standardize
 from .model import SDEModel
+from .run_settings import default_steps
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from .api import DEFAULT_SAMPLER
+from .run_settings import DEFAULT_SAMPLER
 from .checkpoints import is_cached, load_model
 from .errors import InputError, SdeditError
 from .images import save_png

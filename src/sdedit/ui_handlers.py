@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from .api import default_steps, edit
+from .api import edit
 from .errors import InputError
 from .images import Fit, open_image, tensor_to_images, to_model_size, to_rgb
-from .metrics import l2_distance
 from .latent import LatentModel
+from .metrics import l2_distance
 from .model import SDEModel
+from .run_settings import default_steps
 from .samplers import SAMPLERS
 
 
@@ -132,9 +133,7 @@ def _load(src: Any, what: str, limits: Limits) -> Image.Image | None:
             raise InputError(f"{what} has {src.width * src.height:,} pixels; the limit is {limits.max_pixels:,}")
         return src
     if isinstance(src, (str, Path)):
-        img = open_image(src, max_pixels=limits.max_pixels)
-        img.load()
-        return img
+        return open_image(src, max_pixels=limits.max_pixels)  # checks the size before decoding
     raise InputError(f"{what}: expected an image, got {type(src).__name__}")
 
 
