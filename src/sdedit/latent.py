@@ -25,7 +25,7 @@ from . import __version__
 from .editing import sdedit
 from .errors import InputError, SamplingError
 from .images import ImageLike, image_to_tensor, load_guide, mask_to_tensor, paste_kept, tensor_to_images
-from .run_settings import checked_run
+from .run_settings import DEFAULT_SAMPLER, checked_run
 from .schedules import DiscreteVPSchedule
 
 LATENT_FACTOR = 8  # pixels per latent cell in Stable Diffusion's VAE
@@ -204,7 +204,7 @@ def snap8(size: tuple[int, int]) -> tuple[int, int]:
 
 def latent_edit(model: LatentModel, image: ImageLike, *, prompt: str = "", negative_prompt: str = "",
                 guidance: float = 7.5, mask: ImageLike | None = None, t0: float = 0.5, steps: int | None = None,
-                repeats: int = 1, sampler: str = "ddim", num_samples: int = 1, seed: int | None = None,
+                repeats: int = 1, sampler: str = DEFAULT_SAMPLER, num_samples: int = 1, seed: int | None = None,
                 progress: bool = True, batch_size: int | None = None, tile_vae: bool | None = None,
                 callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None) -> list[Image.Image]:
     """Text-guided SDEdit in latent space; outputs at the input's size, kept pixels exactly the input's."""
