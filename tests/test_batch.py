@@ -174,3 +174,13 @@ def test_output_folder_must_be_apart_from_the_input(tmp_path, where):
     r = subprocess.run(batch_cmd(inp, out, None), env=ENV, capture_output=True, text=True)
     assert r.returncode == 2 and "must not be, contain or lie inside" in r.stderr
     assert sorted(p.name for p in inp.iterdir()) == ["item000.png"]
+
+
+@pytest.mark.parametrize("extra, message", [(["--prompt", "a cat"], "not text-conditioned"),
+                                            (["--guidance", "nan"], "--guidance must be"),
+                                            (["--t0", "1.5"], "t0 must be in")])
+def test_bad_settings_fail_once_before_any_item(tmp_path, extra, message):
+    inp, _ = make_folder(tmp_path, 2)
+    r = subprocess.run(batch_cmd(inp, tmp_path / "out", None, *extra), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing created for a run that cannot start

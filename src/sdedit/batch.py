@@ -301,19 +301,22 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, params:
 
     from .api import edit
     from .checkpoints import load_model
+    from .latent import LatentModel
 
     check_folders(input_dir, output_dir, mask_dir)
     dist = distributed(device)
     items = list_items(input_dir, mask_dir)
     if not items:
         raise InputError(f"no images in {input_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    model = load_model(params.model, config=config, device=dist.device).optimize(precision=precision)
+    if (params.prompt or params.negative_prompt) and not isinstance(model, LatentModel):
+        raise InputError(f"{params.model} is not text-conditioned: --prompt needs a Stable Diffusion-style model")
+    output_dir.mkdir(parents=True, exist_ok=True)  # only once the settings and the model are known to be good
     if dist.rank == 0:
         remove_stray_temporaries(output_dir)
     dist.wait()
     mine = items[dist.rank::dist.world]
     manifest = Manifest(output_dir, dist.rank, dist.world)
-    model = load_model(params.model, config=config, device=dist.device).optimize(precision=precision)
     if model.device.type == "cpu":
         import torch
 

@@ -364,6 +364,8 @@ def _batch(a: argparse.Namespace) -> int:
         raise InputError(str(e)) from None
     if a.num < 1 or not 0 <= a.seed < 2**31 or a.threads < 1:
         raise InputError("-n and --threads must be >= 1 and --seed in [0, 2^31)")
+    if not 0 <= a.guidance < float("inf"):
+        raise InputError(f"--guidance must be a finite number >= 0, got {a.guidance}")
     params = BatchParams(a.model or DEFAULT_MODEL, a.t0, steps, sampler, a.repeats, a.num, a.seed, a.fit,
                          a.original_size, a.prompt, a.negative_prompt, a.guidance)
     return run_folder(a.input_dir, a.outdir, a.masks, params, config=a.config, device=a.device,
