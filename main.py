@@ -2,7 +2,7 @@
 
 import sys
 
-from sdedit.legacy import main
+from sdedit.frontends.released_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

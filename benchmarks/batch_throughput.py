@@ -29,8 +29,8 @@ def main() -> None:
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     a = ap.parse_args()
 
-    from sdedit.evaluation import held_out_landscapes
-    from sdedit.strokes import simulate_strokes
+    from sdedit.research.evaluation import held_out_landscapes
+    from sdedit.research.strokes import simulate_strokes
 
     root = Path(tempfile.mkdtemp(prefix="sdedit-batch-bench-"))
     inp = root / "in"

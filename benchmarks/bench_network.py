@@ -19,11 +19,10 @@ import torch
 from diffusers import UNet2DModel
 
 from sdedit import edit
-from sdedit.denoisers import EpsDenoiser
-from sdedit.model import SDEModel
-from sdedit.presets import PRESETS
+from sdedit.families.pixel import EpsDenoiser, PixelModel
+from sdedit.loading.presets import PRESETS
 from speed import medians  # benchmarks/ is on sys.path when run as a script
-from sdedit.schedules import DiscreteVPSchedule
+from sdedit.engine.schedules import DiscreteVPSchedule
 
 
 def network(channels_last: bool) -> UNet2DModel:
@@ -65,7 +64,7 @@ def main() -> None:
 
     # SDEdit end to end: one 256x256 image, t0 = 0.5, DDPM ancestral steps.
     unet = nets["sdedit: channels_last + inference_mode"]
-    model = SDEModel(EpsDenoiser(unet, DiscreteVPSchedule()), DiscreteVPSchedule(), 256, "random-256")
+    model = PixelModel(EpsDenoiser(unet, DiscreteVPSchedule()), DiscreteVPSchedule(), 256, "random-256")
     img = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     steps = a.sdedit_steps
     start = time.perf_counter()

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from sdedit import load_model
-from sdedit.run_settings import DEFAULT_SAMPLER, default_steps
-from sdedit.evaluation import Setting, StrokeBenchmark, held_out_landscapes, markdown_table, side_by_side, \
+from sdedit.settings import DEFAULT_SAMPLER, RunSettings, default_steps
+from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, markdown_table, side_by_side, \
     write_tables
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     rows = bench.baselines()
     outs = {}
     for t0 in a.t0:
-        row, outs[t0] = bench.run(model, Setting(t0, a.sampler, default_steps(a.sampler, t0)))
+        row, outs[t0] = bench.run(model, RunSettings(t0=t0, sampler=a.sampler, seed=0))
         rows.append(row)
         print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
     header = (f"Model `{a.model}`: {a.n} held-out landscapes at {r}x{r} turned into 6-colour stroke paintings, "

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from sdedit import load_model
-from sdedit.run_settings import DEFAULT_SAMPLER, default_steps
-from sdedit.evaluation import Setting, StrokeBenchmark, held_out_landscapes, markdown_table, write_tables
-from sdedit.samplers import SAMPLERS
+from sdedit.settings import DEFAULT_SAMPLER, RunSettings, default_steps
+from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, markdown_table, write_tables
+from sdedit.engine.samplers import SAMPLERS
 
 
 def main() -> None:
@@ -45,11 +45,12 @@ def main() -> None:
     rows = bench.baselines()
     released = round(1000 * a.t0)
     settings = [] if a.no_released else \
-        [Setting(a.t0, "ddpm", released, 1)] + ([] if a.no_k3 else [Setting(a.t0, "ddpm", released, 3)])
+        [RunSettings(t0=a.t0, sampler="ddpm", steps=released, repeats=k, seed=0) for k in ((1,) if a.no_k3 else (1, 3))]
     if not a.no_released:  # the package's default sampler with K = 3, against the released recipe's K = 3
         base = default_steps(DEFAULT_SAMPLER, a.t0)
-        settings += [Setting(a.t0, DEFAULT_SAMPLER, n, 3) for n in (base, 2 * base)]
-    settings += [Setting(a.t0, s, n, k) for k in a.repeats for s in a.samplers for n in a.steps]
+        settings += [RunSettings(t0=a.t0, sampler=DEFAULT_SAMPLER, steps=n, repeats=3, seed=0) for n in (base, 2 * base)]
+    settings += [RunSettings(t0=a.t0, sampler=s, steps=n, repeats=k, seed=0)
+                 for k in a.repeats for s in a.samplers for n in a.steps]
     print(markdown_table(rows), flush=True)
     for setting in settings:
         row, _ = bench.run(model, setting)

@@ -23,8 +23,8 @@ import torch
 from diffusers import UNet2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from sdedit.presets import PRESETS
-from sdedit.training import TrainConfig
+from sdedit.loading.presets import PRESETS
+from sdedit.research.training import TrainConfig
 
 
 def arch(size: int) -> dict:

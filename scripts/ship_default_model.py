@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
-from sdedit.training import TrainConfig, TrainState, export_model, read_training_meta
+from sdedit.research.training import TrainConfig, TrainState, export_model, read_training_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ def main() -> None:
     state = TrainState(s["step"], s["seconds"], s["images"], [tuple(x) for x in s["losses"]])
     from sdedit import load_model
 
-    ema = load_model(run).denoiser.unet
+    ema = load_model(run).denoiser_net.unet
     unet = UNet2DModel(**cfg.unet_config())
     unet.load_state_dict(ema.state_dict())
     dest = ROOT / "src" / "sdedit" / "models" / "landscapes"

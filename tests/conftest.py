@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from sdedit.model import SDEModel
-from sdedit.schedules import VESchedule
+from sdedit.families.pixel import PixelModel
+from sdedit.engine.schedules import VESchedule
 
 DATA = Path(__file__).parent / "data"
 
@@ -35,9 +35,9 @@ class GaussianDenoiser(nn.Module):
         return self.mu + self.s0**2 / (self.s0**2 + s2) * (x - self.mu)
 
 
-def gaussian_model(mu: float = 0.1, s0: float = 0.5, resolution: int = 32) -> SDEModel:
-    """An SDEModel whose data are Gaussian, on a VE schedule in contract units."""
-    return SDEModel(GaussianDenoiser(mu, s0), VESchedule(0.01, 50.0, data_range=2.0), resolution, "gaussian")
+def gaussian_model(mu: float = 0.1, s0: float = 0.5, resolution: int = 32) -> PixelModel:
+    """An PixelModel whose data are Gaussian, on a VE schedule in contract units."""
+    return PixelModel(GaussianDenoiser(mu, s0), VESchedule(0.01, 50.0, data_range=2.0), resolution, "gaussian")
 
 
 def t_for_sigma(schedule: VESchedule, sigma: float) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdedit.batch import item_seed
+from sdedit.frontends.batch import item_seed
 
 from .conftest import DATA
 from .helpers import bomb_png

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sdedit import read_settings
-from sdedit.cli import main
+from sdedit.frontends.cli import main
 
 from .conftest import DATA
 from .helpers import bomb_png, mask_png, stroke_png
@@ -92,7 +92,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
 
 
 def test_nan_in_sampler_is_exit_1_and_writes_nothing(tmp_path, capsys, monkeypatch):
-    import sdedit.denoisers as dn
+    import sdedit.families.pixel as dn
 
     monkeypatch.setattr(dn.EpsDenoiser, "eps", lambda self, x, t: torch.full_like(x, float("nan")))
     out = tmp_path / "out"

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from sdedit.cli import main
-from sdedit.landscapes import HELD_OUT_START, landscape, landscapes
-from sdedit.metrics import image_features, kid, l2_distance, standardize
-from sdedit.strokes import median_kernel, simulate_strokes
+from sdedit.frontends.cli import main
+from sdedit.research.landscapes import HELD_OUT_START, landscape, landscapes
+from sdedit.research.metrics import image_features, kid, l2_distance, standardize
+from sdedit.research.strokes import median_kernel, simulate_strokes
 
 
 def test_landscapes_are_seeded_and_varied():

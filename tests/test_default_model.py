@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from sdedit import edit, load_model, read_settings
-from sdedit.checkpoints import bundled_path
-from sdedit.cli import main
-from sdedit.metrics import l2_distance
+from sdedit.loading.presets import bundled_path
+from sdedit.frontends.cli import main
+from sdedit.research.metrics import l2_distance
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

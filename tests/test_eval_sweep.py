@@ -9,8 +9,8 @@ import pytest
 
 from PIL import Image
 
-from sdedit.cli import main
-from sdedit.landscapes import landscape
+from sdedit.frontends.cli import main
+from sdedit.research.landscapes import landscape
 
 from .conftest import DATA
 
@@ -69,7 +69,7 @@ def test_feature_choice_falls_back_offline(monkeypatch):
 
     import torch
 
-    from sdedit.metrics import InceptionUnavailable, feature_extractor
+    from sdedit.research.metrics import InceptionUnavailable, feature_extractor
 
     monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # not installed
     monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", None)

@@ -14,9 +14,10 @@ from PIL import Image
 from sdedit import edit, load_model
 from sdedit.errors import InputError
 from sdedit.images import image_to_tensor, read_settings
-from sdedit.latent import GuidedDenoiser, LatentModel, latent_mask, snap8
-from sdedit.samplers import SAMPLERS
-from sdedit.schedules import DiscreteVPSchedule
+from sdedit.settings import RunSettings
+from sdedit.families.stable_diffusion import GuidedDenoiser, StableDiffusionModel, latent_mask, snap8
+from sdedit.engine.samplers import SAMPLERS
+from sdedit.engine.schedules import DiscreteVPSchedule
 
 from .tiny_sd import make_tiny_sd
 
@@ -83,7 +84,7 @@ def test_latent_mask_and_sizes():
 def test_python_edit_with_prompt_unmasked_and_masked(sd_folder):
     folder, _ = sd_folder
     model = load_model(folder, device="cpu")
-    assert isinstance(model, LatentModel) and model.resolution == 64
+    assert isinstance(model, StableDiffusionModel) and model.resolution == 64
     img = photo((70, 45))  # not multiples of 8: worked at 64x40, returned at 70x45
     outs = edit(model, img, prompt="a red barn", negative_prompt="blurry", guidance=3.0, t0=0.6, steps=4,
                 num_samples=2, seed=5, progress=False)
@@ -150,7 +151,7 @@ def test_matches_diffusers_img2img_on_its_own_step_grid(sd_folder):
     z_g = model.encode(image_to_tensor(img), [gen])  # posterior draw, then the perturbation: diffusers' order
     z = z_g + sigmas[0] * torch.randn(z_g.shape, generator=gen)
     with torch.inference_mode():
-        z = SAMPLERS["ddim"](model.guided(prompt, "", w), z, sigmas)
+        z = SAMPLERS["ddim"](model.denoiser(RunSettings(prompt=prompt, guidance=w)), z, sigmas)
         ours = ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
     assert np.abs(ours - ref).max() < 2e-3, np.abs(ours - ref).max()
 
@@ -186,8 +187,8 @@ def test_unsupported_folders_are_named(sd_folder, tmp_path):
 
 
 def test_web_ui_offers_a_prompt_for_text_models_and_passes_it(sd_folder, tmp_path):
-    from sdedit.ui import ModelPool, make_handler
-    from sdedit.ui_handlers import Limits
+    from sdedit.frontends.ui import ModelPool, make_handler
+    from sdedit.frontends.ui_handlers import Limits
 
     folder, _ = sd_folder
     pool = ModelPool({"sd": str(folder), "landscapes": "landscapes"}, device="cpu")
@@ -210,14 +211,13 @@ def test_web_ui_offers_a_prompt_for_text_models_and_passes_it(sd_folder, tmp_pat
 
 
 def test_tiled_vae_for_large_images_keeps_size_and_kept_pixels(sd_folder):
-    from sdedit.latent import latent_edit
-
     folder, _ = sd_folder
     model = load_model(folder, device="cpu")
+    model.tile_vae = True
     img = photo((136, 96))  # larger than the tiny VAE's 64 px tile: encoded and decoded in overlapping tiles
     mask = Image.new("L", img.size, 0)
     mask.paste(255, (40, 20, 100, 70))
-    out = latent_edit(model, img, mask=mask, prompt="x", t0=0.5, steps=2, seed=0, progress=False, tile_vae=True)[0]
+    out = edit(model, img, mask=mask, prompt="x", t0=0.5, steps=2, seed=0, progress=False)[0]
     keep = np.asarray(mask) == 0
     assert out.size == img.size and (np.asarray(out)[keep] == np.asarray(img)[keep]).all()
     assert model.vae.use_tiling
@@ -234,3 +234,20 @@ def test_reduced_precision_runs_the_unet_under_autocast_and_keeps_the_vae_fp32(s
     assert json.loads(low.info["sdedit"])["precision"] == "bf16"
     diff = np.abs(np.asarray(low, float) - np.asarray(full, float))
     assert 0 < diff.mean() < 8  # autocast changed the arithmetic, not the picture
+
+
+def test_eval_and_sweep_run_on_a_stable_diffusion_folder(sd_folder, tmp_path):
+    """The research commands take any family through the model interface (they used to need a pixel model)."""
+    from sdedit.frontends.cli import main
+
+    folder, _ = sd_folder
+    assert main(["eval", "--model", str(folder), "--prompt", "a landscape", "--n", "4", "--t0", "0.3", "0.6",
+                 "--sampler", "ddim", "--steps", "2", "--features", "random-cnn", "-o", str(tmp_path / "ev")]) == 0
+    rows = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert [(r["t0"], r["nfe"]) for r in rows[2:]] == [(0.3, 2), (0.6, 2)]
+    assert all(np.isfinite(r["l2_mean"]) and r["l2_mean"] > 0 for r in rows[2:])
+    photo((64, 48)).save(tmp_path / "in.png")
+    assert main(["sweep", str(tmp_path / "in.png"), "--model", str(folder), "--prompt", "a landscape",
+                 "--t0", "0.3", "0.7", "--steps", "2", "-n", "2", "-q", "-o", str(tmp_path / "sw")]) == 0
+    grid = Image.open(tmp_path / "sw" / "in-sweep-grid.png")
+    assert grid.width > 2 * 128 and (tmp_path / "sw" / "in-sweep-plot.png").is_file()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdedit.legacy import main, read_pair
+from sdedit.frontends.released_cli import main, read_pair
 
 from .conftest import DATA
 from .test_reference import Payload

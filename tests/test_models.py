@@ -10,7 +10,7 @@ import torch
 from diffusers import UNet2DModel
 
 from sdedit import InputError, ModelUnavailableError, PRESETS, load_model
-from sdedit.schedules import DiscreteVPSchedule, VESchedule
+from sdedit.engine.schedules import DiscreteVPSchedule, VESchedule
 
 SMALL = dict(sample_size=16, block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=8,
              down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from sdedit import InputError, load_model
-from sdedit.checkpoints import read_state_dict
-from sdedit.original import map_key
+from sdedit.loading.checkpoints import read_state_dict
+from sdedit.loading.released_format import map_key
 
 from .conftest import DATA
 
@@ -100,7 +100,7 @@ def test_every_key_of_the_256_layout_maps():
     assert len(rows) == 450
     from diffusers import UNet2DModel
 
-    from sdedit.presets import PRESETS
+    from sdedit.loading.presets import PRESETS
 
     with torch.device("meta"):
         unet = UNet2DModel(**PRESETS["church"].arch.unet_config())

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sdedit import edit
-from sdedit.editing import sdedit
-from sdedit.samplers import SAMPLERS, randn_like
-from sdedit.schedules import DiscreteVPSchedule, VESchedule, sigma_grid
+from sdedit.engine.editing import edit_tensors
+from sdedit.engine.samplers import SAMPLERS, randn_like
+from sdedit.engine.schedules import DiscreteVPSchedule, VESchedule, sigma_grid
 
 from .conftest import gaussian_model, t_for_sigma
 
@@ -30,7 +30,8 @@ def run_gaussian(sampler: str, steps: int, mask: torch.Tensor | None = None, n: 
     t0 = t_for_sigma(model.schedule, SIGMA0)
     x_g = torch.full((n, 3, 32, 32), GUIDE)
     gens = [torch.Generator().manual_seed(i) for i in range(n)]
-    return sdedit(model.denoise, model.schedule, x_g, mask=mask, t0=t0, steps=steps, sampler=sampler, generator=gens)
+    return edit_tensors(model.denoise, model.schedule, x_g, mask=mask, t0=t0, steps=steps, repeats=1,
+                        sampler=sampler, generator=gens)
 
 
 def test_targets_are_distinct():
@@ -63,7 +64,8 @@ def test_small_t0_returns_the_input(sampler, t0):
     model = gaussian_model(MU, S0)
     vp = DiscreteVPSchedule()
     img = (torch.rand(1, 3, 32, 32) * 255).round() / 127.5 - 1
-    out = sdedit(model.denoise, vp, img, t0=t0, steps=3, sampler=sampler, generator=torch.Generator().manual_seed(0))
+    out = edit_tensors(model.denoise, vp, img, mask=None, t0=t0, steps=3, repeats=1, sampler=sampler,
+                       generator=torch.Generator().manual_seed(0))
     # The output differs from the input by at most a few sigma(t0): 0.01 at t0 = 1e-3, 3e-4 at 1e-6.
     assert (out - img).abs().max().item() < 6 * vp.sigma(t0)
     assert (out - img).abs().max().item() > 0.0
@@ -137,7 +139,7 @@ def released_sdedit(eps_net, x0: torch.Tensor, t: int, gens: list[torch.Generato
 def test_ddpm_sampler_is_the_released_algorithm_step_for_step(tiny_model, t):
     x0 = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
-        ref = released_sdedit(tiny_model.denoiser.eps, x0, t, [torch.Generator().manual_seed(s) for s in (5, 6)])
-        ours = sdedit(tiny_model.denoise, tiny_model.schedule, x0, t0=t / 1000, steps=t, sampler="ddpm",
-                      generator=[torch.Generator().manual_seed(s) for s in (5, 6)])
+        ref = released_sdedit(tiny_model.denoiser_net.eps, x0, t, [torch.Generator().manual_seed(s) for s in (5, 6)])
+        ours = edit_tensors(tiny_model.denoise, tiny_model.schedule, x0, mask=None, t0=t / 1000, steps=t, repeats=1,
+                            sampler="ddpm", generator=[torch.Generator().manual_seed(s) for s in (5, 6)])
     assert (ours - ref).abs().max().item() < 1e-4

@@ -16,8 +16,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sdedit import load_model
-from sdedit.cli import main
-from sdedit.training import TrainConfig, read_training_meta, train
+from sdedit.frontends.cli import main
+from sdedit.research.training import TrainConfig, read_training_meta, train
 
 SMALL = ["--size", "16", "--widths", "16,16", "--attn-res", "8", "--layers-per-block", "1", "--batch-size", "4"]
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdedit.api import edit
+from sdedit.api import iter_edits
 from sdedit.errors import InputError
 from sdedit.images import read_settings
-from sdedit.run_settings import default_steps
-from sdedit.ui_handlers import Cancelled, Limits, Progress, Result, derive_mask, guide_and_mask, read_canvas, \
+from sdedit.settings import default_steps
+from sdedit.frontends.ui_handlers import Cancelled, Limits, Progress, Result, derive_mask, guide_and_mask, read_canvas, \
     run_steps, validate
 
 from .conftest import DATA, gaussian_model
@@ -23,10 +23,10 @@ GOOD = dict(model="landscapes", t0=0.5, sampler="ddpm", steps=0, repeats=1, samp
 
 
 def test_validate_accepts_and_fills_default_steps():
-    req = validate(MODELS, Limits(), **GOOD)
-    assert (req.model, req.t0, req.samples, req.seed) == ("landscapes", 0.5, 2, 7)
+    name, req = validate(MODELS, Limits(), **GOOD)
+    assert (name, req.t0, req.num_samples, req.seed) == ("landscapes", 0.5, 2, 7)
     assert req.steps == default_steps("ddpm", 0.5)
-    assert validate(MODELS, Limits(), **{**GOOD, "steps": 12.0, "t0": "0.3"}).steps == 12
+    assert validate(MODELS, Limits(), **{**GOOD, "steps": 12.0, "t0": "0.3"})[1].steps == 12
 
 
 @pytest.mark.parametrize("field, value", [
@@ -108,7 +108,7 @@ def test_photo_run_edits_only_where_painted_at_full_size():
     photo, strokes = photo_and_strokes()
     canvas = read_canvas({"background": photo, "layers": [strokes], "composite": photo}, Limits())
     guide, mask = guide_and_mask(canvas, photo=True, grow=2, feather=2, limits=Limits())
-    req = validate(["g"], Limits(), model="g", t0=0.6, sampler="ddpm", steps=10, repeats=1, samples=2, seed=3)
+    _, req = validate(["g"], Limits(), model="g", t0=0.6, sampler="ddpm", steps=10, repeats=1, samples=2, seed=3)
     events = list(run_steps(gaussian_model(), req, guide, mask, fit="stretch", original_size=True,
                             preview_every=0.0))
     progress = [e for e in events if isinstance(e, Progress)]
@@ -131,12 +131,12 @@ def test_closing_the_run_cancels_sampling_and_ends_the_worker():
 
     def recording_edit(*args, **kwargs):
         try:
-            return edit(*args, **kwargs)
+            yield from iter_edits(*args, **kwargs)
         except BaseException as e:
             seen.append(e)
             raise
 
-    req = validate(["g"], Limits(), model="g", t0=1.0, sampler="ddpm", steps=1000, repeats=5, samples=8, seed=0)
+    _, req = validate(["g"], Limits(), model="g", t0=1.0, sampler="ddpm", steps=1000, repeats=5, samples=8, seed=0)
     run = run_steps(gaussian_model(resolution=64), req, Image.new("RGB", (64, 64)), None, preview_every=0.0,
                     edit_fn=recording_edit)
     first = next(run)
@@ -150,7 +150,7 @@ def test_errors_inside_a_run_reach_the_caller():
     def broken_edit(*args, **kwargs):
         raise InputError("broken on purpose")
 
-    req = validate(["g"], Limits(), model="g", t0=0.5, sampler="ddpm", steps=5, repeats=1, samples=1, seed=0)
+    _, req = validate(["g"], Limits(), model="g", t0=0.5, sampler="ddpm", steps=5, repeats=1, samples=1, seed=0)
     with pytest.raises(InputError, match="broken on purpose"):
         list(run_steps(gaussian_model(), req, Image.new("RGB", (32, 32)), None, edit_fn=broken_edit))
 
@@ -158,7 +158,7 @@ def test_errors_inside_a_run_reach_the_caller():
 def test_gradio_handler_writes_pngs_with_settings_and_turns_errors_into_messages(tmp_path):
     import gradio as gr
 
-    from sdedit.ui import ModelPool, make_handler
+    from sdedit.frontends.ui import ModelPool, make_handler
 
     pool = ModelPool({"tiny": str(DATA / "tiny.ckpt")}, device="cpu", config=str(DATA / "tiny.yml"))
     handler = make_handler(pool, Limits(), tmp_path, photo=False)

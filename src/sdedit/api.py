@@ -1,103 +1,187 @@
-"""`edit()`: SDEdit from images to images, the public entry point over editing.sdedit."""
+"""`edit()`: SDEdit from images to images for every model family, the one outer loop.
+
+Guide preparation, per-sample generators, batching, progress, the divergence check, the exact
+paste-back of kept pixels and the metadata live here once; each family supplies its frame,
+encode/decode and conditioned denoiser through the model interface (families/base.py).
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import __version__
-from .editing import sdedit
+from .engine.editing import edit_tensors
 from .errors import InputError, SamplingError
-from .images import Fit, ImageLike, fit_box, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
-    tensor_to_images, to_model_size
-from .latent import LatentModel, latent_edit
-from .model import SDEModel
-from .run_settings import DEFAULT_SAMPLER, checked_run
+from .families.base import Frame, Model
+from .images import Fit, ImageLike, image_to_tensor, load_guide, mask_to_tensor, paste_kept, tensor_to_images
+from .settings import RunSettings
+from .version import __version__
 
-def edit(model: SDEModel | LatentModel, image: ImageLike, *, mask: ImageLike | None = None, t0: float = 0.5,
-         steps: int | None = None, repeats: int = 1, sampler: str | None = None, num_samples: int = 1,
-         seed: int | None = None, progress: bool = True, batch_size: int | None = None, fit: Fit = "crop",
-         original_size: bool = False, prompt: str | None = None, negative_prompt: str = "", guidance: float = 7.5,
-         callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None) -> list[Image.Image]:
+StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Guide:
+    """One input prepared for a model: the full image and mask, the model's frame, and both at the frame's size."""
+
+    full: Image.Image  # RGB input at its own size
+    full_mask: Image.Image | None  # L, same size, white = edit
+    frame: Frame
+    image: Image.Image  # the frame's box resized to frame.size: what the sampler sees
+    mask: Image.Image | None
+
+    @property
+    def reference(self) -> Image.Image:
+        """The guide at the size outputs come back at (for faithfulness scores)."""
+        return self.full.crop(self.frame.box) if self.frame.back_to_input else self.image
+
+
+def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None, *, fit: Fit = "crop",
+                  original_size: bool = False) -> Guide:
+    """Read an image (and mask), and cut and resize it to where and how the model works."""
+    full, full_mask = load_guide(image, mask)
+    if fit not in ("crop", "stretch"):
+        raise InputError(f"fit must be 'crop' or 'stretch', got {fit!r}")
+    frame = model.frame(full.size, fit, original_size)
+    region = full.crop(frame.box)
+    small = region if region.size == frame.size else region.resize(frame.size, Image.Resampling.LANCZOS)
+    small_mask = None
+    if full_mask is not None:
+        m = full_mask.crop(frame.box)
+        small_mask = m if m.size == frame.size else m.resize(frame.size, Image.Resampling.BILINEAR)
+    return Guide(full, full_mask, frame, small, small_mask)
+
+
+def settings_from(model: Model, settings: RunSettings | None = None, **fields: Any) -> RunSettings:
+    """A RunSettings from keyword arguments (None = the default)."""
+    given = {k: v for k, v in fields.items() if v is not None}
+    if settings is not None:
+        return settings.with_(**given) if given else settings
+    return RunSettings(**given)
+
+
+def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: float | None = None,
+         steps: int | None = None, repeats: int | None = None, sampler: str | None = None,
+         num_samples: int | None = None, seed: int | None = None, batch_size: int | None = None,
+         precision: str | None = None, prompt: str | None = None, negative_prompt: str | None = None,
+         guidance: float | None = None, settings: RunSettings | None = None, fit: Fit = "crop",
+         original_size: bool = False, progress: bool = True,
+         callback: StepCallback | None = None) -> list[Image.Image]:
     """SDEdit (Meng et al. 2022) on one guide image: num_samples outputs, sample j seeded with seed + j.
 
     image/mask: paths, PIL images or arrays (floats in [0, 1]); mask white = edit, black =
-    keep, soft values blend; none = edit everything.  Inputs are centre-cropped to a square
-    (fit="crop") or stretched (fit="stretch") and resized to the model's resolution; with
-    original_size the outputs are scaled back to the cropped/stretched input size, kept
-    pixels pasted from the full-size input.  Each output's settings are in img.info["sdedit"].
-    A text-conditioned (Stable Diffusion) model takes prompt, negative_prompt and guidance and
-    works at the input's own size (latent.latent_edit); fit and original_size do not apply.
+    keep, soft values blend; none = edit everything.  Unset settings take RunSettings'
+    defaults (or pass `settings`).  Pixel models work on the centre square (fit="crop") or
+    the stretched image at their resolution, and original_size scales outputs back; latent
+    models work at the input's own size.  Kept pixels are the input's, bit for bit.  Each
+    output's settings are in img.info["sdedit"].
     """
-    if isinstance(model, LatentModel):
-        return latent_edit(model, image, prompt=prompt or "", negative_prompt=negative_prompt, guidance=guidance,
-                           mask=mask, t0=t0, steps=steps, repeats=repeats, sampler=sampler or DEFAULT_SAMPLER,
-                           num_samples=num_samples, seed=seed, progress=progress, batch_size=batch_size,
-                           callback=callback)
-    if prompt or negative_prompt:
-        raise InputError(f"{model.name} is not text-conditioned: --prompt needs a Stable Diffusion-style model")
-    sampler = sampler or DEFAULT_SAMPLER
-    if fit not in ("crop", "stretch"):
-        raise InputError(f"fit must be 'crop' or 'stretch', got {fit!r}")
-    steps, seed = checked_run(sampler, t0, steps, repeats, num_samples, seed, batch_size)
+    run = settings_from(model, settings, t0=t0, steps=steps, repeats=repeats, sampler=sampler,
+                        num_samples=num_samples, seed=seed, batch_size=batch_size, precision=precision,
+                        prompt=prompt, negative_prompt=negative_prompt, guidance=guidance)
+    guide = prepare_guide(model, image, mask, fit=fit, original_size=original_size)
+    assert run.seed is not None
+    return list(iter_edits(model, [guide], [run.seed], run, fit=fit, progress=progress, callback=callback))
 
-    full, full_mask = load_guide(image, mask)
-    r = model.resolution
-    guide = to_model_size(full, r, fit)
-    small_mask = to_model_size(full_mask, r, fit, Image.Resampling.BILINEAR) if full_mask is not None else None
 
-    device = model.device
-    x_g = image_to_tensor(guide).to(device)
-    m = mask_to_tensor(small_mask).to(device) if small_mask is not None else None
-    batch = batch_size or min(num_samples, 8)
-    outputs: list[Image.Image] = []
-    bar = tqdm(total=math.ceil(num_samples / batch) * repeats * steps, desc="sdedit", unit="step", disable=not progress)
+def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], settings: RunSettings, *,
+               fit: Fit = "crop", progress: bool = True, callback: StepCallback | None = None) -> Iterator[Image.Image]:
+    """SDEdit of many guides, settings.num_samples each (guide i, sample j seeded seeds[i] + j), yielded as finished.
 
-    def step_callback(i: int, sigma: float, x: torch.Tensor, denoised: torch.Tensor) -> None:
+    Rows of guides with the same frame size share network calls, up to settings.batch_size;
+    every row has its own generator, so an output does not depend on what it was batched with.
+    """
+    model.check_conditioning(settings)
+    if settings.precision is not None:
+        model.optimize(precision=settings.precision)
+    rows = [(g, seeds[i] + j, j) for i, g in enumerate(guides) for j in range(settings.num_samples)]
+    batches = _batches(rows, settings.batch_size)
+    denoiser = model.denoiser(settings)
+    assert settings.steps is not None
+    bar = tqdm(total=len(batches) * settings.nfe, desc="sdedit", unit="step", disable=not progress)
+
+    def on_step(i: int, sigma: float, x: torch.Tensor, denoised: torch.Tensor) -> None:
         bar.update(1)
         if callback is not None:
             callback(i, sigma, x, denoised)
 
     try:
-        for start in range(0, num_samples, batch):
-            n = min(batch, num_samples - start)
-            generators = [torch.Generator().manual_seed(seed + start + j) for j in range(n)]
-            try:
-                x = sdedit(model.denoise, model.schedule, x_g.expand(n, -1, -1, -1), mask=m, t0=float(t0),
-                           steps=steps, repeats=repeats, sampler=sampler, generator=generators,
-                           callback=step_callback)
-            except FloatingPointError as e:
-                raise SamplingError(f"sampling diverged: {e}; no image written") from None
-            if not torch.isfinite(x).all():
-                raise SamplingError("sampling produced NaN or inf; no image written")
-            outputs += tensor_to_images(x)
+        for batch in batches:
+            x = _run_batch(model, denoiser, batch, settings, on_step)
+            for (guide, seed, j), out in zip(batch, tensor_to_images(x), strict=True):
+                yield _finish(model, guide, out, settings, fit, seed, j)
     finally:
         bar.close()
 
-    base = {"model": model.name, "t0": float(t0), "steps": steps, "sampler": sampler, "repeats": repeats,
-            "fit": fit, "resolution": r, "masked": mask is not None, "precision": model.info.get("precision", "fp32"),
-            "device": str(device), "sdedit_version": __version__}
-    results = []
-    for j, out in enumerate(outputs):
-        if small_mask is not None:
-            out = paste_kept(out, guide, small_mask)
-        if original_size:
-            out = _to_original(out, full, full_mask, fit)
-        out.info["sdedit"] = json.dumps({**base, "seed": seed + j, "sample": j})
-        results.append(out)
-    return results
+
+def _batches(rows: list[tuple[Guide, int, int]], size: int) -> list[list[tuple[Guide, int, int]]]:
+    """Consecutive rows in groups of at most `size` that share a frame size and the presence of a mask."""
+    out: list[list[tuple[Guide, int, int]]] = []
+    for row in rows:
+        key = (row[0].frame.size, row[0].mask is None)
+        last = out[-1] if out else None
+        if last is not None and len(last) < size and (last[0][0].frame.size, last[0][0].mask is None) == key:
+            last.append(row)
+        else:
+            out.append([row])
+    return out
 
 
-def _to_original(out: Image.Image, full: Image.Image, full_mask: Image.Image | None, fit: Fit) -> Image.Image:
-    """Scale an output back to the input's cropped (or whole) area; kept pixels come from the input at full size."""
-    box = fit_box(full.size, fit)
-    region = full.crop(box)
-    big = out.resize(region.size, Image.Resampling.LANCZOS)
-    if full_mask is None:
-        return big
-    return paste_kept(big, region, full_mask.crop(box))
+def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               batch: list[tuple[Guide, int, int]], settings: RunSettings, on_step: StepCallback) -> torch.Tensor:
+    """Encode each row's guide with its generator, SDEdit the batch in the sampler's space, decode, check."""
+    generators = [torch.Generator().manual_seed(seed) for _, seed, _ in batch]
+    parts, masks = [], []
+    start = 0
+    while start < len(batch):
+        # consecutive rows of one guide are encoded together (one VAE pass, one posterior draw per row)
+        guide = batch[start][0]
+        end = start
+        while end < len(batch) and batch[end][0] is guide:
+            end += 1
+        parts.append(model.encode(image_to_tensor(guide.image), generators[start:end]))
+        if guide.mask is not None:
+            masks.append(model.encode_mask(mask_to_tensor(guide.mask)).expand(end - start, -1, -1, -1))
+        start = end
+    z_g = torch.cat(parts)
+    mask = torch.cat(masks) if masks else None
+    try:
+        z = edit_tensors(denoiser, model.schedule, z_g, mask=mask, t0=settings.t0, steps=settings.steps or 1,
+                         repeats=settings.repeats, sampler=settings.sampler, generator=generators, callback=on_step)
+    except FloatingPointError as e:
+        raise SamplingError(f"sampling diverged: {e}; no image written") from None
+    x = model.decode(z)
+    if not torch.isfinite(x).all():
+        raise SamplingError("sampling produced NaN or inf; no image written")
+    return x
+
+
+def _finish(model: Model, guide: Guide, out: Image.Image, settings: RunSettings, fit: Fit, seed: int,
+            sample: int) -> Image.Image:
+    """Back to the input's size when the frame says so, the exact kept pixels pasted, the settings attached."""
+    frame = guide.frame
+    if frame.back_to_input:
+        box_size = (frame.box[2] - frame.box[0], frame.box[3] - frame.box[1])
+        if out.size != box_size:
+            out = out.resize(box_size, Image.Resampling.LANCZOS)
+        if guide.full_mask is not None:
+            out = paste_kept(out, guide.full.crop(frame.box), guide.full_mask.crop(frame.box))
+    elif guide.mask is not None:
+        out = paste_kept(out, guide.image, guide.mask)
+    meta = {"model": model.name, **settings.metadata(text_conditioned=model.text_conditioned), "precision": model.precision,
+            "fit": fit, "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
+            "device": str(model.device), "sdedit_version": __version__, "seed": seed, "sample": sample}
+    out.info["sdedit"] = json.dumps(meta)
+    return out
+
+
+def steps_total(settings: RunSettings, guides: int = 1) -> int:
+    """Sampler steps a run takes (for progress bars outside `edit`)."""
+    return math.ceil(guides * settings.num_samples / settings.batch_size) * settings.nfe

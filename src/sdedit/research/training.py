@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ from safetensors.torch import load_file, save
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import InputError
-from .images import IMAGE_SUFFIXES, folder_images, grid, save_png, tensor_to_images, write_atomic
+from ..errors import InputError
+from ..images import IMAGE_SUFFIXES, folder_images, grid, save_png, tensor_to_images, write_atomic
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -194,7 +193,7 @@ class Trainer:
         s = meta["state"]
         self.state = TrainState(s["step"], s["seconds"], s["images"], [tuple(x) for x in s["losses"]])
 
-    def run(self, progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> TrainState:
+    def run(self, progress: bool = True) -> TrainState:
         """Train until max_steps or the time budget; checkpoint every save_every minutes and at the end."""
         c = self.cfg
         start = time.perf_counter()
@@ -218,8 +217,6 @@ class Trainer:
                     window = []
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{c.batch_size / (time.perf_counter() - t_step):.1f}")
-                if on_step is not None:
-                    on_step(self.state.step, loss)
                 if time.perf_counter() - last_save >= c.save_every * 60:
                     self.save()
                     last_save = time.perf_counter()
@@ -293,21 +290,21 @@ def sample_grid(out: Path, path: Path, n: int = 16, steps: int = 100, seed: int 
     sigma ~ 157 small epsilon errors would otherwise saturate the colours.  (SDEdit from t0 <= 0.6
     is unchanged by clipping on the bundled model, so the editing engine does not clip.)
     """
-    from .checkpoints import load_model
-    from .editing import sdedit
+    from ..engine.editing import edit_tensors
+    from ..loader import load_model
 
     model = load_model(out, device="cpu")
     r = model.resolution
     gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-    x = sdedit(lambda x, s: model.denoise(x, s).clamp(-1.0, 1.0), model.schedule, torch.zeros(n, 3, r, r), t0=1.0,
-               steps=steps, sampler="ddpm", generator=gens)
+    x = edit_tensors(lambda x, s: model.denoise(x, s).clamp(-1.0, 1.0), model.schedule, torch.zeros(n, 3, r, r),
+                     mask=None, t0=1.0, steps=steps, repeats=1, sampler="ddpm", generator=gens)
     return save_png(grid(tensor_to_images(x), ncols=8), path, overwrite=True)
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | None = None, progress: bool = True,
           cache: Path | None = None) -> TrainState:
     """Train (or resume) a run in folder out; write the model, loss.png and samples.png."""
-    from .checkpoints import pick_device
+    from ..devices import pick_device
 
     state_path = out / "training" / "state.safetensors"
     if resume:

@@ -12,14 +12,14 @@ from typing import Any
 
 from PIL import Image
 
-from .run_settings import DEFAULT_SAMPLER
-from .checkpoints import is_cached, load_model
-from .errors import InputError, SdeditError
-from .images import save_png
-from .latent import LatentModel, is_latent_folder
-from .model import SDEModel
-from .presets import BUNDLED, PRESETS
-from .samplers import SAMPLERS
+from ..engine.samplers import SAMPLERS
+from ..errors import InputError, SdeditError
+from ..families.base import Model
+from ..images import save_png
+from ..loader import is_text_conditioned, load_model
+from ..loading.hub import is_cached
+from ..loading.presets import BUNDLED_MODELS, PRESETS
+from ..settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0
 from .ui_handlers import Limits, Progress, guide_and_mask, read_canvas, run_steps, t0_hint, validate
 
 PALETTE = ["#87b5e0", "#f2f2f2", "#f0a050", "#7a7f8c", "#3d4a5c", "#2f5a2a", "#6f9a3a", "#3a6ea5", "#d8c48a"]
@@ -28,7 +28,7 @@ CANVAS = 512  # side of the blank painting canvas, pixels
 
 def model_choices(extra: str | None = None) -> dict[str, str]:
     """Models the page may pick: the bundled ones, presets already downloaded, and the one given at start-up."""
-    choices = {name: name for name in BUNDLED}
+    choices = {name: name for name in BUNDLED_MODELS}
     choices.update({name: name for name, p in PRESETS.items() if is_cached(p.repo_id)})
     if extra is not None:
         choices[extra] = extra
@@ -43,21 +43,21 @@ class ModelPool:
     device: str | None = None
     config: str | None = None  # for an original checkpoint given at start-up
     text: set[str] = field(default_factory=set)  # names of the text-conditioned models seen so far
-    _loaded: dict[str, SDEModel | LatentModel] = field(default_factory=dict)
+    _loaded: dict[str, Model] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.text |= {n for n, src in self.sources.items() if is_latent_folder(Path(src).expanduser())}
+        self.text |= {n for n, src in self.sources.items() if is_text_conditioned(src)}
 
-    def get(self, name: str) -> SDEModel | LatentModel:
+    def get(self, name: str) -> Model:
         """The model behind a validated name, loading it on first use."""
         with self._lock:
             if name not in self._loaded:
                 self._loaded.clear()
                 src = self.sources[name]
-                cfg = self.config if src not in BUNDLED and src not in PRESETS else None
+                cfg = self.config if src not in BUNDLED_MODELS and src not in PRESETS else None
                 self._loaded[name] = load_model(src, config=cfg, device=self.device)
-                if isinstance(self._loaded[name], LatentModel):
+                if self._loaded[name].text_conditioned:
                     self.text.add(name)
             return self._loaded[name]
 
@@ -73,19 +73,19 @@ def make_handler(pool: ModelPool, limits: Limits, outdir: Path, *, photo: bool) 
     import gradio as gr
 
     def handler(editor: Any, model: Any, t0: Any, sampler: Any, steps: Any, repeats: Any, samples: Any, seed: Any,
-                grow: Any, feather: Any, prompt: Any = "", negative_prompt: Any = "", guidance: Any = 7.5,
+                grow: Any, feather: Any, prompt: Any = "", negative_prompt: Any = "", guidance: Any = None,
                 progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
         try:
-            req = validate(list(pool.sources), limits, model=model, t0=t0, sampler=sampler, steps=steps,
+            name, settings = validate(list(pool.sources), limits, model=model, t0=t0, sampler=sampler, steps=steps,
                            repeats=repeats, samples=samples, seed=seed, prompt=prompt,
                            negative_prompt=negative_prompt, guidance=guidance)
             guide, mask = guide_and_mask(read_canvas(editor, limits), photo=photo, grow=grow, feather=feather,
                                          limits=limits)
-            net = pool.get(req.model)
+            net = pool.get(name)
             progress(0.0, desc="starting")
-            for ev in run_steps(net, req, guide, mask, fit="stretch" if photo else "crop", original_size=photo):
+            for ev in run_steps(net, settings, guide, mask, fit="stretch" if photo else "crop", original_size=photo):
                 if isinstance(ev, Progress):
-                    progress(ev.fraction, desc=f"sampling {req.samples} image(s)")
+                    progress(ev.fraction, desc=f"sampling {settings.num_samples} image(s)")
                     yield gr.update(), _enlarge(ev.preview)
                 else:
                     yield [(_save(img, outdir), text) for img, text in ev.images], gr.update()
@@ -153,9 +153,9 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                     prompt = gr.Textbox("", label="prompt (text-conditioned models)", elem_id="prompt")
                     with gr.Row():
                         negative = gr.Textbox("", label="negative prompt")
-                        guidance = gr.Slider(1.0, 20.0, value=7.5, step=0.5, label="guidance")
-                t0 = gr.Slider(0.05, 1.0, value=0.5, step=0.01, label="t0 (noise level)")
-                hint = gr.Markdown(t0_hint(0.5))
+                        guidance = gr.Slider(1.0, 20.0, value=DEFAULT_GUIDANCE, step=0.5, label="guidance")
+                t0 = gr.Slider(0.05, 1.0, value=DEFAULT_T0, step=0.01, label="t0 (noise level)")
+                hint = gr.Markdown(t0_hint(DEFAULT_T0))
                 with gr.Row():
                     steps = gr.Slider(0, 200, value=0, step=1, label="steps (0 = default for sampler and t0)")
                     repeats = gr.Slider(1, limits.max_repeats, value=1, step=1, label="repeats K")

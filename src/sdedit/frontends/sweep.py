@@ -9,57 +9,45 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .api import edit
-from .images import ImageLike, free_path, write_atomic
-from .metrics import image_features, kid, l2_distance, standardize
-from .model import SDEModel
-from .run_settings import default_steps
+from ..api import iter_edits, prepare_guide
+from ..families.base import Model
+from ..images import ImageLike, free_path, write_atomic
+from ..research.metrics import image_features, kid, l2_distance, standardize
+from ..settings import RunSettings
 
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """The outputs of one (sampler, t0) and their scores."""
+    """The outputs of one setting and their scores."""
 
-    sampler: str
-    steps: int
-    t0: float
+    settings: RunSettings
     images: list[Image.Image]
     l2: float  # mean L2 of the outputs to the guide (images in [0, 1])
     kid: float | None  # KID of the outputs against the real images, when given
 
 
-def run_sweep(model: SDEModel, image: ImageLike, *, t0s: list[float], samplers: list[str],
-              steps: int | None = None, mask: ImageLike | None = None, num: int = 4, seed: int = 0,
-              reals: list[Image.Image] | None = None, progress: bool = True) -> list[SweepPoint]:
-    """SDEdit of one image for every sampler and t0, num samples each (the same seeds everywhere)."""
+def run_sweep(model: Model, image: ImageLike, grid: list[RunSettings], *, mask: ImageLike | None = None,
+              reals: list[Image.Image] | None = None,
+              progress: bool = True) -> tuple[Image.Image, list[SweepPoint]]:
+    """SDEdit of one image with every setting of the grid (the same seeds everywhere); the guide as outputs see it."""
     points = []
     real_f = image_features(reals) if reals else None
-    guide = edit_guide(model, image)
-    for sampler in samplers:
-        for t0 in t0s:
-            n = steps or default_steps(sampler, t0)
-            outs = edit(model, image, mask=mask, t0=t0, steps=n, sampler=sampler, num_samples=num, seed=seed,
-                        progress=progress)
-            score = None
-            if real_f is not None:
-                ref, f = standardize(real_f, image_features(outs))
-                score = kid(ref, f, subsets=50)[0]
-            points.append(SweepPoint(sampler, n, t0, outs, float(l2_distance(outs, [guide] * len(outs)).mean()),
-                                     score))
-    return points
-
-
-def edit_guide(model: SDEModel, image: ImageLike) -> Image.Image:
-    """The guide as the model sees it (cropped and resized)."""
-    from .images import as_pil, to_model_size, to_rgb
-
-    return to_model_size(to_rgb(as_pil(image, "image")), model.resolution, "crop")
+    guide = prepare_guide(model, image, mask)
+    for settings in grid:
+        outs = list(iter_edits(model, [guide], [settings.seed or 0], settings, progress=progress))
+        score = None
+        if real_f is not None:
+            ref, f = standardize(real_f, image_features(outs))
+            score = kid(ref, f, subsets=50)[0]
+        points.append(SweepPoint(settings, outs, float(l2_distance(outs, [guide.reference] * len(outs)).mean()),
+                                 score))
+    return guide.reference, points
 
 
 def sweep_grid(guide: Image.Image, points: list[SweepPoint], cell: int = 128) -> Image.Image:
     """Labelled grid: columns are t0 (input first), rows are sampler x sample."""
-    t0s = sorted({p.t0 for p in points})
-    samplers = list(dict.fromkeys(p.sampler for p in points))
+    t0s = sorted({p.settings.t0 for p in points})
+    samplers = list(dict.fromkeys(p.settings.sampler for p in points))
     num = len(points[0].images)
     label_w, label_h, pad = 150, 22, 4
     w = label_w + (len(t0s) + 1) * (cell + pad)
@@ -75,7 +63,7 @@ def sweep_grid(guide: Image.Image, points: list[SweepPoint], cell: int = 128) ->
             d.text((4, y + cell // 2 - 10), f"{sampler}\nsample {j}", fill=(0, 0, 0))
             fig.paste(guide.resize((cell, cell), Image.Resampling.NEAREST), (label_w, y))
             for c, t0 in enumerate(t0s, start=1):
-                p = next(p for p in points if p.sampler == sampler and p.t0 == t0)
+                p = next(p for p in points if p.settings.sampler == sampler and p.settings.t0 == t0)
                 fig.paste(p.images[j].resize((cell, cell), Image.Resampling.NEAREST), (label_w + c * (cell + pad), y))
     return fig
 
@@ -89,9 +77,9 @@ def sweep_plot(points: list[SweepPoint], path: Path) -> Path:
 
     has_kid = all(p.kid is not None for p in points)
     fig, axes = plt.subplots(1, 2 if has_kid else 1, figsize=(10 if has_kid else 5, 3.6), dpi=100, squeeze=False)
-    for sampler in dict.fromkeys(p.sampler for p in points):
-        pts = sorted((p for p in points if p.sampler == sampler), key=lambda p: p.t0)
-        t = np.array([p.t0 for p in pts])
+    for sampler in dict.fromkeys(p.settings.sampler for p in points):
+        pts = sorted((p for p in points if p.settings.sampler == sampler), key=lambda p: p.settings.t0)
+        t = np.array([p.settings.t0 for p in pts])
         axes[0, 0].plot(t, [p.l2 for p in pts], marker="o", label=sampler)
         if has_kid:
             axes[0, 1].plot(t, [p.kid for p in pts], marker="o", label=sampler)

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .editing import sdedit
-from .images import image_to_tensor, tensor_to_images, to_model_size
+from ..api import iter_edits, prepare_guide
+from ..families.base import Model
+from ..settings import RunSettings
 from .landscapes import HELD_OUT_START, landscape
 from .metrics import FeatureKind, feature_extractor, image_features, kid, l2_distance, standardize
-from .model import SDEModel
 from .strokes import simulate_strokes
 
 def held_out_landscapes(count: int, size: int, offset: int = 0) -> list[Image.Image]:
@@ -25,38 +25,12 @@ def held_out_landscapes(count: int, size: int, offset: int = 0) -> list[Image.Im
     return [landscape(HELD_OUT_START + offset + i, size) for i in range(count)]
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One way of running SDEdit."""
-
-    t0: float
-    sampler: str
-    steps: int
-    repeats: int = 1
-
-    @property
-    def nfe(self) -> int:
-        """Network evaluations per image."""
-        return self.steps * self.repeats
-
-    @property
-    def label(self) -> str:
-        return f"{self.sampler}, {self.steps} steps" + (f", K={self.repeats}" if self.repeats > 1 else "")
-
-
-def run_batch(model: SDEModel, guides: list[Image.Image], setting: Setting, *, seed: int = 0,
-              batch: int = 32) -> list[Image.Image]:
-    """SDEdit on many guides (no mask); guide i is sampled with seed + i, whatever the batching."""
-    r = model.resolution
-    out: list[Image.Image] = []
-    for i in range(0, len(guides), batch):
-        chunk = guides[i:i + batch]
-        x = torch.cat([image_to_tensor(to_model_size(g.convert("RGB"), r, "crop")) for g in chunk]).to(model.device)
-        gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
-        y = sdedit(model.denoise, model.schedule, x, t0=setting.t0, steps=setting.steps, repeats=setting.repeats,
-                   sampler=setting.sampler, generator=gens)
-        out += tensor_to_images(y)
-    return out
+def run_batch(model: Model, guides: list[Image.Image], settings: RunSettings) -> list[Image.Image]:
+    """SDEdit on many guides (no mask), one output each; guide i is sampled with seed + i, whatever the batching."""
+    prepared = [prepare_guide(model, g) for g in guides]
+    seed = settings.seed or 0
+    return list(iter_edits(model, prepared, [seed + i for i in range(len(guides))],
+                           settings.with_(num_samples=1), progress=False))
 
 
 @dataclass(frozen=True)
@@ -122,13 +96,13 @@ class StrokeBenchmark:
         """The stroke inputs themselves, and the originals they were made from."""
         return [self.score("stroke inputs", self.strokes), self.score("originals of the strokes", self.originals)]
 
-    def run(self, model: SDEModel, setting: Setting, seed: int = 0) -> tuple[Row, list[Image.Image]]:
-        """SDEdit every stroke input with one setting; its row and its outputs."""
+    def run(self, model: Model, settings: RunSettings) -> tuple[Row, list[Image.Image]]:
+        """SDEdit every stroke input with one setting (stroke i seeded settings.seed + i); its row and outputs."""
         _reset_peak_rss()
         start = time.perf_counter()
-        outs = run_batch(model, self.strokes, setting, seed=seed)
+        outs = run_batch(model, self.strokes, settings)
         sec = time.perf_counter() - start
-        return self.score(f"SDEdit {setting.label}", outs, setting.t0, setting.nfe, sec), outs
+        return self.score(f"SDEdit {settings.label()}", outs, settings.t0, settings.nfe, sec), outs
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -147,7 +121,7 @@ def markdown_table(rows: list[Row]) -> str:
 
 def write_tables(rows: list[Row], stem: Path, header: str = "", *, overwrite: bool = True) -> list[Path]:
     """The rows as <stem>.md, <stem>.json and <stem>.csv; without overwrite, a taken stem becomes <stem>-1, -2, ..."""
-    from .images import write_atomic
+    from ..images import write_atomic
 
     stem.parent.mkdir(parents=True, exist_ok=True)
     n, base = 0, stem

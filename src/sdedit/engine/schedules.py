@@ -45,8 +45,7 @@ class DiscreteVPSchedule:
 
     def sigma(self, t: float) -> float:
         """sigma(t) for continuous t in [0, 1]."""
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"t must be in [0, 1], got {t}")
+        _check_time(t)
         s = t * self.num_steps - 1.0  # fractional step index
         if s <= 0.0:
             return math.exp(self.log_sigmas[0].item()) * math.sqrt(max(s + 1.0, 0.0))
@@ -87,12 +86,17 @@ class VESchedule:
 
     def sigma(self, t: float) -> float:
         """sigma(t) for continuous t in [0, 1], in [-1, 1] data units."""
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"t must be in [0, 1], got {t}")
+        _check_time(t)
         return self.scale * self.sigma_min * (self.sigma_max / self.sigma_min) ** t
 
 
 Schedule = DiscreteVPSchedule | VESchedule
+
+
+def _check_time(t: float) -> None:
+    """The schedules' domain: SDE time in [0, 1]."""
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t must be in [0, 1], got {t}")
 
 
 def _betas(kind: str, start: float, end: float, n: int) -> torch.Tensor:
@@ -109,9 +113,5 @@ def _betas(kind: str, start: float, end: float, n: int) -> torch.Tensor:
 
 def sigma_grid(schedule: Schedule, t0: float, steps: int) -> torch.Tensor:
     """Decreasing sigmas sigma(t0 n / N) for n = N..1, then 0: N steps from exactly t0 (never snapped)."""
-    if not 0.0 < t0 <= 1.0:
-        raise ValueError(f"t0 must be in (0, 1], got {t0}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
     levels = [schedule.sigma(t0 * n / steps) for n in range(steps, 0, -1)]
     return torch.tensor(levels + [0.0], dtype=torch.float64)

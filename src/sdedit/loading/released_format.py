@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import yaml
 
-from .errors import InputError
-from .schedules import DiscreteVPSchedule
+from ..errors import InputError
+from ..engine.schedules import DiscreteVPSchedule
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
-
 import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Project = Callable[[torch.Tensor, float], torch.Tensor]
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 Generators = torch.Generator | Sequence[torch.Generator] | None
-SamplerName = Literal["ddpm", "euler-maruyama", "ddim", "dpm++2m", "dpm++2m-sde"]
 
 
 def randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:

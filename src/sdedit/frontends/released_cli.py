@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from .cli import Parser, run_guarded
-from .checkpoints import load_plain
-from .errors import InputError, SamplingError
+from ..errors import InputError
+from ..loading.checkpoints import load_plain
+from ..settings import RunSettings, check_t0
+from .common import Parser, run_guarded
 
-BUNDLED = {"church.yml": "church", "bedroom.yml": "bedroom", "celeba.yml": "celebahq"}
+RELEASED_CONFIGS = {"church.yml": "church", "bedroom.yml": "bedroom", "celeba.yml": "celebahq"}
 CATEGORY_PRESET = {"church_outdoor": "church", "bedroom": "bedroom", "celeba_hq": "celebahq", "celeba": "celebahq"}
 
 
@@ -49,11 +50,11 @@ def _config_path(name: str) -> tuple[Path, str | None]:
     """The config file and the preset it stands for (bundled name, or by its data category)."""
     if Path(name).is_file():
         category = _read_yaml(Path(name)).get("data", {}).get("category")
-        return Path(name), BUNDLED.get(Path(name).name) or CATEGORY_PRESET.get(str(category))
+        return Path(name), RELEASED_CONFIGS.get(Path(name).name) or CATEGORY_PRESET.get(str(category))
     base = Path(name).name
-    if base in BUNDLED:
-        return Path(str(resources.files("sdedit") / "configs" / base)), BUNDLED[base]
-    raise InputError(f"config not found: {name} (bundled: {', '.join(BUNDLED)})")
+    if base in RELEASED_CONFIGS:
+        return Path(str(resources.files("sdedit") / "configs" / base)), RELEASED_CONFIGS[base]
+    raise InputError(f"config not found: {name} (bundled: {', '.join(RELEASED_CONFIGS)})")
 
 
 def _read_yaml(path: Path) -> dict:
@@ -127,14 +128,17 @@ def prepare_folder(folder: Path, ni: bool) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .checkpoints import load_model
-    from .editing import sdedit
-    from .images import grid, save_png, tensor_to_images, write_atomic
+    from ..engine.editing import edit_tensors
+    from ..errors import SamplingError
+    from ..images import grid, save_png, tensor_to_images, write_atomic
+    from ..loader import load_model
 
-    if args.t < 1 or args.t > 1000:
-        raise InputError(f"--t must be in 1..1000 (t0 = t / 1000), got {args.t}")
-    if args.sample_step < 1:
-        raise InputError(f"--sample_step must be >= 1, got {args.sample_step}")
+    # the released recipe: N = t DDPM ancestral steps from t0 = t / 1000, K = --sample_step rounds
+    try:
+        check_t0(args.t / 1000)
+    except InputError as e:
+        raise InputError(f"--t must be in 1..1000 (t0 = t / 1000): {e}") from None
+    settings = RunSettings(t0=args.t / 1000, steps=args.t, sampler="ddpm", repeats=args.sample_step, seed=args.seed)
     config, preset = _config_path(args.config)
     img, omega = read_pair(find_input(args.npy_name))
     if args.ckpt:
@@ -155,14 +159,15 @@ def run(args: argparse.Namespace) -> int:
     dev = model.device
     x0 = (img * 2 - 1)[None].expand(n, -1, -1, -1).to(dev)
     mask = omega[None, None].to(dev)
-    generators = [torch.Generator().manual_seed(args.seed + j) for j in range(n)]
+    settings = settings.with_(num_samples=n)
+    generators = [torch.Generator().manual_seed(settings.seed + j) for j in range(n)]
 
     def save_grid(x: torch.Tensor, name: str) -> None:
         save_png(grid(tensor_to_images(x)), folder / name, overwrite=True)
 
     save_grid(x0, "original_input.png")
     guide = x0
-    for it in range(args.sample_step):
+    for it in range(settings.repeats):
         first: dict[str, torch.Tensor] = {}
 
         def keep_init(i: int, sigma: float, x: torch.Tensor, d: torch.Tensor) -> None:
@@ -170,8 +175,9 @@ def run(args: argparse.Namespace) -> int:
                 first["x"] = x / (1 + sigma**2) ** 0.5  # the noised start, in VP form like the release
 
         try:
-            x = sdedit(model.denoise, model.schedule, guide, mask=mask, t0=args.t / 1000, steps=args.t, repeats=1,
-                       sampler="ddpm", generator=generators, callback=keep_init)
+            x = edit_tensors(model.denoise, model.schedule, guide, mask=mask, t0=settings.t0,
+                             steps=settings.steps or 1, repeats=1, sampler=settings.sampler, generator=generators,
+                             callback=keep_init)
         except FloatingPointError as e:
             raise SamplingError(f"sampling diverged: {e}") from None
         save_grid(first["x"], f"init_{it}.png")
@@ -180,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         torch.save(x.cpu(), buf)
         write_atomic(folder / f"samples_{it}.pth", lambda f: f.write(buf.getvalue()), overwrite=True)
         guide = mask * x + (1 - mask) * x0
-        print(f"repeat {it + 1}/{args.sample_step}: wrote {folder / f'samples_{it}.png'}")
+        print(f"repeat {it + 1}/{settings.repeats}: wrote {folder / f'samples_{it}.png'}")
     return 0
 
 

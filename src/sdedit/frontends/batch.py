@@ -9,36 +9,32 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, SdeditError
-from .images import IMAGE_SUFFIXES, open_image, save_png
+from ..errors import InputError, SdeditError
+from ..images import IMAGE_SUFFIXES, Fit, open_image, save_png
+from ..settings import RunSettings
 
 MANIFEST = "manifest"  # manifest.jsonl (one process) or manifest.<rank>.jsonl (several)
 
 
 @dataclass(frozen=True)
-class BatchParams:
+class BatchJob:
     """Everything that decides an item's outputs besides the input itself (hashed into the manifest)."""
 
-    model: str
-    t0: float
-    steps: int
-    sampler: str
-    repeats: int
-    num: int
-    seed: int
-    fit: str = "crop"
+    model: str  # load_model source
+    settings: RunSettings  # its seed is the batch seed: item seeds derive from (seed, file name)
+    fit: Fit = "crop"
     original_size: bool = False
-    prompt: str | None = None
-    negative_prompt: str = ""
-    guidance: float = 7.5
 
     def digest(self) -> str:
-        """A stable hash of the parameters."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """A stable hash of what decides the outputs (batch size and precision of the arithmetic aside)."""
+        s = self.settings
+        key = {"model": self.model, **s.metadata(text_conditioned=True), "num": s.num_samples, "seed": s.seed,
+               "fit": self.fit, "original_size": self.original_size}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -207,13 +203,13 @@ class Summary:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-def run_items(items: list[Item], params: BatchParams, outdir: Path, manifest: Manifest,
+def run_items(items: list[Item], job: BatchJob, outdir: Path, manifest: Manifest,
               edit_one: Callable[[Item, int], list[Any]], *, stop: StopRequest | None = None,
               progress: Iterator[Item] | None = None) -> Summary:
     """Edit each item not already done; record every outcome; stop cleanly when asked."""
     summary = Summary()
     start = time.perf_counter()
-    digest = params.digest()
+    digest = job.digest()
     for item in progress if progress is not None else items:
         if stop is not None and stop.requested:
             summary.interrupted = True
@@ -230,11 +226,11 @@ def run_items(items: list[Item], params: BatchParams, outdir: Path, manifest: Ma
             continue
         t = time.perf_counter()
         record: dict[str, Any] = {"input": item.name, "input_sha256": input_sha, "params": digest,
-                                  "seed": item_seed(params.seed, item.name)}
+                                  "seed": item_seed(job.settings.seed or 0, item.name)}
         try:
             if item.error is not None:
                 raise InputError(item.error)
-            names = output_names(item, params.num)
+            names = output_names(item, job.settings.num_samples)
             for n in names:
                 target = outdir / n
                 if target.exists() and manifest.written_by_us(n) is None:
@@ -278,19 +274,18 @@ def distributed(device: str | None) -> Distributed:
                        state.wait_for_everyone)
 
 
-def totals(outdir: Path, items: list[Item], params: BatchParams) -> dict[str, int]:
+def totals(outdir: Path, items: list[Item], job: BatchJob) -> dict[str, int]:
     """Counts over every process's manifest: items done with these parameters, failed, and not yet done."""
     records = Manifest(outdir, 0, 1).records
-    digest = params.digest()
+    digest = job.digest()
     done = sum(1 for i in items if records.get(i.name, {}).get("status") == "done"
                and records[i.name].get("params") == digest)
     failed = sum(1 for i in items if records.get(i.name, {}).get("status") == "failed")
     return {"done": done, "failed": failed, "pending": len(items) - done - failed}
 
 
-def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, params: BatchParams, *,
-               config: str | None, device: str | None, precision: str, batch_size: int | None,
-               quiet: bool, threads: int = 1) -> int:
+def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: BatchJob, *,
+               config: str | None, device: str | None, quiet: bool, threads: int = 1) -> int:
     """The `sdedit batch` command: exit 0 all done, 1 some item failed, 130 stopped by Ctrl-C.
 
     On a CPU each process computes with `threads` threads: CPU kernels round differently with
@@ -299,18 +294,16 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, params:
     """
     from tqdm.auto import tqdm
 
-    from .api import edit
-    from .checkpoints import load_model
-    from .latent import LatentModel
+    from ..api import edit
+    from ..loader import load_model
 
     check_folders(input_dir, output_dir, mask_dir)
     dist = distributed(device)
     items = list_items(input_dir, mask_dir)
     if not items:
         raise InputError(f"no images in {input_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    model = load_model(params.model, config=config, device=dist.device).optimize(precision=precision)
-    if (params.prompt or params.negative_prompt) and not isinstance(model, LatentModel):
-        raise InputError(f"{params.model} is not text-conditioned: --prompt needs a Stable Diffusion-style model")
+    model = load_model(job.model, config=config, device=dist.device)
+    model.check_conditioning(job.settings)
     output_dir.mkdir(parents=True, exist_ok=True)  # only once the settings and the model are known to be good
     if dist.rank == 0:
         remove_stray_temporaries(output_dir)
@@ -325,15 +318,13 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, params:
     def edit_one(item: Item, seed: int) -> list[Any]:
         image = open_image(item.path)
         mask = open_image(item.mask) if item.mask is not None else None
-        return edit(model, image, mask=mask, t0=params.t0, steps=params.steps, repeats=params.repeats,
-                    sampler=params.sampler, num_samples=params.num, seed=seed, progress=False,
-                    batch_size=batch_size, fit=params.fit, original_size=params.original_size,  # type: ignore[arg-type]
-                    prompt=params.prompt, negative_prompt=params.negative_prompt, guidance=params.guidance)
+        return edit(model, image, mask=mask, settings=job.settings.with_(seed=seed), progress=False, fit=job.fit,
+                    original_size=job.original_size)
 
     label = f"sdedit batch [{dist.rank + 1}/{dist.world}]" if dist.world > 1 else "sdedit batch"
     bar = tqdm(mine, desc=label, unit="item", disable=quiet, position=dist.rank)
     with StopRequest(lambda m: tqdm.write(f"{label}: {m}", file=sys.stderr)) as stop:
-        summary = run_items(mine, params, output_dir, manifest, edit_one, stop=stop, progress=iter(bar))
+        summary = run_items(mine, job, output_dir, manifest, edit_one, stop=stop, progress=iter(bar))
     bar.close()
     for name, reason in summary.failures:
         print(f"{label}: failed: {name}: {reason}", flush=True)
@@ -344,7 +335,7 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, params:
     if not summary.interrupted:
         dist.wait()
     if dist.rank == 0:
-        t = totals(output_dir, items, params)
+        t = totals(output_dir, items, job)
         print(f"| items | done | failed | not done yet |\n| --- | --- | --- | --- |\n"
               f"| {len(items)} | {t['done']} | {t['failed']} | {t['pending']} |", flush=True)
     if summary.interrupted:

@@ -1,4 +1,4 @@
-"""SDEdit on tensors: perturb the guide to sigma(t0), run a reverse sampler to 0, K times, with a mask."""
+"""SDEdit on tensors (the engine's one loop): perturb the guide to sigma(t0), run a reverse sampler to 0, K times, with a mask."""
 
 from __future__ import annotations
 
@@ -8,16 +8,6 @@ import torch
 
 from .samplers import Callback, Denoiser, Generators, get_sampler, randn_like
 from .schedules import Schedule, sigma_grid
-
-
-def check_settings(t0: float, steps: int, repeats: int) -> None:
-    """Raise ValueError for settings SDEdit cannot run with."""
-    if not isinstance(t0, (int, float)) or not 0.0 < float(t0) <= 1.0:
-        raise ValueError(f"t0 must be in (0, 1], got {t0!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
 
 
 def keep_projection(x_g: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> Callable[[torch.Tensor, float], torch.Tensor]:
@@ -31,16 +21,15 @@ def keep_projection(x_g: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> C
 
 
 @torch.inference_mode()
-def sdedit(denoiser: Denoiser, schedule: Schedule, x_g: torch.Tensor, *, mask: torch.Tensor | None = None,
-           t0: float = 0.5, steps: int = 50, repeats: int = 1, sampler: str = "ddpm",
-           generator: Generators = None, callback: Callback | None = None) -> torch.Tensor:
-    """SDEdit (Meng et al. 2022, Alg. 1-5) on a batch of guides in [-1, 1].
+def edit_tensors(denoiser: Denoiser, schedule: Schedule, x_g: torch.Tensor, *, mask: torch.Tensor | None,
+                 t0: float, steps: int, repeats: int, sampler: str, generator: Generators = None,
+                 callback: Callback | None = None) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022, Alg. 1-5) on a batch of guides in the sampler's space (settings already valid).
 
     mask: 1 = edit, 0 = keep (the paper's Omega), soft values blend; broadcastable to x_g.
     Each of the `repeats` rounds re-noises the previous round's output to sigma(t0)
     (Alg. 2); the kept region of the result is the guide itself, exactly.
     """
-    check_settings(t0, steps, repeats)
     sample = get_sampler(sampler)
     sigmas = sigma_grid(schedule, float(t0), steps)
     if mask is not None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from .original import DDPMArch
+from .released_format import DDPMArch
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,6 @@ class Preset:
     def size_mb(self) -> float | None:
         return None if self.params_m is None else self.params_m * 4.0
 
-    @property
-    def schedule_text(self) -> str:
-        if self.family == "vp":
-            return "VP, linear betas 1e-4..0.02, T=1000"
-        return f"VE, sigma 0.01..{self.sigma_max:g}"
-
 
 _DDPM_256 = DDPMArch()  # ch 128, ch_mult (1,1,2,2,4,4), 2 res blocks, attention at 16x16
 
@@ -53,8 +48,15 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "[0,1]", sigma_max=1348.0),
 ]}
 
-# Models that ship inside the package (src/sdedit/models/<name>/, diffusers format), usable offline.
+# Models that ship inside the package (src/sdedit/weights/<name>/, diffusers format), usable offline.
 DEFAULT_MODEL = "landscapes"
-BUNDLED: dict[str, str] = {
+BUNDLED_MODELS: dict[str, str] = {
     "landscapes": "64x64 DDPM trained by this project on its procedural landscapes (docs/default-model.md)",
 }
+
+
+def bundled_path(name: str) -> Path:
+    """Folder of a model that ships inside the package."""
+    from importlib import resources
+
+    return Path(str(resources.files("sdedit") / "weights" / name))

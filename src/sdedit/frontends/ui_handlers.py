@@ -16,14 +16,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from .api import edit
-from .errors import InputError
-from .images import Fit, open_image, tensor_to_images, to_model_size, to_rgb
-from .latent import LatentModel
-from .metrics import l2_distance
-from .model import SDEModel
-from .run_settings import default_steps
-from .samplers import SAMPLERS
+from ..api import iter_edits, prepare_guide, steps_total
+from ..errors import InputError
+from ..families.base import Model
+from ..images import Fit, open_image, tensor_to_images, to_rgb
+from ..research.metrics import l2_distance
+from ..settings import RunSettings
 
 
 @dataclass(frozen=True)
@@ -36,22 +34,6 @@ class Limits:
     max_repeats: int = 5
     max_grow: int = 64  # mask dilation, pixels
     max_feather: int = 32  # mask blur radius, pixels
-
-
-@dataclass(frozen=True)
-class Request:
-    """One validated run: which model and how to sample."""
-
-    model: str
-    t0: float
-    sampler: str
-    steps: int
-    repeats: int
-    samples: int
-    seed: int
-    prompt: str = ""  # text-conditioned models only
-    negative_prompt: str = ""
-    guidance: float = 7.5
 
 
 def _number(value: Any, what: str) -> float:
@@ -83,20 +65,21 @@ def _text(value: Any, what: str, limit: int = 1000) -> str:
 
 def validate(models: Sequence[str], limits: Limits, *, model: Any, t0: Any, sampler: Any, steps: Any,
              repeats: Any, samples: Any, seed: Any, prompt: Any = "", negative_prompt: Any = "",
-             guidance: Any = 7.5) -> Request:
-    """Check every setting a page sent; steps 0 means the sampler's default for t0."""
+             guidance: Any = None) -> tuple[str, RunSettings]:
+    """Check every setting a page sent (steps 0 = the sampler's default for t0): the model's name and the run."""
     if model not in models:
         raise InputError(f"unknown model {model!r}; this server offers: {', '.join(models)}")
-    if sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    t = _number(t0, "t0")
-    if not 0.0 < t <= 1.0:
-        raise InputError(f"t0 must be in (0, 1], got {t0!r}")
-    n_steps = _integer(steps, "steps", 0, limits.max_steps) or default_steps(sampler, t)
-    return Request(model, t, sampler, n_steps, _integer(repeats, "repeats K", 1, limits.max_repeats),
-                   _integer(samples, "number of samples", 1, limits.max_samples),
-                   _integer(seed, "seed", 0, 2**31 - 1), _text(prompt, "prompt"),
-                   _text(negative_prompt, "negative prompt"), _bounded(guidance, "guidance", 0.0, 30.0))
+    if not isinstance(sampler, str):
+        raise InputError(f"unknown sampler {sampler!r}")
+    fields: dict[str, Any] = dict(
+        t0=_number(t0, "t0"), sampler=sampler, steps=_integer(steps, "steps", 0, limits.max_steps) or None,
+        repeats=_integer(repeats, "repeats K", 1, limits.max_repeats),
+        num_samples=_integer(samples, "number of samples", 1, limits.max_samples),
+        seed=_integer(seed, "seed", 0, 2**31 - 1), prompt=_text(prompt, "prompt"),
+        negative_prompt=_text(negative_prompt, "negative prompt"))
+    if guidance is not None:
+        fields["guidance"] = _bounded(guidance, "guidance", 0.0, 30.0)
+    return model, RunSettings(**fields)
 
 
 def _bounded(value: Any, what: str, lo: float, hi: float) -> float:
@@ -203,11 +186,10 @@ def caption(settings: Mapping[str, Any], l2: float) -> str:
             f"| L2 to guide {l2:.2f}")
 
 
-def faithfulness(outputs: list[Image.Image], guide: Image.Image, resolution: int, fit: Fit = "crop") -> list[float]:
-    """L2 between each output and the guide, both at the model's resolution (the paper's measure)."""
-    small = to_model_size(guide, resolution, fit)
-    outs = [o if o.size == small.size else o.resize(small.size, Image.Resampling.LANCZOS) for o in outputs]
-    return [float(v) for v in l2_distance(outs, [small] * len(outs))]
+def faithfulness(outputs: list[Image.Image], reference: Image.Image) -> list[float]:
+    """L2 between each output and the guide, both at the size the model worked at (the paper's measure)."""
+    outs = [o if o.size == reference.size else o.resize(reference.size, Image.Resampling.LANCZOS) for o in outputs]
+    return [float(v) for v in l2_distance(outs, [reference] * len(outs))]
 
 
 class Cancelled(Exception):
@@ -229,14 +211,18 @@ class Result:
     images: list[tuple[Image.Image, str]]
 
 
-def run_steps(model: SDEModel | LatentModel, req: Request, guide: Image.Image, mask: Image.Image | None, *,
-              fit: Fit = "crop", original_size: bool = False, preview_every: float = 0.25,
-              edit_fn: Callable[..., list[Image.Image]] = edit) -> Iterator[Progress | Result]:
-    """SDEdit in a worker thread, yielding progress with previews; closing the iterator cancels the run."""
+def run_steps(model: Model, settings: RunSettings, guide: Image.Image, mask: Image.Image | None, *,
+              fit: Fit = "crop", original_size: bool = False,
+              preview_every: float = 0.25, edit_fn: Callable[..., Iterator[Image.Image]] = iter_edits,
+              ) -> Iterator[Progress | Result]:
+    """SDEdit in a worker thread, yielding progress with previews; closing the iterator cancels the run.
+
+    edit_fn has the signature of api.iter_edits (tests wrap it to watch the worker).
+    """
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     stop = threading.Event()
-    batch = min(req.samples, 8)
-    total = math.ceil(req.samples / batch) * req.repeats * req.steps
+    prepared = prepare_guide(model, guide, mask, fit=fit, original_size=original_size)
+    total = steps_total(settings)
     done = [0]
 
     def on_step(i: int, sigma: float, x: torch.Tensor, denoised: torch.Tensor) -> None:
@@ -247,14 +233,11 @@ def run_steps(model: SDEModel | LatentModel, req: Request, guide: Image.Image, m
         estimate = denoised[:1].detach().clamp(-1, 1).float().cpu() if denoised.shape[1] == 3 else None
         events.put(("step", (done[0], estimate)))
 
-    text = dict(prompt=req.prompt, negative_prompt=req.negative_prompt, guidance=req.guidance) \
-        if isinstance(model, LatentModel) else {}
-
     def work() -> None:
         try:
-            outs = edit_fn(model, guide, mask=mask, t0=req.t0, steps=req.steps, repeats=req.repeats,
-                           sampler=req.sampler, num_samples=req.samples, seed=req.seed, progress=False,
-                           batch_size=batch, fit=fit, original_size=original_size, callback=on_step, **text)
+            assert settings.seed is not None
+            outs = list(edit_fn(model, [prepared], [settings.seed], settings, fit=fit, progress=False,
+                                callback=on_step))
             events.put(("done", outs))
         except BaseException as e:  # handed to the caller's thread, re-raised there
             events.put(("error", e))
@@ -274,10 +257,9 @@ def run_steps(model: SDEModel | LatentModel, req: Request, guide: Image.Image, m
             elif kind == "error":
                 raise payload
             else:
-                l2 = faithfulness(payload, guide, model.resolution, fit)
+                l2 = faithfulness(payload, prepared.image)
                 yield Result([(img, caption(json.loads(img.info["sdedit"]), d)) for img, d in zip(payload, l2)])
                 return
     finally:
         stop.set()
         worker.join()
-

@@ -1,0 +1,1 @@
+"""Model families: each adapts one kind of network to the model interface in base.py."""

@@ -1,0 +1,118 @@
+"""The model interface every family implements: the denoiser contract, its schedule, and its image space.
+
+`sdedit.api.edit` runs every family through these methods only:
+
+    frame(size, fit, original_size)  where in the input the model works, at which size
+    denoiser(settings)               D(x, sigma) for the run's conditioning (prompt, guidance)
+    encode(x_g, generators)          guide pixels -> the sampler's space, one row per generator
+    encode_mask(mask)                a pixel mask -> the sampler's grid
+    decode(z)                        the sampler's space -> pixels in [-1, 1]
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..engine.samplers import Denoiser
+from ..engine.schedules import Schedule
+from ..errors import InputError
+from ..images import Fit
+from ..settings import PRECISIONS, RunSettings
+
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+assert tuple(AUTOCAST_DTYPES) == PRECISIONS
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where a model works on an input image: a box of the input, resized to `size`."""
+
+    box: tuple[int, int, int, int]  # (left, top, right, bottom) in input pixels
+    size: tuple[int, int]  # (width, height) the sampler sees, in pixels
+    back_to_input: bool  # outputs are scaled back to the box's own size (else they stay at `size`)
+
+
+class Model(ABC):
+    """What `load_model` returns for every family."""
+
+    name: str  # preset name, path or Hub id, for metadata
+    schedule: Schedule  # sigma(t) of the SDE the network was trained with, in contract units
+    info: dict[str, Any]  # family, source, parameter count, precision, ...
+    text_conditioned: bool = False  # takes prompt / negative prompt / guidance
+
+    @property
+    @abstractmethod
+    def resolution(self) -> int:
+        """The image side the network was trained at."""
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Where the networks are."""
+
+    @abstractmethod
+    def to(self, device: str | torch.device) -> Model:
+        """Move every network (in place) and return self."""
+
+    @abstractmethod
+    def set_autocast(self, dtype: torch.dtype | None) -> None:
+        """Run the main network under this autocast dtype (None: its own precision)."""
+
+    @abstractmethod
+    def compile(self) -> None:
+        """torch.compile the main network."""
+
+    @abstractmethod
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """D(x, sigma) -> x0_hat without conditioning, in the sampler's space."""
+
+    @abstractmethod
+    def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
+        """The part of a (w, h) input the model edits, and at which size."""
+
+    @abstractmethod
+    def encode(self, x_g: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """One guide (1x3xHxW in [-1, 1]) in the sampler's space, one row per generator."""
+
+    @abstractmethod
+    def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A pixel mask (1x1xHxW, 1 = edit) on the sampler's grid."""
+
+    @abstractmethod
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] from the sampler's space."""
+
+    @property
+    def precision(self) -> str:
+        """The precision the network runs at (fp32, bf16 or fp16)."""
+        return str(self.info.get("precision", "fp32"))
+
+    def optimize(self, *, precision: str = "fp32", compile: bool = False) -> Model:
+        """Autocast the main network to bf16/fp16 (measure first: benchmarks/speed.py) and/or torch.compile it."""
+        if precision not in AUTOCAST_DTYPES:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.set_autocast(AUTOCAST_DTYPES[precision])
+        self.info["precision"] = precision
+        if compile and not self.info.get("compiled"):
+            self.compile()
+            self.info["compiled"] = True
+        return self
+
+    def check_conditioning(self, settings: RunSettings) -> None:
+        """Refuse a prompt for a model that takes none."""
+        if settings.text and not self.text_conditioned:
+            raise InputError(f"{self.name} is not text-conditioned: a prompt needs a Stable Diffusion-style model")
+
+    def denoiser(self, settings: RunSettings) -> Denoiser:
+        """D(x, sigma) for one run's conditioning; unconditional models take none."""
+        self.check_conditioning(settings)
+        return self.denoise
+
+    def sigma(self, t: float) -> float:
+        """The noise level of the model's SDE at time t in [0, 1]."""
+        return self.schedule.sigma(t)

@@ -1,0 +1,204 @@
+"""Pixel-space families: DDPM epsilon networks (VP) and NCSN++ score networks (VE), square inputs, no conditioning.
+
+The image space is the sampler's space: encode is the identity (one row per generator),
+decode returns the samples, and a mask is used as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..engine.denoisers import autocast, expand, vp_input, x0_from_eps
+from ..engine.schedules import DiscreteVPSchedule, Schedule, VESchedule
+from ..devices import pick_device
+from ..errors import InputError
+from ..images import Fit, fit_box
+from ..loading.checkpoints import read_json, read_state_dict, scheduler_config, strict_load
+from ..loading.presets import PRESETS, Preset
+from ..loading.released_format import DDPMArch, convert_state_dict, read_config
+from .base import Frame, Model
+
+
+class NetworkDenoiser(nn.Module):
+    """Base of the pixel adapters: runs the wrapped network, optionally under bf16/fp16 autocast, returning float32."""
+
+    unet: nn.Module
+    autocast_dtype: torch.dtype | None = None  # None: the network's own precision (fp32)
+
+    def run(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        with autocast(x.device, self.autocast_dtype):
+            out = self.unet(x, cond).sample
+        return out.float()
+
+
+class EpsDenoiser(NetworkDenoiser):
+    """DDPM epsilon network as D (EDM's VP wrapper): D(x, sigma) = x - sigma * eps(x / sqrt(1 + sigma^2), t(sigma))."""
+
+    def __init__(self, unet: nn.Module, schedule: DiscreteVPSchedule):
+        super().__init__()
+        self.unet = unet  # eps-prediction network taking (x_vp, step)
+        self.schedule = schedule  # maps sigma to the (fractional) training step
+
+    def eps(self, x_vp: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """The network's noise prediction in VP form at a (fractional) step."""
+        return self.run(x_vp, step.to(x_vp.device, torch.float32))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = expand(sigma, x)
+        eps = self.eps(vp_input(x, s), self.schedule.step(sigma.reshape(-1)))
+        return x0_from_eps(x, s, eps)
+
+
+class ScoreDenoiser(NetworkDenoiser):
+    """NCSN++ score network as D (Song et al. 2021, VE SDE): D(x, sigma) = x + sigma^2 * score(x, sigma)."""
+
+    def __init__(self, unet: nn.Module, schedule: VESchedule):
+        super().__init__()
+        self.unet = unet  # score network whose output is already divided by its sigma
+        self.schedule = schedule  # knows the network's data range
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        k = self.schedule.scale  # contract units per network unit
+        # Contract -> network units: [-1, 1] data becomes [0, 1] data, sigma shrinks alike.
+        x_net = (x + 1.0) / k if k != 1.0 else x
+        sigma_net = (sigma.reshape(-1) / k).to(x.device, torch.float32)
+        score = self.run(x_net, sigma_net).to(x.dtype)
+        # Tweedie: E[x0 | x] = x + sigma^2 score, then back to contract units.
+        d_net = x_net + expand(sigma_net, x) ** 2 * score
+        return d_net * k - 1.0 if k != 1.0 else d_net
+
+
+def pixel_denoiser(unet: nn.Module, schedule: Schedule) -> NetworkDenoiser:
+    """The adapter for a network trained on this schedule: epsilon for VP, score for VE."""
+    return EpsDenoiser(unet, schedule) if isinstance(schedule, DiscreteVPSchedule) else ScoreDenoiser(unet, schedule)
+
+
+@dataclass
+class PixelModel(Model):
+    """A square pixel-space diffusion model: the denoiser contract plus the facts SDEdit needs."""
+
+    denoiser_net: nn.Module  # D(x, sigma) -> x0_hat, VE form, data in [-1, 1]
+    schedule: Schedule  # sigma(t) of the SDE the network was trained with
+    side: int  # square image size the network expects
+    name: str  # preset name, path or Hub id, for metadata
+    info: dict[str, Any] = field(default_factory=dict)  # family, source, parameter count, ...
+
+    @property
+    def resolution(self) -> int:
+        return self.side
+
+    @property
+    def device(self) -> torch.device:
+        for t in (*self.denoiser_net.parameters(), *self.denoiser_net.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> PixelModel:
+        self.denoiser_net.to(device)
+        return self
+
+    def set_autocast(self, dtype: torch.dtype | None) -> None:
+        self.denoiser_net.autocast_dtype = dtype
+
+    def compile(self) -> None:
+        self.denoiser_net.unet = torch.compile(self.denoiser_net.unet)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """D(x, sigma) -> x0_hat for x = x0 + sigma n, x0 in [-1, 1], sigma of shape (B,)."""
+        return self.denoiser_net(x, sigma)
+
+    def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
+        """Centre square (crop) or the whole image (stretch), at the model's square resolution."""
+        return Frame(fit_box(size, fit), (self.side, self.side), original_size)
+
+    def encode(self, x_g: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        return x_g.to(self.device).expand(len(generators), -1, -1, -1)
+
+    def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        return mask.to(self.device)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+
+def _finish(unet: nn.Module, schedule: Schedule, resolution: int, name: str, info: dict[str, Any],
+            device: str | torch.device | None) -> PixelModel:
+    """The loaded network in inference mode on its device (channels_last on CPUs), wrapped in its adapter."""
+    unet.eval().requires_grad_(False)
+    dev = pick_device(device)
+    if dev.type == "cpu":
+        unet.to(memory_format=torch.channels_last)
+    info = {"family": schedule.kind, "params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 3), **info}
+    return PixelModel(pixel_denoiser(unet, schedule), schedule, resolution, name, info).to(dev)
+
+
+def load_original(path: str | Path, config: str | Path, *, device: str | torch.device | None = None,
+                  name: str | None = None) -> PixelModel:
+    """An original SDEdit / DDIM checkpoint with its YAML config (or a preset name for the architecture)."""
+    from diffusers import UNet2DModel
+
+    arch, schedule = _arch_for(config)
+    state = read_state_dict(path)
+    unet = UNet2DModel(**arch.unet_config())
+    mapped = convert_state_dict(state, unet.state_dict(), len(arch.ch_mult), str(path))
+    unet.load_state_dict(mapped, strict=True)
+    return _finish(unet, schedule, arch.image_size, name or str(path), {"source": str(path), "format": "original"},
+                   device)
+
+
+def _arch_for(config: str | Path) -> tuple[DDPMArch, DiscreteVPSchedule]:
+    if str(config) in PRESETS:
+        preset = PRESETS[str(config)]
+        if preset.arch is None:
+            raise InputError(f"preset {preset.name!r} is an NCSN++ model; original .ckpt files are DDPM networks")
+        return preset.arch, DiscreteVPSchedule()
+    if not Path(config).is_file():
+        raise InputError(f"config not found: {config} (give a released YAML config or one of: "
+                         f"{', '.join(n for n, p in PRESETS.items() if p.arch)})")
+    return read_config(config)
+
+
+def load_diffusers_unet(folder: str | Path, *, device: str | torch.device | None = None, name: str | None = None,
+                   preset: Preset | None = None) -> PixelModel:
+    """A diffusers-format unconditional UNet2DModel folder (DDPM epsilon or NCSN++ score network)."""
+    from diffusers import UNet2DModel
+
+    root = Path(folder)
+    unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
+    cfg = read_json(unet_dir / "config.json")
+    if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise InputError(f"{root}: a {cfg.get('_class_name')} is not an unconditional UNet2DModel")
+    weights = next((unet_dir / f"diffusion_pytorch_model{s}" for s in (".safetensors", ".bin")
+                    if (unet_dir / f"diffusion_pytorch_model{s}").is_file()), None)
+    if weights is None:
+        raise InputError(f"{root}: no diffusion_pytorch_model.safetensors or .bin in {unet_dir}")
+    try:
+        unet = UNet2DModel.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{unet_dir / 'config.json'}: not a valid UNet2DModel config: {e}") from None
+    strict_load(unet, read_state_dict(weights), str(weights))
+    sched = scheduler_config(root)
+    size = cfg.get("sample_size") or (preset.resolution if preset else None)
+    if isinstance(size, (list, tuple)):
+        size = size[0]
+    if size is None:
+        raise InputError(f"{unet_dir / 'config.json'}: no sample_size given")
+    if cfg.get("time_embedding_type") == "fourier":
+        sigma_max = sched.get("sigma_max", preset.sigma_max if preset else None)
+        if sigma_max is None:
+            raise InputError(f"{root}: an NCSN++ score model needs scheduler_config.json with sigma_max")
+        schedule: DiscreteVPSchedule | VESchedule = VESchedule(float(sched.get("sigma_min", 0.01)), float(sigma_max), 1.0)
+    else:
+        if sched.get("prediction_type", "epsilon") != "epsilon":
+            raise InputError(f"{root}: prediction_type {sched['prediction_type']!r} is not supported (epsilon only)")
+        schedule = DiscreteVPSchedule(float(sched.get("beta_start", 1e-4)), float(sched.get("beta_end", 0.02)),
+                                      int(sched.get("num_train_timesteps", 1000)),
+                                      str(sched.get("beta_schedule", "linear")))
+    return _finish(unet, schedule, int(size), name or str(folder), {"source": str(folder), "format": "diffusers"},
+                   device)

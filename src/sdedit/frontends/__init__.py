@@ -1,0 +1,1 @@
+"""Front-ends: the sdedit command, the released command line, batch, sweep and the web UI."""

@@ -1,0 +1,63 @@
+"""`load_model`: the one entry point that turns a name, file, folder or Hub id into a model of the right family.
+
+This is the only place that decides which family a source is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import InputError, ModelUnavailableError
+from .families.base import Model
+from .families.pixel import load_diffusers_unet, load_original
+from .families.stable_diffusion import is_sd_folder, load_stable_diffusion
+from .loading.checkpoints import WEIGHT_SUFFIXES
+from .loading.hub import hub_pipeline_snapshot, hub_snapshot
+from .loading.presets import BUNDLED_MODELS, PRESETS, bundled_path
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str] | None = None,
+               device: str | torch.device | None = None) -> Model:
+    """Load a model by preset name, local checkpoint file, diffusers folder or Hub id; see README 'Models'."""
+    src = str(source)
+    if src in BUNDLED_MODELS and not Path(src).exists():
+        folder = bundled_path(src)
+        if not (folder / "config.json").is_file():
+            raise ModelUnavailableError(f"the bundled model {src!r} is missing from this installation ({folder})")
+        return load_diffusers_unet(folder, device=device, name=src)
+    if src in PRESETS and not Path(src).exists():
+        preset = PRESETS[src]
+        return load_diffusers_unet(hub_snapshot(preset.repo_id, what=src), device=device, name=src, preset=preset)
+    path = Path(src).expanduser()
+    if path.is_dir():
+        if is_sd_folder(path):
+            return load_stable_diffusion(path, device=device, name=src)
+        return load_diffusers_unet(path, device=device, name=src)
+    if path.is_file():
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise InputError(f"{path}: not a checkpoint (expected one of {', '.join(WEIGHT_SUFFIXES)})")
+        if config is None:
+            beside = [path.with_suffix(s) for s in (".yml", ".yaml")]
+            config = next((c for c in beside if c.is_file()), None)
+            if config is None:
+                raise InputError(f"{path}: an original checkpoint needs --config (its YAML file or a preset name "
+                                 f"such as 'church')")
+        return load_original(path, config, device=device, name=src)
+    if _HUB_ID.match(src) and not src.startswith((".", "/")):
+        pipeline = hub_pipeline_snapshot(src)
+        if pipeline is not None:
+            return load_stable_diffusion(pipeline, device=device, name=src)
+        return load_diffusers_unet(hub_snapshot(src, what=src), device=device, name=src)
+    raise InputError(f"no such model: {src!r} (not a preset, a file, a folder or a Hub id); "
+                     f"presets: {', '.join(PRESETS)}")
+
+
+def is_text_conditioned(source: str | os.PathLike[str]) -> bool:
+    """Whether a local source is a text-conditioned model, judged from its files without loading it."""
+    return is_sd_folder(Path(source).expanduser())

@@ -1,0 +1,72 @@
+"""The Hugging Face Hub: fetching diffusers repositories into huggingface_hub's cache (safetensors only), offline-aware."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import InputError, ModelUnavailableError
+
+
+def hub_snapshot(repo_id: str, *, what: str) -> Path:
+    """Download (or find in huggingface_hub's cache) the files of a diffusers UNet2DModel repo; its local folder."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    def fetch(*names: str) -> Path | None:
+        # The first of the alternatives that exists; offline, one that is cached.
+        unreachable: LocalEntryNotFoundError | None = None
+        for n in names:
+            try:
+                return Path(hf_hub_download(repo_id, n))
+            except LocalEntryNotFoundError as e:
+                unreachable = e
+            except EntryNotFoundError:
+                continue
+        if unreachable is not None:
+            raise unreachable
+        return None
+
+    try:
+        config = fetch("unet/config.json", "config.json")
+        if config is None:
+            raise InputError(f"{what}: {repo_id} has no UNet2DModel config.json")
+        sub = "unet/" if config.parent.name == "unet" else ""
+        fetch(f"{sub}diffusion_pytorch_model.safetensors", f"{sub}diffusion_pytorch_model.bin")
+        fetch("scheduler/scheduler_config.json", "scheduler_config.json")
+    except LocalEntryNotFoundError:
+        raise ModelUnavailableError(
+            f"{what} ({repo_id}) is not in the Hugging Face cache and the Hub cannot be reached"
+            f"{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') else ''}; "
+            f"run `sdedit download {what}` once with network access, or use a local checkpoint (sdedit: --model PATH, main.py: --ckpt PATH)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise InputError(f"{what}: no such model repository on the Hub: {repo_id}") from None
+    return config.parent.parent if sub else config.parent
+
+
+PIPELINE_FILES = ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
+                  "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                  "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors",
+                  "tokenizer/*"]
+
+
+def hub_pipeline_snapshot(repo_id: str) -> Path | None:
+    """The local folder of a Stable Diffusion-style Hub repo (safetensors weights only), or None if it is not one."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        hf_hub_download(repo_id, "model_index.json")
+    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError):
+        return None  # not a pipeline, or unreachable: hub_snapshot reports which
+    return Path(snapshot_download(repo_id, allow_patterns=PIPELINE_FILES))
+
+
+def is_cached(repo_id: str) -> bool:
+    """Whether a repo's UNet config is in huggingface_hub's cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, n), str) for n in ("unet/config.json", "config.json"))
+
+

@@ -1,0 +1,1 @@
+"""Research tools: training, the evaluation protocol, metrics, procedural landscapes and stroke simulation."""

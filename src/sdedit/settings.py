@@ -1,0 +1,125 @@
+"""One run's settings: every default and every validation rule of t0, steps, sampler, seeds and prompts, once.
+
+Front-ends (the CLI, the released command line, batch, the UI, sweep, eval) parse their own
+input into a `RunSettings`; nothing downstream validates these values again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from .engine.samplers import SAMPLERS
+from .errors import InputError
+
+DEFAULT_T0 = 0.5  # the paper's choice for its 256 px models
+DEFAULT_SAMPLER = "dpm++2m-sde"
+DEFAULT_GUIDANCE = 7.5  # classifier-free guidance weight of text-conditioned models
+DEFAULT_BATCH_SIZE = 8  # samples per network call
+PRECISIONS = ("fp32", "bf16", "fp16")
+MAX_SEED = 2**63 - 1
+
+# Steps per unit of t0 for each sampler, chosen from benchmarks/quality_per_cost.py (docs/quality-per-cost.md):
+# at t0 = 0.5 on the bundled model, dpm++2m-sde with 10 steps matches the released recipe (ddpm, 500 steps):
+# L2 11.63 vs 11.62, KID 0.119 vs 0.113 (+- 0.08).  The ODE samplers stop improving near 20 steps; the
+# first-order stochastic ones need about 100 per unit of t0.
+STEPS_PER_T0 = {"dpm++2m-sde": 20, "ddim": 40, "dpm++2m": 40, "ddpm": 100, "euler-maruyama": 100}
+MIN_STEPS = {"dpm++2m-sde": 5, "ddim": 5, "dpm++2m": 5, "ddpm": 10, "euler-maruyama": 10}
+
+
+class SettingError(InputError):
+    """A run setting that breaks its rule; `field` names the RunSettings field, so front-ends can name their flag."""
+
+    def __init__(self, field: str, label: str, rule: str):
+        super().__init__(f"{label} {rule}")
+        self.field, self.rule = field, rule
+
+
+def default_steps(sampler: str, t0: float) -> int:
+    """Steps used when none are given: ceil(k * t0) per sampler (10 for dpm++2m-sde at t0 = 0.5), with a floor."""
+    return max(MIN_STEPS[sampler], math.ceil(STEPS_PER_T0[sampler] * t0 - 1e-9))
+
+
+def check_t0(t0: Any) -> float:
+    """The t0 rule: a number in (0, 1] (SDEdit's perturbation time; 0 would return the input unchanged)."""
+    if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not 0.0 < float(t0) <= 1.0:
+        raise SettingError("t0", "t0", f"must be in (0, 1], got {t0!r}")
+    return float(t0)
+
+
+def _count(value: Any, field: str, label: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SettingError(field, label, f"must be an integer >= 1, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to run SDEdit once: validated on construction; steps and seed filled in when not given."""
+
+    t0: float = DEFAULT_T0  # perturbation time in (0, 1]: higher = more realistic, less faithful
+    steps: int | None = None  # reverse steps from t0 to 0; None = default_steps(sampler, t0)
+    sampler: str = DEFAULT_SAMPLER  # one of engine.samplers.SAMPLERS
+    repeats: int = 1  # K: re-noise and denoise again (the paper's Alg. 2, the released --sample_step)
+    num_samples: int = 1  # outputs per guide
+    seed: int | None = None  # sample j of a guide uses seed + j; None = a random seed, recorded in the output
+    batch_size: int = DEFAULT_BATCH_SIZE  # samples per network call
+    precision: str | None = None  # network precision: fp32, or bf16/fp16 autocast; None = as the model is set
+    prompt: str = ""  # text-conditioned models: what the result should show
+    negative_prompt: str = ""  # ... and what it should not (the unconditional branch)
+    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance weight (1 = none)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "t0", check_t0(self.t0))
+        if self.sampler not in SAMPLERS:
+            raise SettingError("sampler", "sampler", f"{self.sampler!r} is unknown; choose one of: {', '.join(SAMPLERS)}")
+        set_(self, "steps", default_steps(self.sampler, self.t0) if self.steps is None else _count(self.steps, "steps", "steps"))
+        _count(self.repeats, "repeats", "repeats")
+        _count(self.num_samples, "num_samples", "the number of samples")
+        _count(self.batch_size, "batch_size", "batch size")
+        if self.seed is None:
+            set_(self, "seed", secrets.randbits(31))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
+                not 0 <= self.seed <= MAX_SEED - self.num_samples:
+            raise SettingError("seed", "seed", f"must be an integer from 0 to 2^63 - 1 - samples, got {self.seed!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise SettingError("precision", "precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for what in ("prompt", "negative_prompt"):
+            if not isinstance(getattr(self, what), str):
+                raise SettingError(what, what.replace("_", " "), f"must be text, got {getattr(self, what)!r}")
+        g = self.guidance
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+            raise SettingError("guidance", "guidance", f"must be a finite number >= 0, got {g!r}")
+        set_(self, "guidance", float(g))
+
+    @property
+    def nfe(self) -> int:
+        """Denoiser evaluations per sample (classifier-free guidance doubles the batch, not the count)."""
+        assert self.steps is not None
+        return self.steps * self.repeats
+
+    @property
+    def text(self) -> bool:
+        """Whether the run asks for text conditioning."""
+        return bool(self.prompt or self.negative_prompt)
+
+    def label(self) -> str:
+        """Short description for tables: sampler, steps and K."""
+        return f"{self.sampler}, {self.steps} steps" + (f", K={self.repeats}" if self.repeats > 1 else "")
+
+    def with_(self, **changes: Any) -> RunSettings:
+        """A copy with some fields changed; steps are recomputed unless given (or kept when t0 and sampler are)."""
+        if "steps" not in changes and ({"t0", "sampler"} & changes.keys()):
+            changes["steps"] = None
+        return dataclasses.replace(self, **changes)
+
+    def metadata(self, *, text_conditioned: bool) -> dict[str, Any]:
+        """What decides the outputs, for PNG metadata and manifests (seed per sample is added by the caller)."""
+        meta: dict[str, Any] = {"t0": self.t0, "steps": self.steps, "sampler": self.sampler, "repeats": self.repeats}
+        if text_conditioned:
+            meta.update(prompt=self.prompt, negative_prompt=self.negative_prompt, guidance=self.guidance)
+        return meta
