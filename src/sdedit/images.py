@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +13,7 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InputError
+from .files import printable, write_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (decompression bombs)
@@ -173,51 +173,14 @@ def read_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.loads(img.text["sdedit"])  # type: ignore[attr-defined]
 
 
-def write_atomic(path: Path, write: Any, *, overwrite: bool = False) -> Path:
-    """Write via a temporary file in the same folder, then publish it in one step; never replace unless overwrite."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; published files get the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if path exists: no clobbering, even under a race
-            os.unlink(tmp)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def free_path(path: Path) -> Path:
-    """path itself if it is free, else the first free 'stem-1.png', 'stem-2.png', ..."""
-    n = 0
-    candidate = path
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
-
-
 def save_png(img: Image.Image, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Save atomically with the image's sdedit settings (img.info['sdedit']) in the PNG metadata; a taken name gets a suffix."""
+    """Save as PNG through the safe writer, with img.info['sdedit'] in the metadata; a taken name gets a suffix."""
     target = Path(path)
+    if target.suffix.lower() != ".png":
+        raise InputError(f"{printable(target)}: PNG files are written; give a name ending in .png")
     settings = img.info.get("sdedit")
     pnginfo = png_info(json.loads(settings)) if isinstance(settings, str) else None
-    while True:
-        target = target if overwrite else free_path(target)
-        try:
-            return write_atomic(target, lambda f: img.save(f, format="PNG", pnginfo=pnginfo), overwrite=overwrite)
-        except FileExistsError:
-            continue  # another writer took the name in between; pick the next one
+    return write_file(target, lambda f: img.save(f, format="PNG", pnginfo=pnginfo), overwrite=overwrite)
 
 
 def folder_images(folder: str | os.PathLike[str], count: int | None, size: int) -> list[Image.Image]:

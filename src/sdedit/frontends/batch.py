@@ -9,13 +9,16 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, SdeditError
+from ..files import check_output_folder, printable
 from ..images import IMAGE_SUFFIXES, Fit, open_image, save_png
 from ..settings import RunSettings
+from .common import say
 
 MANIFEST = "manifest"  # manifest.jsonl (one process) or manifest.<rank>.jsonl (several)
 
@@ -49,7 +52,8 @@ class Item:
 
 def item_seed(seed: int, name: str) -> int:
     """The seed of an item, from (seed, file name) only: order, batching and workers do not change it."""
-    return int.from_bytes(hashlib.sha256(f"{seed}\0{name}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+    key = str(seed).encode() + b"\0" + os.fsencode(name)  # the name's bytes: any file name, UTF-8 or not
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def file_digest(path: Path) -> str:
@@ -134,13 +138,12 @@ class Manifest:
             if isinstance(rec, dict) and "input" in rec:
                 self.records[rec["input"]] = rec
 
-    def written_by_us(self, name: str) -> str | None:
-        """The sha256 recorded for an output file this batch wrote, if any."""
-        for rec in self.records.values():
-            for out in rec.get("outputs", []):
-                if out.get("file") == name:
-                    return out.get("sha256")
-        return None
+    def written_by_us(self, name: str, folder: Path) -> bool:
+        """Whether the file `name` in folder is exactly what this batch wrote there (name and bytes recorded)."""
+        recorded = {out.get("sha256") for rec in self.records.values() for out in rec.get("outputs", [])
+                    if out.get("file") == name}
+        path = folder / name
+        return bool(recorded) and path.is_file() and not path.is_symlink() and file_digest(path) in recorded
 
     def append(self, record: dict[str, Any]) -> None:
         """Add one record durably (flushed and fsynced before returning)."""
@@ -159,8 +162,29 @@ def is_done(rec: dict[str, Any] | None, input_sha: str, params: str, folder: Pat
                for o in rec.get("outputs", []))
 
 
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the output folder itself for one batch run (flock: released when the process ends,
+    even by kill -9, and no lock file is left behind)."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise InputError(f"cannot lock the output folder {printable(folder)}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"another sdedit batch is writing to {printable(folder)}; wait for it to finish or "
+                             f"choose another output folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def remove_stray_temporaries(folder: Path) -> int:
-    """Delete temporary files our atomic writes left behind when killed ('.NAME.png.XXXX.tmp')."""
+    """Delete temporary files our atomic writes left behind when killed ('.NAME.png.XXXX.tmp'); hold the lock."""
     n = 0
     for p in folder.glob(".*.png.*.tmp"):
         p.unlink()
@@ -233,8 +257,9 @@ def run_items(items: list[Item], job: BatchJob, outdir: Path, manifest: Manifest
             names = output_names(item, job.settings.num_samples)
             for n in names:
                 target = outdir / n
-                if target.exists() and manifest.written_by_us(n) is None:
-                    raise InputError(f"{target} exists and was not written by this batch; not overwriting it")
+                if os.path.lexists(target) and not manifest.written_by_us(n, outdir):
+                    raise InputError(f"{target} exists and was not written by this batch as it is now (someone "
+                                     f"else's file, or changed since); not overwriting it")
             images = edit_one(item, record["seed"])
             outputs = []
             for n, img in zip(names, images, strict=True):
@@ -292,9 +317,6 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
     other thread counts, so a fixed count keeps the files identical whatever the number of
     processes; use more processes (torchrun) rather than more threads to use more cores.
     """
-    from tqdm.auto import tqdm
-
-    from ..api import edit
     from ..loader import load_model
 
     check_folders(input_dir, output_dir, mask_dir)
@@ -304,10 +326,22 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
         raise InputError(f"no images in {input_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     model = load_model(job.model, config=config, device=dist.device)
     model.check_conditioning(job.settings)
-    output_dir.mkdir(parents=True, exist_ok=True)  # only once the settings and the model are known to be good
-    if dist.rank == 0:
-        remove_stray_temporaries(output_dir)
-    dist.wait()
+    check_output_folder(output_dir)  # only once the settings and the model are known to be good
+    with ExitStack() as held:
+        if dist.rank == 0:
+            held.enter_context(folder_lock(output_dir))  # one batch per folder; the ranks of one run share it
+            remove_stray_temporaries(output_dir)
+        dist.wait()
+        return _run_locked(items, job, output_dir, model, dist, quiet, threads)
+
+
+def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, dist: Distributed, quiet: bool,
+                threads: int) -> int:
+    """This process's share of the items, with the output folder's lock held by rank 0."""
+    from tqdm.auto import tqdm
+
+    from ..api import edit
+
     mine = items[dist.rank::dist.world]
     manifest = Manifest(output_dir, dist.rank, dist.world)
     if model.device.type == "cpu":
@@ -323,15 +357,14 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
 
     label = f"sdedit batch [{dist.rank + 1}/{dist.world}]" if dist.world > 1 else "sdedit batch"
     bar = tqdm(mine, desc=label, unit="item", disable=quiet, position=dist.rank)
-    with StopRequest(lambda m: tqdm.write(f"{label}: {m}", file=sys.stderr)) as stop:
+    with StopRequest(lambda m: tqdm.write(printable(f"{label}: {m}"), file=sys.stderr)) as stop:
         summary = run_items(mine, job, output_dir, manifest, edit_one, stop=stop, progress=iter(bar))
     bar.close()
     for name, reason in summary.failures:
-        print(f"{label}: failed: {name}: {reason}", flush=True)
+        say(f"{label}: failed: {name}: {reason}")
     rate = summary.done / summary.seconds if summary.seconds > 0 else 0.0
-    print(f"{label}: done {summary.done}, skipped (done before) {summary.skipped}, failed {summary.failed}, "
-          f"{summary.seconds:.1f} s, {rate:.2f} items/s" + (" (interrupted)" if summary.interrupted else ""),
-          flush=True)
+    say(f"{label}: done {summary.done}, skipped (done before) {summary.skipped}, failed {summary.failed}, "
+        f"{summary.seconds:.1f} s, {rate:.2f} items/s" + (" (interrupted)" if summary.interrupted else ""))
     if not summary.interrupted:
         dist.wait()
     if dist.rank == 0:

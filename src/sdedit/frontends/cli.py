@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..loading.presets import BUNDLED_MODELS, DEFAULT_MODEL, PRESETS
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, \
     SettingError
-from .common import Parser, run_guarded
+from .common import Parser, run_guarded, say
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -170,26 +170,29 @@ def _parser() -> Parser:
 
 
 def _edit(a: argparse.Namespace) -> int:
-    from ..api import edit
+    from ..api import iter_edits, prepare_guide
     from ..devices import pick_device
+    from ..files import check_output_folder
     from ..images import open_image, save_png
     from ..loader import load_model
 
-    # Check everything cheap before loading a model.
+    # Check everything cheap before loading a model, and the output folder before sampling.
     settings = run_settings(a)
-    if a.outdir.exists() and not a.outdir.is_dir():
-        raise InputError(f"output folder {a.outdir} exists and is not a folder")
     image = open_image(a.input)
     mask = open_image(a.mask) if a.mask is not None else None
     pick_device(a.device)
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device)
+    model.check_conditioning(settings)
     model.optimize(precision=settings.precision or model.precision, compile=a.compile)
-    outs = edit(model, image, mask=mask, settings=settings, progress=not a.quiet, fit=a.fit,
-                original_size=a.original_size)
-    for img in outs:
+    guide = prepare_guide(model, image, mask, fit=a.fit, original_size=a.original_size)
+    check_output_folder(a.outdir)
+    assert settings.seed is not None
+    # Each output is written as soon as its batch is done: memory stays bounded and an interrupted run
+    # keeps what it finished.
+    for img in iter_edits(model, [guide], [settings.seed], settings, fit=a.fit, progress=not a.quiet):
         meta = json.loads(img.info["sdedit"])
         name = f"{a.input.stem}_t{meta['t0']:.2f}_{meta['sampler']}_s{meta['seed']}.png"
-        print(save_png(img, a.outdir / name, overwrite=a.overwrite))
+        say(save_png(img, a.outdir / name, overwrite=a.overwrite))
     return 0
 
 
@@ -218,7 +221,7 @@ def _train(a: argparse.Namespace) -> int:
                       save_every=a.save_every)
     cache = Path(os.environ.get("SDEDIT_CACHE", Path.home() / ".cache" / "sdedit"))
     state = train(cfg, a.out, resume=a.resume, device=a.device, progress=not a.quiet, cache=cache)
-    print(f"{a.out}: step {state.step}, {state.seconds / 3600:.2f} h of training; "
+    say(f"{a.out}: step {state.step}, {state.seconds / 3600:.2f} h of training; "
           f"use it with: sdedit edit IMAGE --model {a.out}")
     return 0
 
@@ -231,11 +234,12 @@ def _strokes(a: argparse.Namespace) -> int:
         out = simulate_strokes(to_rgb(open_image(a.input)), colors=a.colors, kernel=a.kernel)
     except ValueError as e:
         raise InputError(str(e)) from None
-    print(save_png(out, a.out, overwrite=a.overwrite))
+    say(save_png(out, a.out, overwrite=a.overwrite))
     return 0
 
 
 def _eval(a: argparse.Namespace) -> int:
+    from ..files import check_output_folder
     from ..images import folder_images
     from ..loader import load_model
     from ..research.evaluation import StrokeBenchmark, held_out_landscapes, markdown_table, write_tables
@@ -248,6 +252,7 @@ def _eval(a: argparse.Namespace) -> int:
     for folder in (a.data if a.data != "synthetic" else None, a.real):
         if folder is not None and not Path(folder).is_dir():
             raise InputError(f"not a folder of images: {folder}")
+    check_output_folder(a.outdir)
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device)
     model.check_conditioning(grid[0])
     r = model.resolution
@@ -275,12 +280,13 @@ def _eval(a: argparse.Namespace) -> int:
     header = (f"sdedit eval: model {a.model or DEFAULT_MODEL}, data {a.data}, {len(originals)} stroke inputs "
               f"({a.colors} colours), {len(reals)} real images for KID ({bench.feature_name} features).")
     for p in write_tables(rows, a.outdir / "eval", header, overwrite=False):
-        print(p)
-    print(header)
+        say(p)
+    say(header)
     return 0
 
 
 def _sweep(a: argparse.Namespace) -> int:
+    from ..files import check_output_folder
     from ..images import folder_images, open_image, save_png
     from ..loader import load_model
     from ..research.evaluation import held_out_landscapes
@@ -300,13 +306,14 @@ def _sweep(a: argparse.Namespace) -> int:
     elif (a.model or DEFAULT_MODEL) == DEFAULT_MODEL:
         reals = held_out_landscapes(100, model.resolution, offset=100_000)
     guide, points = run_sweep(model, image, grid, mask=mask, reals=reals, progress=not a.quiet)
+    check_output_folder(a.outdir)
     grid_path = save_png(sweep_grid(guide, points), a.outdir / f"{a.input.stem}-sweep-grid.png")
     plot_path = sweep_plot(points, a.outdir / f"{a.input.stem}-sweep-plot.png")
     for p in points:
         kid_text = f", KID {p.kid:.4f}" if p.kid is not None else ""
         print(f"{p.settings.sampler:<15} t0={p.settings.t0:.2f} steps={p.settings.steps:<4} L2 {p.l2:7.2f}{kid_text}")
-    print(grid_path)
-    print(plot_path)
+    say(grid_path)
+    say(plot_path)
     return 0
 
 
@@ -314,8 +321,9 @@ def _batch(a: argparse.Namespace) -> int:
     from .batch import BatchJob, run_folder
 
     settings = run_settings(a, seed=a.seed if a.seed is not None else 0)
-    if a.threads < 1:
-        raise InputError("--threads must be >= 1")
+    cores = os.cpu_count() or 1
+    if not 1 <= a.threads <= cores:
+        raise InputError(f"--threads must be from 1 to {cores} (this machine's cores), got {a.threads}")
     job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size)
     return run_folder(a.input_dir, a.outdir, a.masks, job, config=a.config, device=a.device, quiet=a.quiet,
                       threads=a.threads)
@@ -368,12 +376,12 @@ def _download(a: argparse.Namespace) -> int:
     from ..loading.hub import hub_pipeline_snapshot, hub_snapshot
 
     if a.name in PRESETS:
-        print(hub_snapshot(PRESETS[a.name].repo_id, what=a.name))
+        say(hub_snapshot(PRESETS[a.name].repo_id, what=a.name))
         return 0
     if "/" not in a.name:
         raise InputError(f"unknown preset {a.name!r}; presets: {', '.join(PRESETS)} (or give a Hub id OWNER/NAME)")
     folder = hub_pipeline_snapshot(a.name)
-    print(folder if folder is not None else hub_snapshot(a.name, what=a.name))
+    say(folder if folder is not None else hub_snapshot(a.name, what=a.name))
     return 0
 
 

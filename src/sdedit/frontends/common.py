@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
 from ..errors import InputError, SdeditError
+from ..files import printable
 
 
 class Parser(argparse.ArgumentParser):
@@ -18,20 +21,44 @@ class Parser(argparse.ArgumentParser):
         raise InputError(f"{message} (see `{self.prog} --help`)")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every `finally` runs (temporary files and folders go)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def say(text: object, *, err: bool = False) -> None:
+    """Print one line safely: file names with control characters or undecodable bytes are shown escaped."""
+    print(printable(text), file=sys.stderr if err else sys.stdout, flush=True)
+
+
 def run_guarded(body: Callable[[], int], prog: str) -> int:
-    """Run a command body, turning errors into one line on stderr and an exit code (SDEDIT_DEBUG=1: traceback)."""
+    """Run a command body, turning errors into one line on stderr and an exit code (SDEDIT_DEBUG=1: traceback).
+
+    SIGTERM unwinds like Ctrl-C (exit 143), so nothing half-written or temporary is left behind.
+    """
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         return body()
     except SdeditError as e:
         if os.environ.get("SDEDIT_DEBUG"):
             traceback.print_exc()
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        say(f"{prog}: error: {e}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        say(f"{prog}: interrupted", err=True)
         return 130
+    except Terminated:
+        say(f"{prog}: terminated", err=True)
+        return 143
     except Exception as e:  # reported, not swallowed: one line and exit 1
         if os.environ.get("SDEDIT_DEBUG"):
             traceback.print_exc()
-        print(f"{prog}: error: {type(e).__name__}: {e} (set SDEDIT_DEBUG=1 for a traceback)", file=sys.stderr)
+        say(f"{prog}: error: {type(e).__name__}: {e} (set SDEDIT_DEBUG=1 for a traceback)", err=True)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

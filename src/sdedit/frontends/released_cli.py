@@ -130,7 +130,8 @@ def prepare_folder(folder: Path, ni: bool) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.editing import edit_tensors
     from ..errors import SamplingError
-    from ..images import grid, save_png, tensor_to_images, write_atomic
+    from ..files import write_file
+    from ..images import grid, save_png, tensor_to_images
     from ..loader import load_model
 
     # the released recipe: N = t DDPM ancestral steps from t0 = t / 1000, K = --sample_step rounds
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         save_grid(x, f"samples_{it}.png")
         buf = io.BytesIO()
         torch.save(x.cpu(), buf)
-        write_atomic(folder / f"samples_{it}.pth", lambda f: f.write(buf.getvalue()), overwrite=True)
+        write_file(folder / f"samples_{it}.pth", lambda f: f.write(buf.getvalue()), overwrite=True)
         guide = mask * x + (1 - mask) * x0
         print(f"repeat {it + 1}/{settings.repeats}: wrote {folder / f'samples_{it}.png'}")
     return 0

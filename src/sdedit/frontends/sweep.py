@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw
 
 from ..api import iter_edits, prepare_guide
 from ..families.base import Model
-from ..images import ImageLike, free_path, write_atomic
+from ..files import write_file
+from ..images import ImageLike
 from ..research.metrics import image_features, kid, l2_distance, standardize
 from ..settings import RunSettings
 
@@ -93,8 +94,4 @@ def sweep_plot(points: list[SweepPoint], path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    while True:
-        try:
-            return write_atomic(free_path(path), lambda f: f.write(buf.getvalue()))
-        except FileExistsError:
-            continue  # taken in between; pick the next free name
+    return write_file(path, lambda f: f.write(buf.getvalue()))

@@ -121,13 +121,11 @@ def markdown_table(rows: list[Row]) -> str:
 
 def write_tables(rows: list[Row], stem: Path, header: str = "", *, overwrite: bool = True) -> list[Path]:
     """The rows as <stem>.md, <stem>.json and <stem>.csv; without overwrite, a taken stem becomes <stem>-1, -2, ..."""
-    from ..images import write_atomic
+    from ..files import free_stem, write_file
 
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    n, base = 0, stem
-    while not overwrite and any(stem.with_suffix(x).exists() for x in (".md", ".json", ".csv")):
-        n += 1
-        stem = base.with_name(f"{base.name}-{n}")
+    suffixes = (".md", ".json", ".csv")
+    if not overwrite:
+        stem = free_stem(stem, suffixes)
     md = (header + "\n\n" if header else "") + markdown_table(rows) + "\n"
     data = [asdict(r) for r in rows]
     buf = io.StringIO()
@@ -135,9 +133,9 @@ def write_tables(rows: list[Row], stem: Path, header: str = "", *, overwrite: bo
     w.writeheader()
     w.writerows(data)
     paths = []
-    for suffix, text in ((".md", md), (".json", json.dumps(data, indent=2)), (".csv", buf.getvalue())):
-        paths.append(write_atomic(stem.with_suffix(suffix), lambda f, t=text: f.write(t.encode()),
-                                  overwrite=overwrite))
+    for suffix, text in zip(suffixes, (md, json.dumps(data, indent=2), buf.getvalue()), strict=True):
+        paths.append(write_file(stem.with_name(stem.name + suffix), lambda f, t=text: f.write(t.encode()),
+                                overwrite=overwrite))
     return paths
 
 

@@ -22,7 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..images import IMAGE_SUFFIXES, folder_images, grid, save_png, tensor_to_images, write_atomic
+from ..files import write_file
+from ..images import IMAGE_SUFFIXES, folder_images, grid, save_png, tensor_to_images
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -80,7 +81,7 @@ def synthetic_data(count: int, size: int, cache: Path | None) -> torch.Tensor:
     else:
         arr = np.stack([np.asarray(landscape(i, size)) for i in tqdm(range(count), desc="landscapes", unit="img")])
         if path is not None:
-            write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False), overwrite=True)
+            write_file(path, lambda f: np.save(f, arr, allow_pickle=False), overwrite=True)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
@@ -172,7 +173,7 @@ class Trainer:
         meta = {"config": asdict(self.cfg), "state": asdict(self.state),
                 "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]}
         blob = save(tensors, metadata={"sdedit_training": json.dumps(meta)})
-        write_atomic(self.out / "training" / "state.safetensors", lambda f: f.write(blob), overwrite=True)
+        write_file(self.out / "training" / "state.safetensors", lambda f: f.write(blob), overwrite=True)
         export_model(self.ema, self.cfg, self.state, self.out)
 
     def load(self, path: Path) -> None:
@@ -252,9 +253,9 @@ def export_model(unet: nn.Module, cfg: TrainConfig, state: TrainState, out: Path
                           "images_seen": state.images, "data": cfg.data}}
     weights = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
     blob = save_bytes(weights)
-    write_atomic(out / "diffusion_pytorch_model.safetensors", lambda f: f.write(blob), overwrite=True)
-    write_atomic(out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()), overwrite=True)
-    write_atomic(out / "scheduler_config.json", lambda f: f.write(json.dumps(SCHEDULER, indent=2).encode()),
+    write_file(out / "diffusion_pytorch_model.safetensors", lambda f: f.write(blob), overwrite=True)
+    write_file(out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()), overwrite=True)
+    write_file(out / "scheduler_config.json", lambda f: f.write(json.dumps(SCHEDULER, indent=2).encode()),
                  overwrite=True)
 
 
@@ -280,7 +281,7 @@ def loss_plot(state: TrainState, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return write_atomic(path, lambda f: f.write(buf.getvalue()), overwrite=True)
+    return write_file(path, lambda f: f.write(buf.getvalue()), overwrite=True)
 
 
 def sample_grid(out: Path, path: Path, n: int = 16, steps: int = 100, seed: int = 0) -> Path:
