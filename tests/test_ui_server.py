@@ -49,10 +49,17 @@ def test_ui_refuses_unsafe_or_bad_options_in_one_line(args, message):
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+class Served(str):
+    """The server's address, and its process."""
+
+    proc: subprocess.Popen
+
+
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    tmp = tmp_path_factory.mktemp("ui-tmp")  # the server's temporary files go here, so the test can look
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}
     proc = subprocess.Popen([sys.executable, "-m", "sdedit", "ui", "--port", str(port), "--queue-size", str(QUEUE)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     line = ""
@@ -62,7 +69,9 @@ def server():
         if not line and proc.poll() is not None:
             pytest.fail(f"sdedit ui exited with {proc.returncode}")
     assert line.strip() == f"sdedit ui: running on http://127.0.0.1:{port}/ (Ctrl-C to stop)"
-    yield f"http://127.0.0.1:{port}/"
+    served = Served(f"http://127.0.0.1:{port}/")
+    served.proc = proc
+    yield served
     proc.terminate()
     try:
         proc.wait(timeout=20)
@@ -122,6 +131,49 @@ def test_a_burst_of_30_requests_gets_results_or_a_polite_busy(server, tmp_path):
     assert 1 <= done <= QUEUE + 1 and busy
     code, _ = status_of(server)  # still up and answering
     assert code == 200
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+
+
+def test_an_upload_declaring_13000x13000_pixels_is_refused_before_it_is_decoded(server, tmp_path):
+    from gradio_client import Client
+
+    from .helpers import bomb_png
+
+    bomb = bomb_png(tmp_path / "bomb.png", 13000, 13000)  # a few hundred bytes; 507 MB if decoded as RGB
+    before = rss_mb(server.proc.pid)
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception) as e:
+        client.predict(editor_value(bomb), model="landscapes", t0=0.5, sampler="ddim", steps=2, repeats=1,
+                       samples=1, seed=0, grow=0, feather=0, api_name="/paint")
+    assert "/tmp" not in str(e.value) and "Traceback" not in str(e.value)
+    grown = rss_mb(server.proc.pid) - before
+    assert grown < 150, f"the server grew by {grown:.0f} MB"
+    assert status_of(server)[0] == 200
+
+
+def test_sigterm_removes_the_servers_temporary_folder(tmp_path):
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path),
+           "SDEDIT_UI_AUTH": "alice:secret"}
+    proc = subprocess.Popen([sys.executable, "-m", "sdedit", "ui", "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        while "running on" not in line and proc.poll() is None:
+            line = proc.stdout.readline()
+        assert list(tmp_path.glob("sdedit-ui-*")), "the server keeps its files in its own temporary folder"
+        code, _ = status_of(f"http://127.0.0.1:{port}/gradio_api/info")
+        assert code in (401, 403)  # the password came from SDEDIT_UI_AUTH, not from the command line
+        proc.terminate()  # SIGTERM, as a service manager stops it
+        assert proc.wait(timeout=30) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not list(tmp_path.glob("sdedit-ui-*"))
 
 
 def _browser():

@@ -6,7 +6,6 @@ This is the only place that decides which family a source is.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -16,11 +15,8 @@ from .families.base import Model
 from .families.pixel import load_diffusers_unet, load_original
 from .families.stable_diffusion import is_sd_folder, load_stable_diffusion
 from .loading.checkpoints import WEIGHT_SUFFIXES
-from .loading.hub import hub_pipeline_snapshot, hub_snapshot
+from .loading.hub import hub_pipeline_snapshot, hub_snapshot, is_repo_id
 from .loading.presets import BUNDLED_MODELS, PRESETS, bundled_path
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
 
 def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str] | None = None,
                device: str | torch.device | None = None) -> Model:
@@ -49,7 +45,7 @@ def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str]
                 raise InputError(f"{path}: an original checkpoint needs --config (its YAML file or a preset name "
                                  f"such as 'church')")
         return load_original(path, config, device=device, name=src)
-    if _HUB_ID.match(src) and not src.startswith((".", "/")):
+    if is_repo_id(src):
         pipeline = hub_pipeline_snapshot(src)
         if pipeline is not None:
             return load_stable_diffusion(pipeline, device=device, name=src)

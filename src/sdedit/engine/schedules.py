@@ -29,6 +29,11 @@ class DiscreteVPSchedule:
     log_sigmas: torch.Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not 2 <= self.num_steps <= 100_000:
+            raise ValueError(f"num_steps (T) must be from 2 to 100000, got {self.num_steps!r}")
+        if not 0.0 < self.beta_start <= self.beta_end < 1.0:
+            raise ValueError(f"betas must satisfy 0 < beta_start <= beta_end < 1, got {self.beta_start!r}, "
+                             f"{self.beta_end!r}")
         betas = _betas(self.beta_schedule, self.beta_start, self.beta_end, self.num_steps)
         alpha_bar = torch.cumprod(1.0 - betas, dim=0)
         sigmas = ((1.0 - alpha_bar) / alpha_bar).sqrt()
@@ -74,6 +79,11 @@ class VESchedule:
     sigma_min: float = 0.01  # in the network's data units
     sigma_max: float = 348.0  # in the network's data units
     data_range: float = 1.0  # 1.0 for networks trained on [0, 1] images, 2.0 for [-1, 1]
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.sigma_min < self.sigma_max < float("inf")) or not 0.0 < self.data_range < float("inf"):
+            raise ValueError(f"need 0 < sigma_min < sigma_max and data_range > 0, got {self.sigma_min!r}, "
+                             f"{self.sigma_max!r}, {self.data_range!r}")
 
     @property
     def kind(self) -> str:

@@ -19,7 +19,8 @@ from ..engine.schedules import DiscreteVPSchedule, Schedule, VESchedule
 from ..devices import pick_device
 from ..errors import InputError
 from ..images import Fit, fit_box
-from ..loading.checkpoints import read_json, read_state_dict, scheduler_config, strict_load
+from ..loading.checkpoints import check_sample_size, materialize, plan_network, read_json, read_state_dict, \
+    schedule_from, scheduler_config
 from ..loading.presets import PRESETS, Preset
 from ..loading.released_format import DDPMArch, convert_state_dict, read_config
 from .base import Frame, Model
@@ -144,10 +145,10 @@ def load_original(path: str | Path, config: str | Path, *, device: str | torch.d
     from diffusers import UNet2DModel
 
     arch, schedule = _arch_for(config)
+    check_sample_size(arch.image_size, str(config))
+    unet = plan_network(lambda: UNet2DModel(**arch.unet_config()), str(config))  # no memory yet
     state = read_state_dict(path)
-    unet = UNet2DModel(**arch.unet_config())
-    mapped = convert_state_dict(state, unet.state_dict(), len(arch.ch_mult), str(path))
-    unet.load_state_dict(mapped, strict=True)
+    materialize(unet, convert_state_dict(state, unet.state_dict(), len(arch.ch_mult), str(path)), str(path))
     return _finish(unet, schedule, arch.image_size, name or str(path), {"source": str(path), "format": "original"},
                    device)
 
@@ -178,27 +179,23 @@ def load_diffusers_unet(folder: str | Path, *, device: str | torch.device | None
                     if (unet_dir / f"diffusion_pytorch_model{s}").is_file()), None)
     if weights is None:
         raise InputError(f"{root}: no diffusion_pytorch_model.safetensors or .bin in {unet_dir}")
-    try:
-        unet = UNet2DModel.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{unet_dir / 'config.json'}: not a valid UNet2DModel config: {e}") from None
-    strict_load(unet, read_state_dict(weights), str(weights))
+    config_file = str(unet_dir / "config.json")
+    size = check_sample_size(cfg.get("sample_size") or (preset.resolution if preset else None), config_file)
+    unet = plan_network(lambda: UNet2DModel.from_config({k: v for k, v in cfg.items() if not k.startswith("_")}),
+                        config_file)  # no memory yet: the config is checked first
+    materialize(unet, read_state_dict(weights), str(weights))
     sched = scheduler_config(root)
-    size = cfg.get("sample_size") or (preset.resolution if preset else None)
-    if isinstance(size, (list, tuple)):
-        size = size[0]
-    if size is None:
-        raise InputError(f"{unet_dir / 'config.json'}: no sample_size given")
     if cfg.get("time_embedding_type") == "fourier":
         sigma_max = sched.get("sigma_max", preset.sigma_max if preset else None)
         if sigma_max is None:
             raise InputError(f"{root}: an NCSN++ score model needs scheduler_config.json with sigma_max")
-        schedule: DiscreteVPSchedule | VESchedule = VESchedule(float(sched.get("sigma_min", 0.01)), float(sigma_max), 1.0)
+        schedule: Schedule = schedule_from(lambda: VESchedule(float(sched.get("sigma_min", 0.01)), float(sigma_max),
+                                                              1.0), root)
     else:
         if sched.get("prediction_type", "epsilon") != "epsilon":
             raise InputError(f"{root}: prediction_type {sched['prediction_type']!r} is not supported (epsilon only)")
-        schedule = DiscreteVPSchedule(float(sched.get("beta_start", 1e-4)), float(sched.get("beta_end", 0.02)),
-                                      int(sched.get("num_train_timesteps", 1000)),
-                                      str(sched.get("beta_schedule", "linear")))
+        schedule = schedule_from(lambda: DiscreteVPSchedule(
+            float(sched.get("beta_start", 1e-4)), float(sched.get("beta_end", 0.02)),
+            int(sched.get("num_train_timesteps", 1000)), str(sched.get("beta_schedule", "linear"))), root)
     return _finish(unet, schedule, int(size), name or str(folder), {"source": str(folder), "format": "diffusers"},
                    device)

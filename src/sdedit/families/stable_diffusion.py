@@ -23,7 +23,8 @@ from ..engine.samplers import Denoiser
 from ..engine.schedules import DiscreteVPSchedule
 from ..errors import InputError
 from ..images import Fit
-from ..loading.checkpoints import read_json, scheduler_config
+from ..loading.checkpoints import LOAD_ERRORS, check_sample_size, first_line, plan_network, read_json, \
+    schedule_from, scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
 
@@ -186,20 +187,25 @@ def load_stable_diffusion(root: str | Path, *, device: str | torch.device | None
     for part in ("text_encoder", "tokenizer"):
         if not (root / part).is_dir():
             raise InputError(f"{root}: no {part}/ folder; a text-conditioned model needs one")
+    for part, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
+        cfg = read_json(root / part / "config.json")
+        check_sample_size(cfg.get("sample_size", 64), str(root / part / "config.json"))
+        plan_network(lambda c=cfg, k=cls: k.from_config({n: v for n, v in c.items() if not n.startswith("_")}),
+                     str(root / part / "config.json"))  # limits checked before from_pretrained allocates
     try:
         unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **_weights(root / "unet"))
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **_weights(root / "vae"))
         text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", **_weights(root / "text_encoder"))
         tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
-    except (OSError, ValueError, KeyError) as e:
-        raise InputError(f"{root}: cannot load its components: {str(e).splitlines()[0]}") from None
+    except LOAD_ERRORS as e:
+        raise InputError(f"{root}: cannot load its components: {first_line(e)}") from None
     sched = scheduler_config(root)
     prediction = str(sched.get("prediction_type", "epsilon"))
     if prediction not in ("epsilon", "v_prediction"):
         raise InputError(f"{root}: prediction_type {prediction!r} is not supported (epsilon or v_prediction)")
-    schedule = DiscreteVPSchedule(float(sched.get("beta_start", 0.00085)), float(sched.get("beta_end", 0.012)),
-                                  int(sched.get("num_train_timesteps", 1000)),
-                                  str(sched.get("beta_schedule", "scaled_linear")))
+    schedule = schedule_from(lambda: DiscreteVPSchedule(
+        float(sched.get("beta_start", 0.00085)), float(sched.get("beta_end", 0.012)),
+        int(sched.get("num_train_timesteps", 1000)), str(sched.get("beta_schedule", "scaled_linear"))), root)
     for m in (unet, vae, text_encoder):
         m.eval().requires_grad_(False)
     params = sum(p.numel() for m in (unet, vae, text_encoder) for p in m.parameters())

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..engine.samplers import SAMPLERS
 from ..errors import InputError
+from ..files import printable
 from ..loading.presets import BUNDLED_MODELS, DEFAULT_MODEL, PRESETS
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, \
     SettingError
@@ -87,19 +88,19 @@ def _parser() -> Parser:
 
     t = sub.add_parser("train", help="train a DDPM on a folder of images or the built-in landscapes")
     t.add_argument("-o", "--out", type=Path, required=True, help="run folder: the model, and its training state")
-    t.add_argument("--data", default="synthetic", help="'synthetic' (built-in landscapes) or a folder of images")
-    t.add_argument("--size", type=int, default=64, help="training resolution (64)")
-    t.add_argument("--widths", default="32,64,64,64", help="UNet channels per level (32,64,64,64)")
-    t.add_argument("--attn-res", default="16", help="resolutions with attention, comma-separated (16)")
-    t.add_argument("--layers-per-block", type=int, default=2)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=5e-4)
-    t.add_argument("--ema-decay", type=float, default=0.999)
-    t.add_argument("--num-images", type=int, default=20000, help="synthetic images to train on (20000)")
+    t.add_argument("--data", help="'synthetic' (built-in landscapes, the default) or a folder of images")
+    t.add_argument("--size", type=int, help="training resolution (64)")
+    t.add_argument("--widths", help="UNet channels per level (32,64,64,64)")
+    t.add_argument("--attn-res", help="resolutions with attention, comma-separated (16)")
+    t.add_argument("--layers-per-block", type=int, help="residual blocks per level (2)")
+    t.add_argument("--batch-size", type=int, help="images per step (32)")
+    t.add_argument("--lr", type=float, help="peak learning rate (5e-4)")
+    t.add_argument("--ema-decay", type=float, help="EMA decay of the weights (0.999)")
+    t.add_argument("--num-images", type=int, help="synthetic images to train on (20000)")
     t.add_argument("--max-steps", type=int, help="stop at this step count (over all sittings)")
     t.add_argument("--minutes", type=float, help="stop after this many minutes in this sitting")
-    t.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints (5)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save-every", type=float, help="minutes between checkpoints (5)")
+    t.add_argument("--seed", type=int, help="seed of the weights and the data order (0)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
     t.add_argument("-q", "--quiet", action="store_true")
@@ -158,7 +159,9 @@ def _parser() -> Parser:
     u.add_argument("--config", help="for an original .ckpt given with --model: its YAML config or a preset name")
     u.add_argument("--port", type=int, default=7860, help="port (7860)")
     u.add_argument("--listen", action="store_true", help="serve on all interfaces (needs --auth)")
-    u.add_argument("--auth", help="USER:PASS required to open the app")
+    u.add_argument("--auth", help="USER:PASS required to open the app (visible to other users in `ps`: prefer "
+                                  "--auth-file or the SDEDIT_UI_AUTH environment variable)")
+    u.add_argument("--auth-file", type=Path, help="a file whose first line is USER:PASS")
     u.add_argument("--queue-size", type=int, default=8, help="runs that may wait; more get a 'busy' message (8)")
     u.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
 
@@ -209,20 +212,34 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 def _train(a: argparse.Namespace) -> int:
     from ..research.training import TrainConfig, train
 
+    given = {k: getattr(a, k) for k in ("data", "size", "layers_per_block", "batch_size", "lr", "ema_decay",
+                                        "num_images", "seed", "max_steps", "minutes", "save_every")
+             if getattr(a, k) is not None}
+    if a.widths is not None:
+        given["widths"] = _ints(a.widths, "--widths")
+    if a.attn_res is not None:
+        given["attn_res"] = _ints(a.attn_res, "--attn-res")
     for name in ("size", "batch_size", "num_images", "layers_per_block"):
-        if getattr(a, name) < 1:
+        if given.get(name, 1) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1")
-    if a.data != "synthetic" and not Path(a.data).is_dir():
-        raise InputError(f"--data must be 'synthetic' or a folder of images; {a.data} is not a folder")
-    cfg = TrainConfig(data=a.data if a.data == "synthetic" else str(Path(a.data).resolve()), size=a.size,
-                      widths=_ints(a.widths, "--widths"), attn_res=_ints(a.attn_res, "--attn-res"),
-                      layers_per_block=a.layers_per_block, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema_decay,
-                      num_images=a.num_images, seed=a.seed, max_steps=a.max_steps, minutes=a.minutes,
-                      save_every=a.save_every)
+    for name in ("lr", "minutes"):
+        if not 0 < given.get(name, 1) < float("inf"):
+            raise InputError(f"--{name.replace('_', '-')} must be a positive number")
+    if not 0 <= given.get("save_every", 0) < float("inf"):
+        raise InputError("--save-every must be a number of minutes >= 0")
+    if not 0 <= given.get("ema_decay", 0) < 1:
+        raise InputError("--ema-decay must be in [0, 1)")
+    data = given.get("data", "synthetic")
+    if data != "synthetic":
+        if not Path(data).is_dir():
+            raise InputError(f"--data must be 'synthetic' or a folder of images; {data} is not a folder")
+        given["data"] = str(Path(data).resolve())
+    cfg = TrainConfig(**given)
     cache = Path(os.environ.get("SDEDIT_CACHE", Path.home() / ".cache" / "sdedit"))
-    state = train(cfg, a.out, resume=a.resume, device=a.device, progress=not a.quiet, cache=cache)
+    state = train(cfg, a.out, resume=a.resume, device=a.device, progress=not a.quiet, cache=cache,
+                  explicit=frozenset(given))
     say(f"{a.out}: step {state.step}, {state.seconds / 3600:.2f} h of training; "
-          f"use it with: sdedit edit IMAGE --model {a.out}")
+        f"use it with: sdedit edit IMAGE --model {a.out}")
     return 0
 
 
@@ -277,6 +294,8 @@ def _eval(a: argparse.Namespace) -> int:
         row, _ = bench.run(model, settings)
         rows.append(row)
         print(markdown_table([row]).splitlines()[-1], flush=True)
+    if bench.kid_undefined:
+        say(f"note: {bench.kid_undefined}", err=True)
     header = (f"sdedit eval: model {a.model or DEFAULT_MODEL}, data {a.data}, {len(originals)} stroke inputs "
               f"({a.colors} colours), {len(reals)} real images for KID ({bench.feature_name} features).")
     for p in write_tables(rows, a.outdir / "eval", header, overwrite=False):
@@ -332,7 +351,14 @@ def _batch(a: argparse.Namespace) -> int:
 def _ui(a: argparse.Namespace) -> int:
     from .ui import parse_auth
 
-    auth = parse_auth(a.auth)
+    text = a.auth
+    if a.auth_file is not None:
+        try:
+            text = a.auth_file.read_text().splitlines()[0].strip()
+        except (OSError, UnicodeDecodeError, IndexError) as e:
+            raise InputError(f"--auth-file {printable(a.auth_file)}: cannot read USER:PASS from it "
+                             f"({getattr(e, 'strerror', None) or 'empty or not text'})") from None
+    auth = parse_auth(text if text is not None else os.environ.get("SDEDIT_UI_AUTH") or None)
     if a.listen and auth is None:
         raise InputError("--listen exposes the app to the network: give --auth USER:PASS as well")
     if not 1 <= a.port <= 65535:

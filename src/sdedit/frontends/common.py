@@ -34,6 +34,11 @@ def say(text: object, *, err: bool = False) -> None:
     print(printable(text), file=sys.stderr if err else sys.stdout, flush=True)
 
 
+def one_line(e: BaseException) -> str:
+    """An error message on one line (whitespace runs, newlines included, become one space)."""
+    return " ".join(str(e).split())
+
+
 def run_guarded(body: Callable[[], int], prog: str) -> int:
     """Run a command body, turning errors into one line on stderr and an exit code (SDEDIT_DEBUG=1: traceback).
 
@@ -46,7 +51,7 @@ def run_guarded(body: Callable[[], int], prog: str) -> int:
     except SdeditError as e:
         if os.environ.get("SDEDIT_DEBUG"):
             traceback.print_exc()
-        say(f"{prog}: error: {e}", err=True)
+        say(f"{prog}: error: {one_line(e)}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
         say(f"{prog}: interrupted", err=True)
@@ -57,7 +62,7 @@ def run_guarded(body: Callable[[], int], prog: str) -> int:
     except Exception as e:  # reported, not swallowed: one line and exit 1
         if os.environ.get("SDEDIT_DEBUG"):
             traceback.print_exc()
-        say(f"{prog}: error: {type(e).__name__}: {e} (set SDEDIT_DEBUG=1 for a traceback)", err=True)
+        say(f"{prog}: error: {type(e).__name__}: {one_line(e)} (set SDEDIT_DEBUG=1 for a traceback)", err=True)
         return 1
     finally:
         if previous is not None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -18,9 +21,10 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..files import MAX_FREE_NAMES, printable
 from ..loading.checkpoints import load_plain
 from ..settings import RunSettings, check_t0
-from .common import Parser, run_guarded
+from .common import Parser, run_guarded, say
 
 RELEASED_CONFIGS = {"church.yml": "church", "bedroom.yml": "bedroom", "celeba.yml": "celebahq"}
 CATEGORY_PRESET = {"church_outdoor": "church", "bedroom": "bedroom", "celeba_hq": "celebahq", "celeba": "celebahq"}
@@ -63,7 +67,7 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise InputError(f"cannot read config {path}: {e}") from None
+        raise InputError(f"cannot read config {path}: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a config (expected a YAML mapping)")
     return data
@@ -109,22 +113,46 @@ def read_pair(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return img, mask.float()
 
 
-def prepare_folder(folder: Path, ni: bool) -> Path | None:
-    """Make the output folder; an existing one is moved aside (asking first without --ni); the moved path."""
-    if not folder.exists():
-        folder.mkdir(parents=True)
-        return None
-    if not ni:
-        print(f"Image folder {folder} already exists. Move it aside and start anew? (Y/N)", file=sys.stderr)
-        answer = sys.stdin.readline().strip().upper() if sys.stdin and not sys.stdin.closed else ""
-        if answer != "Y":
-            raise InputError(f"output folder {folder} exists; nothing done (pass --ni to move it aside)")
-    n = 1
-    while (aside := folder.with_name(f"{folder.name}.old-{n}")).exists():
-        n += 1
-    folder.rename(aside)
-    folder.mkdir(parents=True)
+def output_folder(exp: str, image_folder: str) -> Path:
+    """<exp>/image_samples/<image_folder>, refusing an -i that would leave it (absolute, '..')."""
+    sub = Path(image_folder)
+    if sub.is_absolute() or ".." in sub.parts or not sub.parts:
+        raise InputError(f"-i/--image_folder must be a relative folder name inside <exp>/image_samples, got "
+                         f"{printable(image_folder)!r}")
+    return Path(exp) / "image_samples" / sub
+
+
+def confirm_replace(folder: Path, ni: bool) -> None:
+    """Without --ni, ask before results in an existing folder are moved aside (no answer: nothing is done)."""
+    if not os.path.lexists(folder) or ni:
+        return
+    print(f"Image folder {printable(folder)} already exists. Move it aside when the new results are ready? (Y/N)",
+          file=sys.stderr)
+    answer = sys.stdin.readline().strip().upper() if sys.stdin and not sys.stdin.closed else ""
+    if answer != "Y":
+        raise InputError(f"output folder {printable(folder)} exists; nothing done (pass --ni to move it aside)")
+
+
+def publish(staging: Path, folder: Path) -> Path | None:
+    """Put finished results in place: an existing folder is first moved aside to <folder>.old-N; the moved path."""
+    aside = None
+    if os.path.lexists(folder):
+        aside = next((c for c in (folder.with_name(f"{folder.name}.old-{n}") for n in range(1, MAX_FREE_NAMES))
+                      if not os.path.lexists(c)), None)
+        if aside is None:
+            raise InputError(f"no free name to move {printable(folder)} aside; clean up its .old-N folders")
+        folder.rename(aside)
+    staging.rename(folder)
     return aside
+
+
+def sampling_batch_size(config: Path) -> int:
+    """The released config's sampling.batch_size (copies sampled), checked."""
+    sampling = _read_yaml(config).get("sampling", {})
+    n = sampling.get("batch_size", 1) if isinstance(sampling, dict) else None
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:
+        raise InputError(f"{config}: sampling.batch_size must be a whole number from 1 to 1024, got {n!r}")
+    return n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
     except InputError as e:
         raise InputError(f"--t must be in 1..1000 (t0 = t / 1000): {e}") from None
     settings = RunSettings(t0=args.t / 1000, steps=args.t, sampler="ddpm", repeats=args.sample_step, seed=args.seed)
+    folder = output_folder(args.exp, args.image_folder)
     config, preset = _config_path(args.config)
+    settings = settings.with_(num_samples=sampling_batch_size(config))
     img, omega = read_pair(find_input(args.npy_name))
     if args.ckpt:
         model = load_model(args.ckpt, config=config, device=args.device)
@@ -148,46 +178,58 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(preset, device=args.device)
     else:
         raise InputError(f"{config}: no preset matches this config; pass --ckpt PATH")
-    n = int(_read_yaml(config).get("sampling", {}).get("batch_size", 1))
     r = model.resolution
     if tuple(img.shape[1:]) != (r, r):
         raise InputError(f"input is {img.shape[2]}x{img.shape[1]} but the model needs {r}x{r}")
+    confirm_replace(folder, args.ni)
 
-    folder = Path(args.exp) / "image_samples" / args.image_folder
-    aside = prepare_folder(folder, args.ni)
+    # Everything is written into a staging folder beside the target, moved into place only when complete:
+    # a failed run leaves the earlier results where they were and nothing half-made.
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    except OSError as e:
+        raise InputError(f"cannot write in {printable(folder.parent)}: {e.strerror}") from None
+    try:
+        n = settings.num_samples
+        dev = model.device
+        x0 = (img * 2 - 1)[None].expand(n, -1, -1, -1).to(dev)
+        mask = omega[None, None].to(dev)
+        assert settings.seed is not None
+        generators = [torch.Generator().manual_seed(settings.seed + j) for j in range(n)]
+
+        def save_grid(x: torch.Tensor, name: str) -> None:
+            save_png(grid(tensor_to_images(x)), staging / name, overwrite=True)
+
+        save_grid(x0, "original_input.png")
+        guide = x0
+        for it in range(settings.repeats):
+            first: dict[str, torch.Tensor] = {}
+
+            def keep_init(i: int, sigma: float, x: torch.Tensor, d: torch.Tensor) -> None:
+                if i == 0:
+                    first["x"] = x / (1 + sigma**2) ** 0.5  # the noised start, in VP form like the release
+
+            try:
+                x = edit_tensors(model.denoise, model.schedule, guide, mask=mask, t0=settings.t0,
+                                 steps=settings.steps or 1, repeats=1, sampler=settings.sampler,
+                                 generator=generators, callback=keep_init)
+            except FloatingPointError as e:
+                raise SamplingError(f"sampling diverged: {e}") from None
+            save_grid(first["x"], f"init_{it}.png")
+            save_grid(x, f"samples_{it}.png")
+            buf = io.BytesIO()
+            torch.save(x.cpu(), buf)
+            write_file(staging / f"samples_{it}.pth", lambda f: f.write(buf.getvalue()), overwrite=True)
+            guide = mask * x + (1 - mask) * x0
+            print(f"repeat {it + 1}/{settings.repeats}: done")
+        aside = publish(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # only the staging folder this run made
+        raise
     if aside is not None:
-        print(f"moved the previous results to {aside}")
-    dev = model.device
-    x0 = (img * 2 - 1)[None].expand(n, -1, -1, -1).to(dev)
-    mask = omega[None, None].to(dev)
-    settings = settings.with_(num_samples=n)
-    generators = [torch.Generator().manual_seed(settings.seed + j) for j in range(n)]
-
-    def save_grid(x: torch.Tensor, name: str) -> None:
-        save_png(grid(tensor_to_images(x)), folder / name, overwrite=True)
-
-    save_grid(x0, "original_input.png")
-    guide = x0
-    for it in range(settings.repeats):
-        first: dict[str, torch.Tensor] = {}
-
-        def keep_init(i: int, sigma: float, x: torch.Tensor, d: torch.Tensor) -> None:
-            if i == 0:
-                first["x"] = x / (1 + sigma**2) ** 0.5  # the noised start, in VP form like the release
-
-        try:
-            x = edit_tensors(model.denoise, model.schedule, guide, mask=mask, t0=settings.t0,
-                             steps=settings.steps or 1, repeats=1, sampler=settings.sampler, generator=generators,
-                             callback=keep_init)
-        except FloatingPointError as e:
-            raise SamplingError(f"sampling diverged: {e}") from None
-        save_grid(first["x"], f"init_{it}.png")
-        save_grid(x, f"samples_{it}.png")
-        buf = io.BytesIO()
-        torch.save(x.cpu(), buf)
-        write_file(folder / f"samples_{it}.pth", lambda f: f.write(buf.getvalue()), overwrite=True)
-        guide = mask * x + (1 - mask) * x0
-        print(f"repeat {it + 1}/{settings.repeats}: wrote {folder / f'samples_{it}.png'}")
+        say(f"moved the previous results to {aside}")
+    say(f"wrote {folder}: original_input.png, init_*.png, samples_*.png, samples_*.pth")
     return 0
 
 

@@ -38,8 +38,11 @@ def run_sweep(model: Model, image: ImageLike, grid: list[RunSettings], *, mask: 
         outs = list(iter_edits(model, [guide], [settings.seed or 0], settings, progress=progress))
         score = None
         if real_f is not None:
-            ref, f = standardize(real_f, image_features(outs))
-            score = kid(ref, f, subsets=50)[0]
+            try:
+                ref, f = standardize(real_f, image_features(outs))
+                score = kid(ref, f, subsets=50)[0]
+            except ValueError:
+                score = None  # too few or degenerate images: no KID rather than a meaningless one
         points.append(SweepPoint(settings, outs, float(l2_distance(outs, [guide.reference] * len(outs)).mean()),
                                  score))
     return guide.reference, points

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,9 +93,17 @@ def make_handler(pool: ModelPool, limits: Limits, outdir: Path, *, photo: bool) 
                 else:
                     yield [(_save(img, outdir), text) for img, text in ev.images], gr.update()
         except SdeditError as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise gr.Error(public_message(e), print_exception=False) from None
 
     return handler
+
+
+def public_message(e: BaseException) -> str:
+    """An error as the page may show it: one line, and server paths (uploads, results) reduced to file names."""
+    text = " ".join(str(e).split())
+    for root in {os.environ.get("GRADIO_TEMP_DIR"), tempfile.gettempdir()} - {None, ""}:
+        text = re.sub(re.escape(str(root).rstrip("/")) + r"/[^\s:'\"]*/([^/\s:'\"]+)", r"\1", text)
+    return text
 
 
 def _enlarge(img: Image.Image | None, side: int = 256) -> Image.Image | None:
@@ -210,16 +221,27 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def limit_decoding(limits: Limits) -> None:
+    """Make Pillow refuse, from the header and before decoding, any image over the upload limit in this process.
+
+    Gradio decodes uploads itself (the image editor re-encodes them) before a handler sees them, so
+    the limit must hold for every decode in the server process, not only for ours.
+    """
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: an error, not a warning
+
+
 def launch(app: Any, *, port: int, listen: bool, auth: tuple[str, str] | None, queue_size: int,
-           outdir: Path, block: bool = True) -> str:
+           outdir: Path, block: bool = True, limits: Limits | None = None) -> str:
     """Start the server (loopback unless listen, which needs auth); returns its address."""
     if listen and auth is None:
         raise InputError("--listen exposes the app to the network: give --auth USER:PASS as well")
+    limit_decoding(limits or Limits())
     app.queue(max_size=queue_size, default_concurrency_limit=1)
     host = "0.0.0.0" if listen else "127.0.0.1"
     try:
         app.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=True, quiet=True,
-                   show_error=True, max_file_size="20mb", allowed_paths=[str(outdir)], ssr_mode=False,
+                   show_error=False, max_file_size="20mb", allowed_paths=[str(outdir)], ssr_mode=False,
                    footer_links=[], mcp_server=False)
     except OSError as e:
         raise InputError(f"cannot serve on {host}:{port} ({e}); is another app using it? pick one with --port") \

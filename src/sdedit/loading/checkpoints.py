@@ -6,36 +6,67 @@ Weights come from safetensors or torch.load(weights_only=True) only.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from torch import nn
+from safetensors import SafetensorError, safe_open
 
 from ..errors import InputError
+from ..files import printable
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line, short, without PyTorch's advice to unpickle code."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and "weights_only" not in ln]
+    return (lines[0] if lines else type(e).__name__)[:200]
+
+
+LOAD_ERRORS = (pickle.UnpicklingError, SafetensorError, zipfile.BadZipFile, EOFError, RuntimeError, OSError,
+                ValueError, UnicodeDecodeError, AttributeError, TypeError, KeyError, IndexError, MemoryError)
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a safetensors file; InputError naming the file for anything unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"file not found: {printable(path)}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except LOAD_ERRORS as e:
+        raise InputError(f"{printable(path)}: not a valid safetensors file (truncated or corrupt?): "
+                         f"{first_line(e)}") from None
 
 
 def load_plain(path: str | Path) -> Any:
     """torch.load or safetensors without running pickled code; InputError for anything else."""
     path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)[0]
     if not path.is_file():
-        raise InputError(f"file not found: {path}")
+        raise InputError(f"file not found: {printable(path)}")
     try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused below anyway
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, SafetensorError, zipfile.BadZipFile, EOFError, RuntimeError, OSError,
-            ValueError, UnicodeDecodeError, AttributeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: not a plain tensor file (pickled code is refused): {first[:200]}") from None
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+            raise InputError(f"{printable(path)}: holds pickled objects other than tensors; pickled code is refused "
+                             f"and nothing in it was run") from None
+        raise InputError(f"{printable(path)}: not a readable checkpoint (corrupt pickle): {first_line(e)}") from None
+    except LOAD_ERRORS as e:
+        raise InputError(f"{printable(path)}: not a readable checkpoint (truncated or corrupt?): "
+                         f"{first_line(e)}") from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -58,7 +89,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def strict_load(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def strict_load(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str, *, assign: bool = False) -> None:
     """load_state_dict(strict=True) with an error naming the first bad tensor."""
     target = net.state_dict()
     for key, value in state.items():
@@ -70,7 +101,7 @@ def strict_load(net: torch.nn.Module, state: dict[str, torch.Tensor], source: st
     missing = [k for k in target if k not in state]
     if missing:
         raise InputError(f"{source}: missing {len(missing)} tensor(s), first {missing[0]!r}")
-    net.load_state_dict(state, strict=True)
+    net.load_state_dict(state, strict=True, assign=assign)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -90,3 +121,58 @@ def scheduler_config(root: Path) -> dict[str, Any]:
     return {}
 
 
+# Limits on what a config may ask for, checked on the meta device before any memory is allocated.
+DEFAULT_MAX_PARAMETERS = 20_000_000_000  # FLUX.1 has 12B; a config above this is refused (SDEDIT_MAX_PARAMETERS)
+MAX_SAMPLE_SIZE = 4096  # a network's input side, in its own units
+
+
+def _max_parameters() -> int:
+    text = os.environ.get("SDEDIT_MAX_PARAMETERS", "")
+    try:
+        return int(float(text)) if text else DEFAULT_MAX_PARAMETERS
+    except ValueError:
+        raise InputError(f"SDEDIT_MAX_PARAMETERS must be a number, got {text!r}") from None
+
+
+def check_sample_size(value: Any, source: str) -> int:
+    """A config's sample_size: a whole number from 1 to MAX_SAMPLE_SIZE (a list takes its first side)."""
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SAMPLE_SIZE:
+        raise InputError(f"{source}: sample_size must be a whole number from 1 to {MAX_SAMPLE_SIZE}, got {value!r}")
+    return value
+
+
+def plan_network(factory: Callable[[], nn.Module], source: str) -> nn.Module:
+    """Build a network from its config on the meta device: no memory, config errors and size limits as InputError."""
+    try:
+        with torch.device("meta"):
+            net = factory()
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError, RuntimeError,
+            AssertionError, OverflowError) as e:
+        raise InputError(f"{source}: not a valid network config: {first_line(e)}") from None
+    count = sum(p.numel() for p in net.parameters())
+    limit = _max_parameters()
+    if count > limit:
+        raise InputError(f"{source}: the config describes {count / 1e9:.1f} billion parameters, over the limit of "
+                         f"{limit / 1e9:.1f} billion (set SDEDIT_MAX_PARAMETERS to allow more)")
+    return net
+
+
+def materialize(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """A meta-device network with the checked tensors of a state dict as its own (strict; nothing else allocated)."""
+    dtypes = {k: t.dtype for k, t in net.state_dict().items()}
+    state = {k: v.to(dtypes[k]) if k in dtypes and v.is_floating_point() else v for k, v in state.items()}
+    strict_load(net, state, source, assign=True)
+    left = [n for n, t in (*net.named_parameters(), *net.named_buffers()) if t.is_meta]
+    if left:
+        raise InputError(f"{source}: no tensor for {left[0]!r}")
+    return net
+
+
+def schedule_from(factory: Callable[[], Any], source: str | Path) -> Any:
+    """A noise schedule from config values; bad values (types, ranges) as an InputError naming the source."""
+    try:
+        return factory()
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InputError(f"{printable(source)}: bad scheduler settings: {first_line(e)}") from None

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ..errors import InputError, ModelUnavailableError
+from ..files import printable
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+def is_repo_id(text: str) -> bool:
+    """Whether text has the shape of a Hub repository id, OWNER/NAME (no paths, no '..')."""
+    return bool(_REPO_ID.match(text)) and ".." not in text and not text.endswith(".")
+
+
+def check_repo_id(text: str) -> str:
+    """A Hub repository id, or an InputError saying what one looks like."""
+    if not is_repo_id(text):
+        raise InputError(f"{printable(text)!r} is not a Hub repository id (OWNER/NAME: letters, digits, '-', '_', '.')")
+    return text
 
 
 def hub_snapshot(repo_id: str, *, what: str) -> Path:
     """Download (or find in huggingface_hub's cache) the files of a diffusers UNet2DModel repo; its local folder."""
+    check_repo_id(repo_id)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -53,6 +70,7 @@ PIPELINE_FILES = ["model_index.json", "scheduler/scheduler_config.json", "unet/c
 
 def hub_pipeline_snapshot(repo_id: str) -> Path | None:
     """The local folder of a Stable Diffusion-style Hub repo (safetensors weights only), or None if it is not one."""
+    check_repo_id(repo_id)
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 

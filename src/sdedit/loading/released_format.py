@@ -61,7 +61,9 @@ def read_config(path: str | Path) -> tuple[DDPMArch, DiscreteVPSchedule]:
     try:
         cfg = yaml.safe_load(Path(path).read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise InputError(f"cannot read config {path}: {e}") from None
+        raise InputError(f"cannot read config {path}: {' '.join(str(e).split())}") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"config {path} is not a released SDEdit/DDIM config (expected a YAML mapping)")
     try:
         m, d, data = cfg["model"], cfg["diffusion"], cfg["data"]
         if m.get("type", "simple") != "simple":

@@ -44,8 +44,8 @@ class Row:
     peak_rss_mb: float  # peak resident memory while this row ran (Linux; elsewhere the process's peak so far)
     l2_mean: float  # faithfulness: L2 to the stroke input, mean over images
     l2_std: float
-    kid_mean: float  # realism: KID to real images (lower is better)
-    kid_std: float  # std over KID subsets
+    kid_mean: float | None  # realism: KID to real images (lower is better); None: undefined for these sets
+    kid_std: float | None  # std over KID subsets
 
 
 def _reset_peak_rss() -> None:
@@ -77,6 +77,7 @@ class StrokeBenchmark:
         self.originals = originals
         self.strokes = [simulate_strokes(o, colors) for o in originals]
         self.feature_name, self.extract = feature_extractor(features)
+        self.kid_undefined: str | None = None  # why KID could not be computed, when it could not
         self.real_features = self.features(reals)
 
     def features(self, images: list[Image.Image]) -> torch.Tensor:
@@ -86,8 +87,12 @@ class StrokeBenchmark:
     def score(self, what: str, images: list[Image.Image], t0: float | None = None, nfe: int = 0,
               seconds: float = 0.0) -> Row:
         """L2 to the strokes and KID to the reals of a list of images."""
-        ref, f = standardize(self.real_features, self.features(images))
-        k_mean, k_std = kid(ref, f)
+        try:
+            ref, f = standardize(self.real_features, self.features(images))
+            k_mean, k_std = kid(ref, f)
+        except ValueError as e:  # too few or degenerate images: no number rather than a meaningless one
+            self.kid_undefined = str(e)
+            k_mean = k_std = None
         l2 = l2_distance(images, self.strokes)
         return Row(what, t0, nfe, seconds / max(len(images), 1), _peak_rss_mb(), float(l2.mean()), float(l2.std()),
                    k_mean, k_std)
@@ -105,6 +110,10 @@ class StrokeBenchmark:
         return self.score(f"SDEdit {settings.label()}", outs, settings.t0, settings.nfe, sec), outs
 
 
+def _kid_text(r: Row) -> str:
+    return "undefined" if r.kid_mean is None or r.kid_std is None else f"{r.kid_mean:.4f} +- {r.kid_std:.4f}"
+
+
 def markdown_table(rows: list[Row]) -> str:
     """Rows as a Markdown table."""
     lines = ["| images | t0 | NFE | s / image | peak MB | L2 to strokes (mean +- std) | KID (mean +- std) |",
@@ -115,7 +124,7 @@ def markdown_table(rows: list[Row]) -> str:
         sec = f"{r.seconds_per_image:.3f}" if r.nfe else "-"
         mem = f"{r.peak_rss_mb:.0f}" if r.nfe else "-"
         lines.append(f"| {r.what} | {t0} | {nfe} | {sec} | {mem} | {r.l2_mean:.2f} +- {r.l2_std:.2f} | "
-                     f"{r.kid_mean:.4f} +- {r.kid_std:.4f} |")
+                     f"{_kid_text(r)} |")
     return "\n".join(lines)
 
 

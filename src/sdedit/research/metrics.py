@@ -113,6 +113,9 @@ def image_features(images: list[Image.Image], extractor: Callable[[torch.Tensor]
     return torch.cat(rows)
 
 
+MIN_KID_REFERENCE = 20  # real images below which per-feature scales are too noisy for KID to mean anything
+
+
 def kid(fa: torch.Tensor, fb: torch.Tensor, *, subsets: int = 100, subset_size: int = 100,
         seed: int = 0) -> tuple[float, float]:
     """KID between two feature sets: mean and std over random subsets of the unbiased polynomial-kernel MMD^2.
@@ -135,10 +138,23 @@ def kid(fa: torch.Tensor, fb: torch.Tensor, *, subsets: int = 100, subset_size: 
         off = n * (n - 1)
         mmd = (kaa.sum() - kaa.diagonal().sum()) / off + (kbb.sum() - kbb.diagonal().sum()) / off - 2 * kab.mean()
         vals.append(float(mmd))
-    return float(np.mean(vals)), float(np.std(vals))
+    mean, std = float(np.mean(vals)), float(np.std(vals))
+    if not (np.isfinite(mean) and np.isfinite(std)):
+        raise ValueError("KID is not finite for these feature sets (degenerate features)")
+    return mean, std
 
 
 def standardize(reference: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Scale every feature set by the reference set's per-feature mean and std, so no feature dominates the kernel."""
-    mu, sd = reference.mean(0), reference.std(0).clamp_min(1e-8)
-    return [(f - mu) / sd for f in (reference, *others)]
+    """Scale every feature set by the reference set's per-feature mean and std, so no feature dominates the kernel.
+
+    Features (nearly) constant over the reference set have no scale to divide by: dividing by their
+    tiny std would blow any difference up to ~1e30, so they are left out.
+    """
+    if len(reference) < MIN_KID_REFERENCE:
+        raise ValueError(f"KID needs at least {MIN_KID_REFERENCE} real images to scale its features by "
+                         f"(got {len(reference)}): reported as undefined")
+    mu, sd = reference.mean(0), reference.std(0)
+    keep = sd > 1e-3 * sd.median().clamp_min(1e-12)
+    if not bool(keep.any()):
+        raise ValueError("the reference images are all alike (no feature varies): KID is undefined")
+    return [((f - mu) / sd)[:, keep] for f in (reference, *others)]

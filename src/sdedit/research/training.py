@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..files import printable
+from ..loading.checkpoints import LOAD_ERRORS, first_line, read_safetensors
 from ..files import write_file
 from ..images import IMAGE_SUFFIXES, folder_images, grid, save_png, tensor_to_images
 
@@ -177,11 +179,16 @@ class Trainer:
         export_model(self.ema, self.cfg, self.state, self.out)
 
     def load(self, path: Path) -> None:
-        """Restore everything save() wrote."""
-        tensors = load_file(str(path))
+        """Restore everything save() wrote; InputError naming the file when it is not such a state."""
+        tensors, _ = read_safetensors(path)
+        try:
+            self._restore(tensors, read_training_meta(path))
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise InputError(f"{printable(path)}: not a usable sdedit training state: {first_line(e)}") from None
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
-        meta = read_training_meta(path)
         opt_state: dict[int, dict[str, torch.Tensor]] = {}
         for k, v in tensors.items():
             if k.startswith("opt."):
@@ -233,14 +240,18 @@ class Trainer:
 
 
 def read_training_meta(path: Path) -> dict[str, Any]:
-    """The JSON metadata of a training state file."""
+    """The JSON metadata of a training state file (InputError naming the file if it is not one)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "sdedit_training" not in meta:
-        raise InputError(f"{path}: not an sdedit training state")
-    return json.loads(meta["sdedit_training"])
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        data = json.loads(meta["sdedit_training"])
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            raise ValueError("no config in its metadata")
+        return data
+    except LOAD_ERRORS as e:
+        raise InputError(f"{printable(path)}: not an sdedit training state: {first_line(e)}") from None
 
 
 def export_model(unet: nn.Module, cfg: TrainConfig, state: TrainState, out: Path, dtype: torch.dtype = torch.float32,
@@ -302,21 +313,40 @@ def sample_grid(out: Path, path: Path, n: int = 16, steps: int = 100, seed: int 
     return save_png(grid(tensor_to_images(x), ncols=8), path, overwrite=True)
 
 
+BUDGET = ("max_steps", "minutes", "save_every")  # what a resumed run may change
+
+
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | None = None, progress: bool = True,
-          cache: Path | None = None) -> TrainState:
-    """Train (or resume) a run in folder out; write the model, loss.png and samples.png."""
+          cache: Path | None = None, explicit: frozenset[str] = frozenset()) -> TrainState:
+    """Train (or resume) a run in folder out; write the model, loss.png and samples.png.
+
+    explicit: the fields of cfg the user set; on resume any of them other than the budget must equal the run's.
+    """
+    from diffusers import UNet2DModel
+
     from ..devices import pick_device
+    from ..loading.checkpoints import plan_network
 
     state_path = out / "training" / "state.safetensors"
     if resume:
         if not state_path.is_file():
             raise InputError(f"nothing to resume: {state_path} does not exist")
         saved = read_training_meta(state_path)["config"]
-        budget = {"max_steps": cfg.max_steps, "minutes": cfg.minutes, "save_every": cfg.save_every}
-        cfg = replace(TrainConfig(**{**saved, "widths": tuple(saved["widths"]), "attn_res": tuple(saved["attn_res"])}),
-                      **budget)
+        try:
+            resumed = TrainConfig(**{**saved, "widths": tuple(saved["widths"]), "attn_res": tuple(saved["attn_res"])})
+        except (KeyError, TypeError) as e:
+            raise InputError(f"{printable(state_path)}: not an sdedit training state: {first_line(e)}") from None
+        changed = [k for k in explicit - set(BUDGET) if getattr(cfg, k) != getattr(resumed, k)]
+        if changed:
+            k = changed[0]
+            raise InputError(f"--{k.replace('_', '-')} {getattr(cfg, k)} differs from the run's "
+                             f"{getattr(resumed, k)}; a resumed run keeps its settings (only --max-steps, "
+                             f"--minutes and --save-every may change)")
+        cfg = replace(resumed, **{k: getattr(cfg, k) for k in BUDGET})
     elif state_path.exists() or (out.exists() and any(out.iterdir())):
         raise InputError(f"{out} is not empty; pass --resume to continue its run, or choose a new folder")
+    plan_network(lambda: UNet2DModel(**cfg.unet_config()), "the network settings (--size, --widths, --attn-res, "
+                 "--layers-per-block)")
     dev = pick_device(device)
     data = synthetic_data(cfg.num_images, cfg.size, cache) if cfg.data == "synthetic" else load_folder(
         Path(cfg.data), cfg.size)
