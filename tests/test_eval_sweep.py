@@ -46,7 +46,7 @@ def test_sweep_writes_grid_and_plot(tmp_path, capsys):
     landscape(5, 48).save(src)
     real = tmp_path / "real"
     real.mkdir()
-    for i in range(6):
+    for i in range(20):  # KID needs at least 20 real images to scale its features by
         landscape(100 + i, 32).save(real / f"{i}.png")
     args = ["sweep", str(src), *TINY, "--t0", "0.1", "0.9", "--sampler", "ddpm", "ddim", "--steps", "2", "-n", "4",
             "--real", str(real), "-o", str(tmp_path / "out"), "-q"]

@@ -112,13 +112,13 @@ def test_many_samples_stream_to_disk_in_bounded_memory_and_sigterm_keeps_finishe
     out = tmp_path / "o"
     script = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
-    r = subprocess.run([sys.executable, "-c", script, sys.executable, "-m", "sdedit", "edit", str(good), "-n", "1000",
+    r = subprocess.run([sys.executable, "-c", script, sys.executable, "-m", "sdedit", "edit", str(good), "-n", "240",
                         "--steps", "1", "--seed", "0", "-o", str(out), "-q"], capture_output=True, text=True,
                        timeout=300, env=ENV)
     assert r.returncode == 0, r.stderr[-500:]
     peak_mb = int(r.stdout.strip().splitlines()[-1]) / 1024
-    assert len(list(out.glob("*.png"))) == 1000
-    assert peak_mb < 1500, f"peak {peak_mb:.0f} MB for 1000 samples"
+    assert len(list(out.glob("*.png"))) == 240
+    assert peak_mb < 1500, f"peak {peak_mb:.0f} MB for 240 samples"  # (each file is fsynced: 1000 take ~90 s here)
 
     # A long run stopped by SIGTERM keeps every finished file whole and leaves no temporary file.
     out2 = tmp_path / "o2"

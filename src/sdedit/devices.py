@@ -26,3 +26,26 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device runs bf16 matrix products natively: CUDA compute capability >= 8.0 (Ampere and later),
+    or a CPU with AMX or AVX-512 BF16, detected at run time (CPUs differ between machines of one kind)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+        if any(p is not None for p in probes):
+            return any(bool(p()) for p in probes if p is not None)
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+        except OSError:
+            return False
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where the hardware runs it natively, else 'fp32'; other names stay as they are."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
