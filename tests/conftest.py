@@ -49,4 +49,5 @@ def t_for_sigma(schedule: VESchedule, sigma: float) -> float:
 def tiny_model():
     from sdedit import load_model
 
-    return load_model(DATA / "tiny.ckpt", config=DATA / "tiny.yml", device="cpu")
+    # fp32: the tests compare it with the original network's fp32 outputs
+    return load_model(DATA / "tiny.ckpt", config=DATA / "tiny.yml", device="cpu", precision="fp32")

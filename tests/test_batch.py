@@ -118,7 +118,8 @@ def test_ctrl_c_finishes_the_item_flushes_and_exits_130_then_resumes(tmp_path):
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
     inp, _ = make_folder(tmp_path, 40)
     out = tmp_path / "out"
-    proc = subprocess.Popen(batch_cmd(inp, out, None, "--steps", "300"), env=ENV, stdout=subprocess.PIPE,
+    # one item per network batch, so that the second Ctrl-C comes while an item is being computed
+    proc = subprocess.Popen(batch_cmd(inp, out, None, "--steps", "300", "--batch-size", "1"), env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     while manifest_lines(out) < 1 and proc.poll() is None:
         time.sleep(0.01)
@@ -184,3 +185,24 @@ def test_bad_settings_fail_once_before_any_item(tmp_path, extra, message):
     r = subprocess.run(batch_cmd(inp, tmp_path / "out", None, *extra), env=ENV, capture_output=True, text=True)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # nothing created for a run that cannot start
+
+
+def test_items_batched_together_equal_items_edited_one_at_a_time():
+    """Different guides in one network batch, each with its own seed, give the bytes each gives alone."""
+    from sdedit.api import iter_edits, prepare_guide
+    from sdedit.settings import RunSettings
+
+    from .conftest import gaussian_model
+
+    model = gaussian_model()
+    rng = np.random.default_rng(0)
+    guides = [prepare_guide(model, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(5)]
+    settings = RunSettings(t0=0.6, steps=4, num_samples=2, batch_size=8, seed=0)
+    seeds = [item_seed(0, f"item{i}.png") for i in range(5)]
+    together = list(iter_edits(model, guides, seeds, settings, progress=False))
+    alone = [img for g, s in zip(guides, seeds) for img in
+             iter_edits(model, [g], [s], settings.with_(batch_size=1), progress=False)]
+    assert len(together) == 10
+    for a, b in zip(together, alone):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(together[0]), np.asarray(together[2]))

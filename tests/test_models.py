@@ -31,7 +31,7 @@ def test_ddpm_folder_is_the_eps_denoiser(tmp_path, safe, sub):
     torch.manual_seed(0)
     unet = UNet2DModel(**SMALL).eval()
     sched = {"_class_name": "DDPMScheduler", "beta_start": 2e-4, "beta_end": 0.03, "num_train_timesteps": 500}
-    model = load_model(save_folder(tmp_path, unet, sched, safe, sub), device="cpu")
+    model = load_model(save_folder(tmp_path, unet, sched, safe, sub), device="cpu", precision="fp32")
     assert isinstance(model.schedule, DiscreteVPSchedule) and model.schedule.num_steps == 500
     assert model.resolution == 16
     t = 321
@@ -51,7 +51,7 @@ def test_ncsnpp_folder_is_the_score_denoiser(tmp_path):
                up_block_types=("AttnSkipUpBlock2D", "SkipUpBlock2D"))
     unet = UNet2DModel(**cfg).eval()
     sched = {"_class_name": "ScoreSdeVeScheduler", "sigma_min": 0.01, "sigma_max": 348.0}
-    model = load_model(save_folder(tmp_path, unet, sched), device="cpu")
+    model = load_model(save_folder(tmp_path, unet, sched), device="cpu", precision="fp32")
     assert isinstance(model.schedule, VESchedule)
     # Contract units: data in [-1, 1], so sigma(t) is twice the network's [0, 1]-data sigma.
     assert model.sigma(1.0) == pytest.approx(2 * 348.0) and model.sigma(0.0) == pytest.approx(0.02)

@@ -22,7 +22,8 @@ SDE_MEAN, SDE_VAR = MU + K * (GUIDE - MU), K * SIGMA0**2 * (1 + K)
 ODE_MEAN, ODE_VAR = MU + math.sqrt(K) * (GUIDE - MU), K * SIGMA0**2
 TARGET = {"ddpm": (SDE_MEAN, SDE_VAR, 400), "euler-maruyama": (SDE_MEAN, SDE_VAR, 400),
           "ddim": (ODE_MEAN, ODE_VAR, 200), "dpm++2m": (ODE_MEAN, ODE_VAR, 25),
-          "dpm++2m-sde": (SDE_MEAN, SDE_VAR, 60)}
+          "dpm++2m-sde": (SDE_MEAN, SDE_VAR, 60), "dpm++3m-sde": (SDE_MEAN, SDE_VAR, 60),
+          "heun": (ODE_MEAN, ODE_VAR, 12)}
 
 
 def run_gaussian(sampler: str, steps: int, mask: torch.Tensor | None = None, n: int = 16) -> torch.Tensor:
@@ -51,7 +52,7 @@ def test_masked_editing_keeps_the_guide_and_edits_the_rest(sampler):
     mean, var, steps = TARGET[sampler]
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., :, :16] = 1.0  # edit the left half
-    out = run_gaussian(sampler, steps // 4 if not sampler.startswith("dpm++") else steps, mask=mask)
+    out = run_gaussian(sampler, steps if sampler.startswith("dpm++") or sampler == "heun" else steps // 4, mask=mask)
     assert torch.equal(out[..., 16:], torch.full_like(out[..., 16:], GUIDE))
     edited = out[..., :16]
     assert edited.mean().item() == pytest.approx(mean, abs=0.02)

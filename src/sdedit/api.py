@@ -105,7 +105,7 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
     batches = _batches(rows, settings.batch_size)
     denoiser = model.denoiser(settings)
     assert settings.steps is not None
-    bar = tqdm(total=len(batches) * settings.nfe, desc="sdedit", unit="step", disable=not progress)
+    bar = tqdm(total=len(batches) * settings.total_steps, desc="sdedit", unit="step", disable=not progress)
 
     def on_step(i: int, sigma: float, x: torch.Tensor, denoised: torch.Tensor) -> None:
         bar.update(1)
@@ -184,4 +184,4 @@ def _finish(model: Model, guide: Guide, out: Image.Image, settings: RunSettings,
 
 def steps_total(settings: RunSettings, guides: int = 1) -> int:
     """Sampler steps a run takes (for progress bars outside `edit`)."""
-    return math.ceil(guides * settings.num_samples / settings.batch_size) * settings.nfe
+    return math.ceil(guides * settings.num_samples / settings.batch_size) * settings.total_steps

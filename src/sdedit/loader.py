@@ -17,10 +17,20 @@ from .families.stable_diffusion import is_sd_folder, load_stable_diffusion
 from .loading.checkpoints import WEIGHT_SUFFIXES
 from .loading.hub import hub_pipeline_snapshot, hub_snapshot, is_repo_id
 from .loading.presets import BUNDLED_MODELS, PRESETS, bundled_path
+from .settings import DEFAULT_PRECISION
 
 def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str] | None = None,
-               device: str | torch.device | None = None) -> Model:
-    """Load a model by preset name, local checkpoint file, diffusers folder or Hub id; see README 'Models'."""
+               device: str | torch.device | None = None, precision: str = DEFAULT_PRECISION) -> Model:
+    """Load a model by preset name, local checkpoint file, diffusers folder or Hub id; see README 'Models'.
+
+    precision: 'auto' (bf16 autocast where the hardware runs it natively, else fp32), 'fp32', 'bf16' or 'fp16'.
+    """
+    return _load(source, config, device).optimize(precision=precision)
+
+
+def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
+          device: str | torch.device | None) -> Model:
+    """The family's loader for a source."""
     src = str(source)
     if src in BUNDLED_MODELS and not Path(src).exists():
         folder = bundled_path(src)

@@ -22,10 +22,10 @@ from ..engine.samplers import Denoiser
 from ..engine.schedules import Schedule
 from ..errors import InputError
 from ..images import Fit
-from ..settings import PRECISIONS, RunSettings
+from ..devices import resolve_precision
+from ..settings import DEFAULT_PRECISION, PRECISIONS, RunSettings
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-assert tuple(AUTOCAST_DTYPES) == PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,11 @@ class Model(ABC):
         """The precision the network runs at (fp32, bf16 or fp16)."""
         return str(self.info.get("precision", "fp32"))
 
-    def optimize(self, *, precision: str = "fp32", compile: bool = False) -> Model:
-        """Autocast the main network to bf16/fp16 (measure first: benchmarks/speed.py) and/or torch.compile it."""
-        if precision not in AUTOCAST_DTYPES:
+    def optimize(self, *, precision: str = DEFAULT_PRECISION, compile: bool = False) -> Model:
+        """Autocast the main network ('auto': bf16 where the hardware runs it natively, else fp32) and/or compile it."""
+        if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        precision = resolve_precision(precision, self.device)
         self.set_autocast(AUTOCAST_DTYPES[precision])
         self.info["precision"] = precision
         if compile and not self.info.get("compiled"):

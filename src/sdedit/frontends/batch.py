@@ -193,7 +193,7 @@ def remove_stray_temporaries(folder: Path) -> int:
 
 
 class StopRequest:
-    """First Ctrl-C: finish the current item, then stop; second: stop at once (KeyboardInterrupt)."""
+    """First Ctrl-C: finish the current group of items, then stop; second: stop at once (KeyboardInterrupt)."""
 
     def __init__(self, say: Callable[[str], None]):
         self.requested = False
@@ -212,7 +212,7 @@ class StopRequest:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         self.requested = True
-        self.say("stopping after the current item (Ctrl-C again to stop now)")
+        self.say("stopping after the current items (the batch being computed; Ctrl-C again to stop now)")
 
 
 @dataclass
@@ -227,51 +227,86 @@ class Summary:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-def run_items(items: list[Item], job: BatchJob, outdir: Path, manifest: Manifest,
-              edit_one: Callable[[Item, int], list[Any]], *, stop: StopRequest | None = None,
-              progress: Iterator[Item] | None = None) -> Summary:
-    """Edit each item not already done; record every outcome; stop cleanly when asked."""
+def group_items(items: list[Item], size: int) -> list[list[Item]]:
+    """Consecutive items in groups of `size`: the unit of network batches, fixed by the sorted item list alone."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+EditGroup = Callable[[list[Item], dict[str, int]], dict[str, "list[Any] | SdeditError"]]
+
+
+def run_groups(groups: list[list[Item]], job: BatchJob, outdir: Path, manifest: Manifest, edit_group: EditGroup, *,
+               stop: StopRequest | None = None, advance: Callable[[int], None] | None = None) -> Summary:
+    """Edit each group's items not already done; record every outcome; stop cleanly (between groups) when asked.
+
+    A group is always computed whole, items done before included (their files are not rewritten):
+    the network then sees the same batches whatever was finished before a kill, or which process
+    took the group, so the outputs are the same bytes.
+    """
     summary = Summary()
     start = time.perf_counter()
     digest = job.digest()
-    for item in progress if progress is not None else items:
+
+    def fail(item: Item, reason: str, record: dict[str, Any] | None = None) -> None:
+        summary.failed += 1
+        summary.failures.append((item.name, reason))
+        manifest.append({**(record or {"input": item.name, "params": digest}), "status": "failed", "reason": reason})
+
+    for group in groups:
         if stop is not None and stop.requested:
             summary.interrupted = True
             break
-        try:
-            input_sha = file_digest(item.path)
-        except OSError as e:
-            summary.failed += 1
-            summary.failures.append((item.name, str(e)))
-            manifest.append({"input": item.name, "status": "failed", "reason": f"cannot read: {e}", "params": digest})
-            continue
-        if is_done(manifest.records.get(item.name), input_sha, digest, outdir):
-            summary.skipped += 1
-            continue
         t = time.perf_counter()
-        record: dict[str, Any] = {"input": item.name, "input_sha256": input_sha, "params": digest,
-                                  "seed": item_seed(job.settings.seed or 0, item.name)}
-        try:
+        members: list[tuple[Item, str, bool]] = []  # item, input sha256, still to do
+        for item in group:
+            try:
+                sha = file_digest(item.path)
+            except OSError as e:
+                fail(item, f"cannot read: {e}")
+                continue
+            pending = not is_done(manifest.records.get(item.name), sha, digest, outdir)
             if item.error is not None:
-                raise InputError(item.error)
-            names = output_names(item, job.settings.num_samples)
-            for n in names:
-                target = outdir / n
-                if os.path.lexists(target) and not manifest.written_by_us(n, outdir):
-                    raise InputError(f"{target} exists and was not written by this batch as it is now (someone "
-                                     f"else's file, or changed since); not overwriting it")
-            images = edit_one(item, record["seed"])
-            outputs = []
-            for n, img in zip(names, images, strict=True):
-                path = save_png(img, outdir / n, overwrite=True)  # atomic: temporary file, then rename
-                outputs.append({"file": n, "sha256": file_digest(path)})
-            record.update(status="done", outputs=outputs, seconds=round(time.perf_counter() - t, 3))
-            summary.done += 1
-        except SdeditError as e:
-            record.update(status="failed", reason=str(e))
-            summary.failed += 1
-            summary.failures.append((item.name, str(e)))
-        manifest.append(record)
+                fail(item, item.error, {"input": item.name, "input_sha256": sha, "params": digest})
+                continue
+            members.append((item, sha, pending))
+        pending = [(item, sha) for item, sha, todo in members if todo]
+        summary.skipped += len(members) - len(pending)
+        if pending:
+            seeds = {item.name: item_seed(job.settings.seed or 0, item.name) for item, _, _ in members}
+            try:
+                results = edit_group([item for item, _, _ in members], seeds)
+            except SdeditError:  # one item spoiled the batch (NaN, say): redo the pending ones alone to find it
+                results = {}
+                for item, _ in pending:
+                    try:
+                        results.update(edit_group([item], seeds))
+                    except SdeditError as e:
+                        results[item.name] = e
+            seconds = round(time.perf_counter() - t, 3)
+            for item, sha in pending:
+                record: dict[str, Any] = {"input": item.name, "input_sha256": sha, "params": digest,
+                                          "seed": seeds[item.name]}
+                try:
+                    outcome = results[item.name]
+                    if isinstance(outcome, SdeditError):
+                        raise outcome
+                    names = output_names(item, job.settings.num_samples)
+                    for n in names:
+                        target = outdir / n
+                        if os.path.lexists(target) and not manifest.written_by_us(n, outdir):
+                            raise InputError(f"{target} exists and was not written by this batch as it is now "
+                                             f"(someone else's file, or changed since); not overwriting it")
+                    outputs = []
+                    for n, img in zip(names, outcome, strict=True):
+                        path = save_png(img, outdir / n, overwrite=True)  # atomic: temporary file, then rename
+                        outputs.append({"file": n, "sha256": file_digest(path)})
+                    record.update(status="done", outputs=outputs, seconds=seconds)
+                    summary.done += 1
+                    manifest.append(record)
+                except SdeditError as e:
+                    fail(item, str(e), record)
+        if advance is not None:
+            advance(len(group))
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -337,28 +372,41 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
 
 def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, dist: Distributed, quiet: bool,
                 threads: int) -> int:
-    """This process's share of the items, with the output folder's lock held by rank 0."""
+    """This process's share of the groups, with the output folder's lock held by rank 0."""
     from tqdm.auto import tqdm
 
-    from ..api import edit
+    from ..api import iter_edits, prepare_guide
 
-    mine = items[dist.rank::dist.world]
+    settings = job.settings
+    groups = group_items(items, max(1, settings.batch_size // settings.num_samples))
+    mine = groups[dist.rank::dist.world]
     manifest = Manifest(output_dir, dist.rank, dist.world)
     if model.device.type == "cpu":
         import torch
 
         torch.set_num_threads(threads)
 
-    def edit_one(item: Item, seed: int) -> list[Any]:
-        image = open_image(item.path)
-        mask = open_image(item.mask) if item.mask is not None else None
-        return edit(model, image, mask=mask, settings=job.settings.with_(seed=seed), progress=False, fit=job.fit,
-                    original_size=job.original_size)
+    def edit_group(group: list[Item], seeds: dict[str, int]) -> dict[str, list[Any] | SdeditError]:
+        results: dict[str, list[Any] | SdeditError] = {}
+        guides, order = [], []
+        for item in group:
+            try:
+                image = open_image(item.path)
+                mask = open_image(item.mask) if item.mask is not None else None
+                guides.append(prepare_guide(model, image, mask, fit=job.fit, original_size=job.original_size))
+                order.append(item)
+            except SdeditError as e:  # an unreadable input fails alone, and is in no batch
+                results[item.name] = e
+        outputs = iter(iter_edits(model, guides, [seeds[item.name] for item in order], settings, fit=job.fit,
+                                  progress=False))
+        for item in order:
+            results[item.name] = [next(outputs) for _ in range(settings.num_samples)]
+        return results
 
     label = f"sdedit batch [{dist.rank + 1}/{dist.world}]" if dist.world > 1 else "sdedit batch"
-    bar = tqdm(mine, desc=label, unit="item", disable=quiet, position=dist.rank)
+    bar = tqdm(total=sum(len(g) for g in mine), desc=label, unit="item", disable=quiet, position=dist.rank)
     with StopRequest(lambda m: tqdm.write(printable(f"{label}: {m}"), file=sys.stderr)) as stop:
-        summary = run_items(mine, job, output_dir, manifest, edit_one, stop=stop, progress=iter(bar))
+        summary = run_groups(mine, job, output_dir, manifest, edit_group, stop=stop, advance=bar.update)
     bar.close()
     for name, reason in summary.failures:
         say(f"{label}: failed: {name}: {reason}")

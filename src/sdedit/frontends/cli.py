@@ -42,7 +42,8 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("--seed", type=int, help=seed_help)
     p.add_argument("--batch-size", type=int, help=f"samples per network call ({DEFAULT_BATCH_SIZE})")
     p.add_argument("--precision", choices=list(PRECISIONS),
-                   help="network precision: fp32 (default), or bf16/fp16 autocast where the hardware is fast at it")
+                   help="network precision: auto (default: bf16 autocast where the CPU has AMX or AVX-512 BF16 or "
+                        "the GPU is Ampere or newer, else fp32), fp32 to force full precision, bf16 or fp16")
     p.add_argument("--fit", choices=["crop", "stretch"], default="crop",
                    help="non-square inputs to a square model: centre-crop (default) or stretch")
     p.add_argument("--original-size", action="store_true", help="scale outputs back to the input's size")
@@ -384,6 +385,15 @@ def _models(a: argparse.Namespace) -> int:
     from ..loading.hub import is_cached
     from ..loading.presets import bundled_path
 
+    import torch
+
+    from ..devices import native_bf16, pick_device
+
+    device = pick_device(None)
+    auto = "bf16" if native_bf16(device) else "fp32"
+    print(f"precision: 'auto' (the default) runs the network in {auto} on this machine's {device.type}"
+          + (" (native bf16); force fp32 with --precision fp32" if auto == "bf16" else
+             " (no native bf16 here)") + f"; torch {torch.__version__}")
     print(f"{'name':<12} {'family':<6} {'res':>5} {'size':>8}  {'cached':<6} {'source':<30} description")
     for name, text in BUNDLED_MODELS.items():
         w = bundled_path(name) / "diffusion_pytorch_model.safetensors"

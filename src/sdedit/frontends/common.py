@@ -56,6 +56,10 @@ def run_guarded(body: Callable[[], int], prog: str) -> int:
     except KeyboardInterrupt:
         say(f"{prog}: interrupted", err=True)
         return 130
+    except BrokenPipeError:  # the reader went away (`sdedit models | head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Terminated:
         say(f"{prog}: terminated", err=True)
         return 143
