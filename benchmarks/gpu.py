@@ -89,53 +89,9 @@ def network(rounds: int, batches: list[int]) -> list[dict]:
 
 
 def latent(rounds: int, steps: int) -> dict:
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
-    from PIL import Image
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from latent_vs_diffusers import compare
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-    from tiny_sd import tiny_tokenizer
-
-    from sdedit.api import edit
-    from sdedit.engine.schedules import DiscreteVPSchedule
-    from sdedit.families.stable_diffusion import StableDiffusionModel
-
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = tiny_tokenizer(Path(tmp) / "tok", max_length=77)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # SD 1.5's widths: 320, 640, 1280, 1280
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
-                        sample_size=512)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072,
-                                        num_attention_heads=12, num_hidden_layers=12, max_position_embeddings=77))
-    for m in (unet, vae, text):
-        m.eval().requires_grad_(False).cuda()
-    unet.half()
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=sched,
-                                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    model = StableDiffusionModel(unet, vae, text, tokenizer, DiscreteVPSchedule(0.00085, 0.012, 1000, "scaled_linear"),
-                                 "epsilon", "sd15-shaped")
-    model.optimize(precision="fp16")
-    image = Image.new("RGB", (512, 512), (120, 140, 90))
-
-    def ours() -> None:
-        edit(model, image, prompt="a photo", t0=0.6, steps=steps, sampler="ddim", seed=0, progress=False)
-        sync()
-
-    def theirs() -> None:
-        pipe("a photo", image=image, strength=1.0, num_inference_steps=steps, guidance_scale=7.5,
-             generator=torch.Generator().manual_seed(0), output_type="pil")
-        sync()
-
-    res = medians({"sdedit": ours, "diffusers img2img": theirs}, rounds)
-    ratio = res["sdedit"] / res["diffusers img2img"]
-    print(f"SD 1.5-shaped UNet, 512x512, {steps} steps, fp16: sdedit {res['sdedit']:.2f} s, diffusers "
-          f"{res['diffusers img2img']:.2f} s (ratio {ratio:.3f})", flush=True)
-    return {"steps": steps, "seconds": res, "ratio_sdedit_over_diffusers": ratio}
+    return compare("cuda", rounds=rounds, steps=steps, precisions=("fp16",))
 
 
 def batch_throughput(items: int) -> list[dict]:

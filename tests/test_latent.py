@@ -83,7 +83,8 @@ def test_latent_mask_and_sizes():
 
 def test_python_edit_with_prompt_unmasked_and_masked(sd_folder):
     folder, _ = sd_folder
-    model = load_model(folder, device="cpu")
+    # fp32: bf16 kernels may round a batch of 2 differently from a batch of 1 (the noise is the same either way)
+    model = load_model(folder, device="cpu", precision="fp32")
     assert isinstance(model, StableDiffusionModel) and model.resolution == 64
     img = photo((70, 45))  # not multiples of 8: worked at 64x40, returned at 70x45
     outs = edit(model, img, prompt="a red barn", negative_prompt="blurry", guidance=3.0, t0=0.6, steps=4,

@@ -30,7 +30,7 @@ def test_validate_accepts_and_fills_default_steps():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("model", "/etc/passwd"), ("model", "https://example.org/x.ckpt"), ("model", None), ("sampler", "heun"),
+    ("model", "/etc/passwd"), ("model", "https://example.org/x.ckpt"), ("model", None), ("sampler", "lms"),
     ("t0", 0), ("t0", 1.5), ("t0", "nan"), ("t0", "abc"), ("t0", None), ("steps", -1), ("steps", 1001),
     ("steps", 2.5), ("repeats", 0), ("repeats", 6), ("samples", 9), ("samples", True), ("seed", -1),
     ("seed", 2**31), ("seed", "1e400"), ("seed", [1]),
