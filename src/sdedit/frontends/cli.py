@@ -21,7 +21,7 @@ from ..files import printable
 from ..loading.presets import BUNDLED_MODELS, DEFAULT_MODEL, PRESETS
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, \
     SettingError
-from .common import Parser, run_guarded, say
+from .common import Parser, Writer, run_guarded, say
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -193,10 +193,11 @@ def _edit(a: argparse.Namespace) -> int:
     assert settings.seed is not None
     # Each output is written as soon as its batch is done: memory stays bounded and an interrupted run
     # keeps what it finished.
-    for img in iter_edits(model, [guide], [settings.seed], settings, fit=a.fit, progress=not a.quiet):
-        meta = json.loads(img.info["sdedit"])
-        name = f"{a.input.stem}_t{meta['t0']:.2f}_{meta['sampler']}_s{meta['seed']}.png"
-        say(save_png(img, a.outdir / name, overwrite=a.overwrite))
+    with Writer() as writer:
+        for img in iter_edits(model, [guide], [settings.seed], settings, fit=a.fit, progress=not a.quiet):
+            meta = json.loads(img.info["sdedit"])
+            name = f"{a.input.stem}_t{meta['t0']:.2f}_{meta['sampler']}_s{meta['seed']}.png"
+            writer.submit(lambda img=img, name=name: save_png(img, a.outdir / name, overwrite=a.overwrite))
     return 0
 
 

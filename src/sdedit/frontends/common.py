@@ -9,6 +9,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import InputError, SdeditError
 from ..files import printable
@@ -32,6 +33,34 @@ def _raise_terminated(signum: int, frame: object) -> None:
 def say(text: object, *, err: bool = False) -> None:
     """Print one line safely: file names with control characters or undecodable bytes are shown escaped."""
     print(printable(text), file=sys.stderr if err else sys.stdout, flush=True)
+
+
+class Writer:
+    """Saves files on a few threads while the next batch samples (fsync waits overlap), in order, at most `pending`
+    in flight so memory stays bounded; leaving the block waits for every file and re-raises the first error."""
+
+    def __init__(self, pending: int = 8):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sdedit-save")
+        self.queue: list[Any] = []
+        self.pending = pending
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def submit(self, save: Callable[[], object]) -> None:
+        """Queue one save; print each saved path, in submission order."""
+        self.queue.append(self.pool.submit(save))
+        while len(self.queue) > self.pending or (self.queue and self.queue[0].done()):
+            say(self.queue.pop(0).result())
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self.queue:
+                say(self.queue.pop(0).result())
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
 
 
 def one_line(e: BaseException) -> str:
