@@ -1,9 +1,12 @@
-"""Stable Diffusion 1.x/2.x: SDEdit in a VAE's latent space, text-guided with classifier-free guidance.
+"""Stable Diffusion 1.x/2.x and XL: SDEdit in a VAE's latent space, text-guided with classifier-free guidance.
 
 Stable Diffusion's img2img is SDEdit on z = scale * E(x): the guide is encoded (one draw
 from the VAE's posterior per sample), perturbed to sigma(t0), denoised by any sampler under
 classifier-free guidance (Ho & Salimans 2022), and decoded; a mask reaches the latent grid by
-max-pooling.  The input keeps its own aspect ratio (sides snapped down to multiples of 8).
+max-pooling.  The input keeps its own aspect ratio (sides snapped down to multiples of the VAE's
+downsampling factor, 8).  SDXL adds a second text encoder (their penultimate hidden states
+concatenated), the second one's pooled projection, and the size conditioning (original size,
+crop corner, target size: the image's own size and (0, 0), as diffusers' img2img passes them).
 """
 
 from __future__ import annotations
@@ -28,18 +31,43 @@ from ..loading.checkpoints import LOAD_ERRORS, check_sample_size, first_line, pl
 from ..settings import RunSettings
 from .base import Frame, Model
 
-LATENT_FACTOR = 8  # pixels per latent cell in Stable Diffusion's VAE
+LATENT_FACTOR = 8  # pixels per latent cell in Stable Diffusion's VAEs (2 ** (levels - 1))
+
+
+@dataclass(frozen=True)
+class TextCondition:
+    """One prompt's conditioning: token embeddings for cross-attention, and SDXL's pooled embedding."""
+
+    context: torch.Tensor  # (1, tokens, dim)
+    pooled: torch.Tensor | None = None  # (1, dim): SDXL only
+
+    def zeros(self) -> TextCondition:
+        """The all-zero conditioning SDXL uses for an empty negative prompt."""
+        return TextCondition(torch.zeros_like(self.context),
+                             None if self.pooled is None else torch.zeros_like(self.pooled))
 
 
 class GuidedDenoiser(nn.Module):
     """D(z, sigma) of a latent eps/v network with classifier-free guidance: eps_u + w (eps_c - eps_u)."""
 
-    def __init__(self, unet: nn.Module, schedule: DiscreteVPSchedule, prediction_type: str, cond: torch.Tensor,
-                 uncond: torch.Tensor | None, guidance: float, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, unet: nn.Module, schedule: DiscreteVPSchedule, prediction_type: str, cond: TextCondition,
+                 uncond: TextCondition | None, guidance: float, autocast_dtype: torch.dtype | None = None,
+                 latent_factor: int = LATENT_FACTOR):
         super().__init__()
         self.unet, self.schedule, self.prediction_type = unet, schedule, prediction_type
         self.cond, self.uncond, self.guidance = cond, uncond, guidance
         self.autocast_dtype = autocast_dtype
+        self.latent_factor = latent_factor
+
+    def _extra(self, branches: list[TextCondition], b: int, x: torch.Tensor) -> dict[str, Any]:
+        """SDXL's added conditioning: pooled text embeddings and (original size, crop corner, target size)."""
+        if branches[0].pooled is None:
+            return {}
+        h, w = x.shape[-2] * self.latent_factor, x.shape[-1] * self.latent_factor
+        time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=x.device)
+        pooled = torch.cat([c.pooled.expand(b, -1) for c in branches if c.pooled is not None])
+        return {"added_cond_kwargs": {"text_embeds": pooled.to(x.device),
+                                      "time_ids": time_ids.expand(b * len(branches), -1)}}
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -47,12 +75,12 @@ class GuidedDenoiser(nn.Module):
         x_vp = vp_input(x, s)
         step = self.schedule.step(sigma.reshape(-1)).to(x.device, torch.float32)
         guided = self.uncond is not None and self.guidance != 1.0
-        ctx = self.cond.expand(b, -1, -1)
-        if guided:
-            ctx = torch.cat([self.uncond.expand(b, -1, -1), ctx])
+        branches = [self.uncond, self.cond] if guided and self.uncond is not None else [self.cond]
+        ctx = torch.cat([c.context.expand(b, -1, -1) for c in branches])
         x_in, t_in = (torch.cat([x_vp, x_vp]), torch.cat([step, step])) if guided else (x_vp, step)
         with autocast(x.device, self.autocast_dtype):
-            out = self.unet(x_in, t_in, encoder_hidden_states=ctx.to(x.device)).sample
+            out = self.unet(x_in, t_in, encoder_hidden_states=ctx.to(x.device),
+                            **self._extra(branches, b, x)).sample
         out = out.float()
         if guided:
             out_u, out_c = out.chunk(2)
@@ -67,9 +95,9 @@ def latent_mask(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_max_pool2d(mask, shape)
 
 
-def snap8(size: tuple[int, int]) -> tuple[int, int]:
-    """The largest size with both sides multiples of 8 that fits in size."""
-    w, h = (max(LATENT_FACTOR, s // LATENT_FACTOR * LATENT_FACTOR) for s in size)
+def snap8(size: tuple[int, int], factor: int = LATENT_FACTOR) -> tuple[int, int]:
+    """The largest size with both sides multiples of the latent factor (8) that fits in size."""
+    w, h = (max(factor, s // factor * factor) for s in size)
     return w, h
 
 
@@ -87,21 +115,30 @@ class StableDiffusionModel(Model):
     info: dict[str, Any] = field(default_factory=dict)
     autocast_dtype: torch.dtype | None = None  # the UNet's autocast; the VAE always runs in fp32
     tile_vae: bool | None = None  # None: tiled above 1024 px
+    text_encoder_2: nn.Module | None = None  # SDXL: the second (projecting) CLIP text encoder
+    tokenizer_2: Any = None
+    zero_empty_negative: bool = False  # SDXL's force_zeros_for_empty_prompt
     text_conditioned = True
+
+    @property
+    def latent_factor(self) -> int:
+        """Pixels per latent cell: the VAE halves the size at each level but the last."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def resolution(self) -> int:
         """The image side the model was trained at (its UNet's sample size times 8)."""
         size = self.unet.config.sample_size
-        return int(size[0] if isinstance(size, (list, tuple)) else size) * LATENT_FACTOR
+        return int(size[0] if isinstance(size, (list, tuple)) else size) * self.latent_factor
 
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
     def to(self, device: str | torch.device) -> StableDiffusionModel:
-        for m in (self.unet, self.vae, self.text_encoder):
-            m.to(device)
+        for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2):
+            if m is not None:
+                m.to(device)
         return self
 
     def set_autocast(self, dtype: torch.dtype | None) -> None:
@@ -111,17 +148,31 @@ class StableDiffusionModel(Model):
         self.unet = torch.compile(self.unet)
 
     @torch.inference_mode()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """CLIP text embeddings (1, tokens, dim) of one prompt, padded to the tokenizer's length."""
-        ids = self.tokenizer([prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.device))[0].float()
+    def encode_prompt(self, prompt: str) -> TextCondition:
+        """CLIP text embeddings of one prompt, padded to the tokenizer's length (SDXL: both encoders, and pooled)."""
+        def ids(tokenizer: Any) -> torch.Tensor:
+            return tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                             return_tensors="pt").input_ids.to(self.device)
+
+        if self.text_encoder_2 is None:
+            return TextCondition(self.text_encoder(ids(self.tokenizer))[0].float())
+        hidden, pooled = [], None
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            out = encoder(ids(tokenizer), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2].float())  # SDXL reads the penultimate layer
+            if out[0].ndim == 2:
+                pooled = out[0].float()  # the projecting encoder's pooled embedding
+        return TextCondition(torch.cat(hidden, dim=-1), pooled)
 
     def denoiser(self, settings: RunSettings) -> Denoiser:
         """The denoiser for one prompt: conditional, or classifier-free guided against the negative prompt."""
-        uncond = self.encode_prompt(settings.negative_prompt) if settings.guidance != 1.0 else None
-        return GuidedDenoiser(self.unet, self.schedule, self.prediction_type, self.encode_prompt(settings.prompt),
-                              uncond, settings.guidance, self.autocast_dtype)
+        cond = self.encode_prompt(settings.prompt)
+        uncond = None
+        if settings.guidance != 1.0:
+            empty = not settings.negative_prompt and self.zero_empty_negative
+            uncond = cond.zeros() if empty else self.encode_prompt(settings.negative_prompt)
+        return GuidedDenoiser(self.unet, self.schedule, self.prediction_type, cond, uncond, settings.guidance,
+                              self.autocast_dtype, self.latent_factor)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """D(z, sigma) for the empty prompt without guidance."""
@@ -129,7 +180,7 @@ class StableDiffusionModel(Model):
 
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
         """The whole input, at the largest multiple-of-8 size inside it; outputs come back at the input's size."""
-        snapped = snap8(size)
+        snapped = snap8(size, self.latent_factor)
         tiled = self.tile_vae if self.tile_vae is not None else max(snapped) > 1024
         if tiled:
             self.vae.enable_tiling()
@@ -147,7 +198,7 @@ class StableDiffusionModel(Model):
 
     def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
         h, w = mask.shape[-2:]
-        return latent_mask(mask.to(self.device), (h // LATENT_FACTOR, w // LATENT_FACTOR))
+        return latent_mask(mask.to(self.device), (h // self.latent_factor, w // self.latent_factor))
 
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -168,25 +219,27 @@ def _weights(folder: Path) -> dict[str, Any]:
 
 def load_stable_diffusion(root: str | Path, *, device: str | torch.device | None = None,
                           name: str | None = None) -> StableDiffusionModel:
-    """Load a diffusers SD 1.x/2.x folder (unet, vae, text_encoder, tokenizer, scheduler) onto one device."""
+    """Load a diffusers SD 1.x/2.x or SDXL folder (unet, vae, text encoder(s), tokenizer(s), scheduler)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     root = Path(root)
     index = read_json(root / "model_index.json")
-    kind = index.get("_class_name", "")
-    if "XL" in kind or (root / "text_encoder_2").is_dir():
-        raise InputError(f"{root}: {kind or 'SDXL'} needs pooled text embeddings and size conditioning, which "
-                         f"this engine does not pass yet; Stable Diffusion 1.x/2.x folders work")
+    kind = str(index.get("_class_name", ""))
+    xl = "XL" in kind or (root / "text_encoder_2").is_dir()
+    if xl and not (root / "text_encoder").is_dir():
+        raise InputError(f"{root}: an SDXL refiner (one text encoder, aesthetic-score conditioning) is not "
+                         f"supported; use the SDXL base model")
     unet_cfg = read_json(root / "unet" / "config.json")
     if unet_cfg.get("_class_name") != "UNet2DConditionModel":
         raise InputError(f"{root}: unet is a {unet_cfg.get('_class_name')}, not a UNet2DConditionModel")
     if unet_cfg.get("in_channels", 4) != 4:
         raise InputError(f"{root}: a {unet_cfg['in_channels']}-channel inpainting UNet; use the plain model "
                          f"(SDEdit masks any 4-channel model)")
-    for part in ("text_encoder", "tokenizer"):
+    parts = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2") if xl else ("text_encoder", "tokenizer")
+    for part in parts:
         if not (root / part).is_dir():
-            raise InputError(f"{root}: no {part}/ folder; a text-conditioned model needs one")
+            raise InputError(f"{root}: no {part}/ folder; {'an SDXL' if xl else 'a text-conditioned'} model needs one")
     for part, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
         cfg = read_json(root / part / "config.json")
         check_sample_size(cfg.get("sample_size", 64), str(root / part / "config.json"))
@@ -197,6 +250,11 @@ def load_stable_diffusion(root: str | Path, *, device: str | torch.device | None
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **_weights(root / "vae"))
         text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", **_weights(root / "text_encoder"))
         tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+        text_encoder_2 = tokenizer_2 = None
+        if xl:
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2",
+                                                                         **_weights(root / "text_encoder_2"))
+            tokenizer_2 = CLIPTokenizer.from_pretrained(root / "tokenizer_2")
     except LOAD_ERRORS as e:
         raise InputError(f"{root}: cannot load its components: {first_line(e)}") from None
     sched = scheduler_config(root)
@@ -206,10 +264,13 @@ def load_stable_diffusion(root: str | Path, *, device: str | torch.device | None
     schedule = schedule_from(lambda: DiscreteVPSchedule(
         float(sched.get("beta_start", 0.00085)), float(sched.get("beta_end", 0.012)),
         int(sched.get("num_train_timesteps", 1000)), str(sched.get("beta_schedule", "scaled_linear"))), root)
-    for m in (unet, vae, text_encoder):
+    nets = [m for m in (unet, vae, text_encoder, text_encoder_2) if m is not None]
+    for m in nets:
         m.eval().requires_grad_(False)
-    params = sum(p.numel() for m in (unet, vae, text_encoder) for p in m.parameters())
+    params = sum(p.numel() for m in nets for p in m.parameters())
     model = StableDiffusionModel(unet, vae, text_encoder, tokenizer, schedule, prediction, name or str(root),
-                                 {"family": "stable-diffusion", "source": str(root), "format": "diffusers",
-                                  "pipeline": kind, "parameters": params})
+                                 {"family": "stable-diffusion-xl" if xl else "stable-diffusion", "source": str(root),
+                                  "format": "diffusers", "pipeline": kind, "parameters": params},
+                                 text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+                                 zero_empty_negative=xl and bool(index.get("force_zeros_for_empty_prompt", True)))
     return model.to(pick_device(device))
