@@ -89,3 +89,32 @@ def make_tiny_sdxl(folder: Path, *, seed: int = 0):
                                             scheduler=scheduler, requires_aesthetics_score=False)
     pipe.save_pretrained(folder)
     return pipe
+
+
+def make_tiny_sd3(folder: Path, *, seed: int = 0):
+    """Save a tiny StableDiffusion3Img2ImgPipeline (flow-matching transformer, two CLIP encoders, no T5)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, \
+        StableDiffusion3Img2ImgPipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer(folder.parent / f"{folder.name}-tokenizer-src")
+
+    def clip():
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=37, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=16, projection_dim=32, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
+
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                                        num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32,
+                                        pooled_projection_dim=64, out_channels=4, pos_embed_max_size=16)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=1, norm_num_groups=8, sample_size=64, shift_factor=0.0609,
+                        scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False)
+    pipe = StableDiffusion3Img2ImgPipeline(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(
+        shift=3.0), vae=vae.eval(), text_encoder=clip(), tokenizer=tokenizer, text_encoder_2=clip(),
+        tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
+    pipe.save_pretrained(folder)
+    return pipe

@@ -14,6 +14,7 @@ from .errors import InputError, ModelUnavailableError
 from .families.base import Model
 from .families.pixel import load_diffusers_unet, load_original
 from .families.stable_diffusion import is_sd_folder, load_stable_diffusion
+from .families.stable_diffusion_3 import is_sd3_folder, load_stable_diffusion_3
 from .loading.checkpoints import WEIGHT_SUFFIXES
 from .loading.hub import hub_pipeline_snapshot, hub_snapshot, is_repo_id
 from .loading.presets import BUNDLED_MODELS, PRESETS, bundled_path
@@ -42,6 +43,8 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
         return load_diffusers_unet(hub_snapshot(preset.repo_id, what=src), device=device, name=src, preset=preset)
     path = Path(src).expanduser()
     if path.is_dir():
+        if is_sd3_folder(path):
+            return load_stable_diffusion_3(path, device=device, name=src)
         if is_sd_folder(path):
             return load_stable_diffusion(path, device=device, name=src)
         return load_diffusers_unet(path, device=device, name=src)
@@ -57,6 +60,8 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
         return load_original(path, config, device=device, name=src)
     if is_repo_id(src):
         pipeline = hub_pipeline_snapshot(src)
+        if pipeline is not None and is_sd3_folder(pipeline):
+            return load_stable_diffusion_3(pipeline, device=device, name=src)
         if pipeline is not None:
             return load_stable_diffusion(pipeline, device=device, name=src)
         return load_diffusers_unet(hub_snapshot(src, what=src), device=device, name=src)
@@ -66,4 +71,5 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
 
 def is_text_conditioned(source: str | os.PathLike[str]) -> bool:
     """Whether a local source is a text-conditioned model, judged from its files without loading it."""
-    return is_sd_folder(Path(source).expanduser())
+    path = Path(source).expanduser()
+    return is_sd_folder(path) or is_sd3_folder(path)

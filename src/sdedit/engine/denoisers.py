@@ -37,3 +37,13 @@ def x0_from_eps(x: torch.Tensor, s: torch.Tensor, eps: torch.Tensor) -> torch.Te
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[None]:
     """bf16/fp16 autocast on the device, or nothing (dtype None: the network's own precision)."""
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def flow_input(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VE -> rectified flow: t = sigma / (1 + sigma) and x_t = x / (1 + sigma) = (1 - t) x (s already broadcast)."""
+    return x / (1.0 + s), s / (1.0 + s)
+
+
+def x0_from_velocity(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Flow matching's data prediction from a velocity v = n - x0: x0 = x_t - t v."""
+    return x_t - t * v.to(x_t.dtype)

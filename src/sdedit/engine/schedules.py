@@ -100,7 +100,40 @@ class VESchedule:
         return self.scale * self.sigma_min * (self.sigma_max / self.sigma_min) ** t
 
 
-Schedule = DiscreteVPSchedule | VESchedule
+@dataclass(frozen=True)
+class FlowSchedule:
+    """Rectified flow x_t = (1 - t) x0 + t n (SD3, FLUX) seen as VE: sigma = t / (1 - t), x_ve = x_t / (1 - t).
+
+    The SDEdit time u in [0, 1] maps to the flow time through the model's timestep shift,
+    t = s u / (1 + (s - 1) u) (SD3's fixed s = 3; FLUX's s depends on the image size, set per model),
+    so t0 is the flow time the user asks for, exact and continuous.  t is capped at 1 - 1e-4
+    (sigma 1e4): at u = 1 the start is pure noise up to 1e-4 of the guide.
+    """
+
+    shift: float = 1.0  # s; 1 = no shift
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.shift < float("inf"):
+            raise ValueError(f"shift must be a positive number, got {self.shift!r}")
+
+    @property
+    def kind(self) -> str:
+        return "flow"
+
+    def flow_time(self, u: float) -> float:
+        """The shifted flow time t of SDEdit time u."""
+        _check_time(u)
+        return min(self.shift * u / (1.0 + (self.shift - 1.0) * u), 1.0 - FLOW_T_CAP)
+
+    def sigma(self, u: float) -> float:
+        """sigma(u) = t / (1 - t) for the shifted flow time t."""
+        t = self.flow_time(u)
+        return t / (1.0 - t)
+
+
+FLOW_T_CAP = 1e-4  # flow times stop this short of 1, where the VE sigma is infinite
+
+Schedule = DiscreteVPSchedule | VESchedule | FlowSchedule
 
 
 def _check_time(t: float) -> None:

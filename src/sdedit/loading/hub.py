@@ -65,7 +65,9 @@ def hub_snapshot(repo_id: str, *, what: str) -> Path:
 PIPELINE_FILES = ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
                   "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
                   "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors",
-                  "tokenizer/*", "text_encoder_2/config.json", "text_encoder_2/model.safetensors", "tokenizer_2/*"]
+                  "tokenizer/*", "text_encoder_2/config.json", "text_encoder_2/model.safetensors", "tokenizer_2/*",
+                  "transformer/config.json", "transformer/*.safetensors", "transformer/*.json",
+                  "text_encoder_3/config.json", "text_encoder_3/*.safetensors", "text_encoder_3/*.json", "tokenizer_3/*"]
 
 
 def hub_pipeline_snapshot(repo_id: str) -> Path | None:

@@ -1,0 +1,122 @@
+"""Flow matching in the VE contract: the analytic Gaussian flow for every sampler, and SD3 against diffusers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from sdedit import edit, load_model, read_settings
+from sdedit.engine.denoisers import flow_input, x0_from_velocity
+from sdedit.engine.editing import edit_tensors
+from sdedit.engine.samplers import SAMPLERS
+from sdedit.engine.schedules import FlowSchedule
+from sdedit.families.stable_diffusion_3 import StableDiffusion3Model
+from sdedit.images import image_to_tensor
+from sdedit.settings import RunSettings
+
+from .test_samplers import GUIDE, MU, S0, SIGMA0, TARGET
+from .tiny_sd import make_tiny_sd3
+
+
+class GaussianVelocity(nn.Module):
+    """The exact velocity E[n - x0 | x_t] of x_t = (1 - t) x0 + t n for data x0 ~ N(mu, s0^2) per pixel."""
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sigma2 = (t / (1 - t)) ** 2
+        x0 = MU + S0**2 / (S0**2 + sigma2) * (x_t / (1 - t) - MU)
+        return (x_t - (1 - t) * x0) / t - x0 + x0 * 0  # n = (x_t - (1 - t) x0) / t, so v = n - x0
+
+
+def flow_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The flow adapter's conversion around the analytic velocity (as the SD3 denoiser does it)."""
+    x_t, t = flow_input(x, sigma.reshape(-1, 1, 1, 1).to(x.dtype))
+    return x0_from_velocity(x_t, t, GaussianVelocity()(x_t, t))
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_gives_the_exact_answer_on_a_gaussian_flow(sampler):
+    schedule = FlowSchedule(shift=3.0)
+    t = SIGMA0 / (1 + SIGMA0)  # the flow time whose VE sigma is SIGMA0
+    u0 = t / (3.0 - 2.0 * t)  # before the shift
+    assert schedule.sigma(u0) == pytest.approx(SIGMA0, rel=1e-9)
+    mean, var, steps = TARGET[sampler]
+    x_g = torch.full((16, 3, 32, 32), GUIDE)
+    out = edit_tensors(flow_denoiser, schedule, x_g, mask=None, t0=u0, steps=steps, repeats=1, sampler=sampler,
+                       generator=[torch.Generator().manual_seed(i) for i in range(16)])
+    assert out.mean().item() == pytest.approx(mean, abs=0.01)
+    assert out.var().item() == pytest.approx(var, rel=0.04)
+
+
+def test_flow_schedule_is_exact_continuous_and_capped():
+    s = FlowSchedule(shift=3.0)
+    assert s.flow_time(0.5) == pytest.approx(0.75) and s.sigma(0.5) == pytest.approx(3.0)
+    assert s.sigma(0.5) < s.sigma(0.5 + 1e-6) and s.sigma(0.0) == 0.0
+    assert s.sigma(1.0) == pytest.approx((1 - 1e-4) / 1e-4)
+
+
+@pytest.fixture(scope="module")
+def sd3_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sd3") / "tiny-sd3"
+    return folder, make_tiny_sd3(folder)
+
+
+def photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def test_matches_diffusers_sd3_img2img_where_euler_on_the_flow_is_ddim(sd3_folder):
+    folder, pipe = sd3_folder
+    model = load_model(folder, device="cpu", precision="fp32")
+    assert isinstance(model, StableDiffusion3Model) and model.schedule.shift == 3.0
+    img = photo((64, 48), seed=3)
+    strength, n, w, prompt = 0.6, 10, 3.0, "a red barn"
+
+    def theirs(text: str, seed: int = 0) -> np.ndarray:
+        return pipe(text, image=img, strength=strength, num_inference_steps=n, guidance_scale=w, height=48, width=64,
+                    generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+
+    ref = theirs(prompt)
+    pipe.scheduler.set_timesteps(n)
+    start = n - int(n * strength)
+    flow = pipe.scheduler.sigmas[start:].double()  # shifted flow times, ending at 0
+    sigmas = (flow / (1 - flow)).float()
+    gen = torch.Generator().manual_seed(0)
+    z_g = model.encode(image_to_tensor(img), [gen])
+    z = z_g + sigmas[0] * torch.randn(z_g.shape, generator=gen)
+    with torch.inference_mode():
+        z = SAMPLERS["ddim"](model.denoiser(RunSettings(prompt=prompt, guidance=w)), z, sigmas)
+        ours = ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    diff = np.abs(ours - ref).max()
+    assert diff < 2e-3, diff
+    assert np.abs(theirs("a snowy mountain") - ref).max() > 20 * diff
+    assert np.abs(theirs(prompt, seed=1) - ref).max() > 20 * diff
+
+
+def test_cli_edit_masked_and_unmasked_on_sd3(sd3_folder, tmp_path):
+    folder, _ = sd3_folder
+    img = photo((70, 50))  # snapped to 64x48 (multiples of VAE 8 x patch 2), returned at 70x50
+    img.save(tmp_path / "in.png")
+    mask = Image.new("L", img.size, 0)
+    mask.paste(255, (10, 10, 40, 30))
+    mask.save(tmp_path / "mask.png")
+    for extra, out in (([], "plain"), (["--mask", str(tmp_path / "mask.png")], "masked")):
+        r = subprocess.run([sys.executable, "-m", "sdedit", "edit", str(tmp_path / "in.png"), "--model", str(folder),
+                            "--prompt", "a lighthouse", "--t0", "0.7", "--steps", "4", "-n", "2", "--seed", "3",
+                            "-q", "-o", str(tmp_path / out), *extra], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+    keep = np.asarray(mask) == 0
+    for p in sorted((tmp_path / "masked").glob("*.png")):
+        out = np.asarray(Image.open(p).convert("RGB"))
+        assert out.shape[:2] == (50, 70) and (out[keep] == np.asarray(img)[keep]).all()
+        assert read_settings(p)["size"] == [64, 48]
+    model = load_model(folder, device="cpu")
+    a = edit(model, img, prompt="a lighthouse", t0=0.7, steps=4, seed=3, num_samples=2, progress=False)
+    first = Image.open(sorted((tmp_path / "plain").glob("*.png"))[0]).convert("RGB")
+    assert np.array_equal(np.asarray(a[0]), np.asarray(first))  # reproducible by seed
