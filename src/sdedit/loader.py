@@ -17,7 +17,7 @@ from .families.stable_diffusion import is_sd_folder, load_stable_diffusion
 from .families.stable_diffusion_3 import is_sd3_folder, load_stable_diffusion_3
 from .loading.checkpoints import WEIGHT_SUFFIXES
 from .loading.hub import hub_pipeline_snapshot, hub_snapshot, is_repo_id
-from .loading.presets import BUNDLED_MODELS, PRESETS, bundled_path
+from .loading.presets import BUNDLED_MODELS, PIPELINE_PRESETS, PRESETS, bundled_path
 from .settings import DEFAULT_PRECISION
 
 def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str] | None = None,
@@ -38,6 +38,8 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
         if not (folder / "config.json").is_file():
             raise ModelUnavailableError(f"the bundled model {src!r} is missing from this installation ({folder})")
         return load_diffusers_unet(folder, device=device, name=src)
+    if src in PIPELINE_PRESETS and not Path(src).exists():
+        return _load(PIPELINE_PRESETS[src].repo_id, None, device)
     if src in PRESETS and not Path(src).exists():
         preset = PRESETS[src]
         return load_diffusers_unet(hub_snapshot(preset.repo_id, what=src), device=device, name=src, preset=preset)

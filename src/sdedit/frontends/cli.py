@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.samplers import SAMPLERS
-from ..errors import InputError
+from ..errors import InputError, ModelUnavailableError
 from ..files import printable
-from ..loading.presets import BUNDLED_MODELS, DEFAULT_MODEL, PRESETS
+from ..loading.presets import BUNDLED_MODELS, DEFAULT_MODEL, PIPELINE_PRESETS, PRESETS
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, \
     SettingError
 from .common import Parser, Writer, run_guarded, say
@@ -406,6 +406,11 @@ def _models(a: argparse.Namespace) -> int:
         size = f"{p.size_mb:.0f} MB" if p.size_mb else "?"
         cached = "yes" if is_cached(p.repo_id) else "no"
         print(f"{p.name:<12} {p.family:<6} {p.resolution:>5} {size:>8}  {cached:<6} {p.repo_id:<30} {p.description}")
+    print("\ntext-guided (--prompt); download sizes are estimates from parameter counts:")
+    print(f"{'name':<14} {'family':<20} {'res':>5}  {'download':<52} licence")
+    for q in PIPELINE_PRESETS.values():
+        gated = " (gated: accept it on the Hub, then `huggingface-cli login`)" if q.gated else ""
+        print(f"{q.name:<14} {q.family:<20} {q.resolution:>5}  {q.download:<52} {q.licence}{gated}")
     return 0
 
 
@@ -414,6 +419,13 @@ def _download(a: argparse.Namespace) -> int:
 
     if a.name in PRESETS:
         say(hub_snapshot(PRESETS[a.name].repo_id, what=a.name))
+        return 0
+    if a.name in PIPELINE_PRESETS:
+        folder = hub_pipeline_snapshot(PIPELINE_PRESETS[a.name].repo_id)
+        if folder is None:
+            raise ModelUnavailableError(f"{a.name} ({PIPELINE_PRESETS[a.name].repo_id}) could not be fetched: no "
+                                        f"network, or a gated model you have not accepted and logged in for")
+        say(folder)
         return 0
     if "/" not in a.name:
         raise InputError(f"unknown preset {a.name!r}; presets: {', '.join(PRESETS)} (or give a Hub id OWNER/NAME)")

@@ -48,6 +48,32 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "[0,1]", sigma_max=1348.0),
 ]}
 
+@dataclass(frozen=True)
+class PipelinePreset:
+    """A named text-conditioned pipeline on the Hub (diffusers format), with what a user should know first."""
+
+    name: str
+    repo_id: str
+    family: str  # the family module that runs it
+    resolution: int  # the side it was trained at
+    download: str  # approximate size of the files fetched (safetensors), an estimate from parameter counts
+    licence: str
+    gated: bool  # accept the licence on the Hub and log in (`huggingface-cli login` / HF_TOKEN) first
+
+
+PIPELINE_PRESETS: dict[str, PipelinePreset] = {p.name: p for p in [
+    PipelinePreset("sd1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", "stable-diffusion", 512,
+                   "~4.3 GB (fp32)", "CreativeML OpenRAIL-M", False),
+    PipelinePreset("sd2.1", "stabilityai/stable-diffusion-2-1", "stable-diffusion", 768, "~5.2 GB (fp32)",
+                   "CreativeML OpenRAIL++-M", False),
+    PipelinePreset("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "stable-diffusion-xl", 1024,
+                   "~14 GB (fp32; 3.5B parameters)", "CreativeML OpenRAIL++-M", False),
+    PipelinePreset("sd3.5-medium", "stabilityai/stable-diffusion-3.5-medium", "stable-diffusion-3", 1024,
+                   "~16 GB (2.5B transformer + CLIP-L/G + T5-XXL 4.7B, 16-bit)", "Stability AI Community", True),
+    PipelinePreset("sd3.5-large", "stabilityai/stable-diffusion-3.5-large", "stable-diffusion-3", 1024,
+                   "~27 GB (8.1B transformer + text encoders, 16-bit)", "Stability AI Community", True),
+]}
+
 # Models that ship inside the package (src/sdedit/weights/<name>/, diffusers format), usable offline.
 DEFAULT_MODEL = "landscapes"
 BUNDLED_MODELS: dict[str, str] = {
