@@ -176,6 +176,7 @@ def _finish(model: Model, guide: Guide, out: Image.Image, settings: RunSettings,
     elif guide.mask is not None:
         out = paste_kept(out, guide.image, guide.mask)
     meta = {"model": model.name, **settings.metadata(text_conditioned=model.text_conditioned), "precision": model.precision,
+            **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
             "fit": fit, "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
             "device": str(model.device), "sdedit_version": __version__, "seed": seed, "sample": sample}
     out.info["sdedit"] = json.dumps(meta)

@@ -6,6 +6,7 @@ This is the only place that decides which family a source is.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,17 +17,23 @@ from .families.pixel import load_diffusers_unet, load_original
 from .families.stable_diffusion import is_sd_folder, load_stable_diffusion
 from .families.stable_diffusion_3 import is_sd3_folder, load_stable_diffusion_3
 from .loading.checkpoints import WEIGHT_SUFFIXES
+from .loading.lora import LoraSpec
 from .loading.hub import hub_pipeline_snapshot, hub_snapshot, is_repo_id
 from .loading.presets import BUNDLED_MODELS, PIPELINE_PRESETS, PRESETS, bundled_path
 from .settings import DEFAULT_PRECISION
 
 def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str] | None = None,
-               device: str | torch.device | None = None, precision: str = DEFAULT_PRECISION) -> Model:
+               device: str | torch.device | None = None, precision: str = DEFAULT_PRECISION,
+               loras: Sequence[LoraSpec | str] = ()) -> Model:
     """Load a model by preset name, local checkpoint file, diffusers folder or Hub id; see README 'Models'.
 
     precision: 'auto' (bf16 autocast where the hardware runs it natively, else fp32), 'fp32', 'bf16' or 'fp16'.
+    loras: LoRA files, folders or Hub ids, each with its scale ('path:0.7' or LoraSpec).
     """
-    return _load(source, config, device).optimize(precision=precision)
+    specs = [s if isinstance(s, LoraSpec) else LoraSpec.parse(s) for s in loras]
+    model = _load(source, config, device)
+    model.add_loras(specs)
+    return model.optimize(precision=precision)
 
 
 def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,

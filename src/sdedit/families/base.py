@@ -23,6 +23,7 @@ from ..engine.schedules import Schedule
 from ..errors import InputError
 from ..images import Fit
 from ..devices import resolve_precision
+from ..loading.lora import LoraSpec
 from ..settings import DEFAULT_PRECISION, PRECISIONS, RunSettings
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -103,6 +104,11 @@ class Model(ABC):
             self.compile()
             self.info["compiled"] = True
         return self
+
+    def add_loras(self, specs: list[LoraSpec]) -> None:
+        """Apply LoRA adapters to the main network (families that diffusers/PEFT support)."""
+        if specs:
+            raise InputError(f"{self.name}: LoRA is supported for Stable Diffusion 1.x/2.x, SDXL and SD3 models")
 
     def check_conditioning(self, settings: RunSettings) -> None:
         """Refuse a prompt for a model that takes none."""

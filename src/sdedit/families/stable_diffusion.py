@@ -26,6 +26,7 @@ from ..engine.samplers import Denoiser
 from ..engine.schedules import DiscreteVPSchedule
 from ..errors import InputError
 from ..images import Fit
+from ..loading.lora import LoraSpec, apply_loras
 from ..loading.checkpoints import LOAD_ERRORS, check_sample_size, first_line, plan_network, read_json, \
     schedule_from, scheduler_config
 from ..settings import RunSettings
@@ -143,6 +144,18 @@ class StableDiffusionModel(Model):
 
     def set_autocast(self, dtype: torch.dtype | None) -> None:
         self.autocast_dtype = dtype
+
+    def add_loras(self, specs: list[LoraSpec]) -> None:
+        """LoRA on the UNet, through diffusers' loader (kohya and diffusers formats) and PEFT adapters."""
+        if not specs:
+            return
+        from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+
+        reader = StableDiffusionXLLoraLoaderMixin if self.text_encoder_2 is not None else StableDiffusionLoraLoaderMixin
+        skipped = apply_loras(self.unet, specs, reader, "unet")
+        self.info["loras"] = [f"{s.source}:{s.scale:g}" for s in specs]
+        if skipped:
+            self.info["lora_text_encoder_layers_skipped"] = len(skipped)
 
     def compile(self) -> None:
         self.unet = torch.compile(self.unet)

@@ -25,6 +25,7 @@ from ..engine.samplers import Denoiser
 from ..engine.schedules import FlowSchedule
 from ..errors import InputError
 from ..images import Fit
+from ..loading.lora import LoraSpec, apply_loras
 from ..loading.checkpoints import LOAD_ERRORS, first_line, read_json, schedule_from, scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
@@ -95,6 +96,17 @@ class StableDiffusion3Model(Model):
 
     def set_autocast(self, dtype: torch.dtype | None) -> None:
         self.autocast_dtype = dtype
+
+    def add_loras(self, specs: list[LoraSpec]) -> None:
+        """LoRA on the transformer, through diffusers' SD3 loader and PEFT adapters."""
+        if not specs:
+            return
+        from diffusers.loaders import SD3LoraLoaderMixin
+
+        skipped = apply_loras(self.transformer, specs, SD3LoraLoaderMixin, "transformer")
+        self.info["loras"] = [f"{s.source}:{s.scale:g}" for s in specs]
+        if skipped:
+            self.info["lora_text_encoder_layers_skipped"] = len(skipped)
 
     def compile(self) -> None:
         self.transformer = torch.compile(self.transformer)

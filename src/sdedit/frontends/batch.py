@@ -31,12 +31,15 @@ class BatchJob:
     settings: RunSettings  # its seed is the batch seed: item seeds derive from (seed, file name)
     fit: Fit = "crop"
     original_size: bool = False
+    loras: tuple[str, ...] = ()  # PATH_OR_HUB_ID[:SCALE] each
 
     def digest(self) -> str:
         """A stable hash of what decides the outputs (batch size and precision of the arithmetic aside)."""
         s = self.settings
         key = {"model": self.model, **s.metadata(text_conditioned=True), "num": s.num_samples, "seed": s.seed,
                "fit": self.fit, "original_size": self.original_size}
+        if self.loras:
+            key["loras"] = list(self.loras)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -359,7 +362,7 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
     items = list_items(input_dir, mask_dir)
     if not items:
         raise InputError(f"no images in {input_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    model = load_model(job.model, config=config, device=dist.device)
+    model = load_model(job.model, config=config, device=dist.device, loras=job.loras)
     model.check_conditioning(job.settings)
     check_output_folder(output_dir)  # only once the settings and the model are known to be good
     with ExitStack() as held:

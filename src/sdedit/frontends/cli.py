@@ -29,6 +29,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                                    "a checkpoint file, a diffusers folder or a Hub id")
     p.add_argument("--config", help="for original .ckpt files: the released YAML config, or a preset name")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present, else CPU)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH_OR_HUB_ID[:SCALE]",
+                   help="apply a LoRA (safetensors file, folder or Hub id; scale 1 by default); repeatable")
 
 
 def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
@@ -165,6 +167,8 @@ def _parser() -> Parser:
     u.add_argument("--auth-file", type=Path, help="a file whose first line is USER:PASS")
     u.add_argument("--queue-size", type=int, default=8, help="runs that may wait; more get a 'busy' message (8)")
     u.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
+    u.add_argument("--lora", action="append", default=[], metavar="PATH_OR_HUB_ID[:SCALE]",
+                   help="LoRA(s) for the --model given here; repeatable")
 
     sub.add_parser("models", help="list the preset models, their sizes and whether they are cached")
     d = sub.add_parser("download", help="fetch a preset or a Stable Diffusion Hub repo into the Hugging Face cache")
@@ -185,7 +189,7 @@ def _edit(a: argparse.Namespace) -> int:
     image = open_image(a.input)
     mask = open_image(a.mask) if a.mask is not None else None
     pick_device(a.device)
-    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device)
+    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
     model.check_conditioning(settings)
     model.optimize(precision=settings.precision or model.precision, compile=a.compile)
     guide = prepare_guide(model, image, mask, fit=a.fit, original_size=a.original_size)
@@ -272,7 +276,7 @@ def _eval(a: argparse.Namespace) -> int:
         if folder is not None and not Path(folder).is_dir():
             raise InputError(f"not a folder of images: {folder}")
     check_output_folder(a.outdir)
-    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device)
+    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
     model.check_conditioning(grid[0])
     r = model.resolution
     if a.data == "synthetic":
@@ -317,7 +321,7 @@ def _sweep(a: argparse.Namespace) -> int:
                                prompt=a.prompt) for sampler in a.sampler for t0 in a.t0]
     image = open_image(a.input)
     mask = open_image(a.mask) if a.mask else None
-    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device)
+    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
     model.check_conditioning(grid[0])
     reals = None
     if a.num < 4:
@@ -345,7 +349,7 @@ def _batch(a: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     if not 1 <= a.threads <= cores:
         raise InputError(f"--threads must be from 1 to {cores} (this machine's cores), got {a.threads}")
-    job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size)
+    job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora))
     return run_folder(a.input_dir, a.outdir, a.masks, job, config=a.config, device=a.device, quiet=a.quiet,
                       threads=a.threads)
 
@@ -373,7 +377,10 @@ def _ui(a: argparse.Namespace) -> int:
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         from .ui import ModelPool, build_app, launch, model_choices
 
-        pool = ModelPool(model_choices(a.model), device=a.device, config=a.config)
+        if a.lora and not a.model:
+            raise InputError("--lora applies to the model named with --model")
+        pool = ModelPool(model_choices(a.model), device=a.device, config=a.config,
+                         loras={a.model: list(a.lora)} if a.model and a.lora else {})
         first = a.model or DEFAULT_MODEL
         pool.get(first)  # fail now, with one line, rather than on the first click
         outdir = Path(tmp) / "results"

@@ -46,6 +46,7 @@ class ModelPool:
     device: str | None = None
     config: str | None = None  # for an original checkpoint given at start-up
     text: set[str] = field(default_factory=set)  # names of the text-conditioned models seen so far
+    loras: dict[str, list[str]] = field(default_factory=dict)  # LoRAs per model name (from the command line)
     _loaded: dict[str, Model] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -59,7 +60,7 @@ class ModelPool:
                 self._loaded.clear()
                 src = self.sources[name]
                 cfg = self.config if src not in BUNDLED_MODELS and src not in PRESETS else None
-                self._loaded[name] = load_model(src, config=cfg, device=self.device)
+                self._loaded[name] = load_model(src, config=cfg, device=self.device, loras=self.loras.get(name, []))
                 if self._loaded[name].text_conditioned:
                     self.text.add(name)
             return self._loaded[name]

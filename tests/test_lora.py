@@ -1,0 +1,80 @@
+"""LoRA: a tiny adapter made here changes the output, scale 0 is no LoRA, two compose, bad files are named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from sdedit import InputError, edit, load_model
+from sdedit.frontends.cli import main
+from sdedit.loading.lora import LoraSpec
+
+from .tiny_sd import make_tiny_sd
+
+
+@pytest.fixture(scope="module")
+def sd_with_loras(tmp_path_factory):
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    root = tmp_path_factory.mktemp("lora")
+    pipe = make_tiny_sd(root / "sd")
+    files = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        unet = type(pipe.unet).from_config(pipe.unet.config)
+        unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                    init_lora_weights=False))  # random A and B: the adapter does something
+        state = {f"unet.{k}": v.contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+        path = root / f"lora{seed}.safetensors"
+        save_file(state, str(path))
+        files.append(path)
+    return root / "sd", files
+
+
+def run(model, img: Image.Image) -> np.ndarray:
+    return np.asarray(edit(model, img, prompt="a red barn", t0=0.6, steps=3, seed=0, progress=False)[0], float)
+
+
+def test_lora_changes_output_scale_zero_is_none_and_two_compose(sd_with_loras):
+    folder, (a, b) = sd_with_loras
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    base = run(load_model(folder, device="cpu", precision="fp32"), img)
+    with_a = run(load_model(folder, device="cpu", precision="fp32", loras=[f"{a}:1.0"]), img)
+    zero = run(load_model(folder, device="cpu", precision="fp32", loras=[f"{a}:0"]), img)
+    both = run(load_model(folder, device="cpu", precision="fp32", loras=[str(a), f"{b}:1"]), img)
+    a_only = run(load_model(folder, device="cpu", precision="fp32", loras=[str(a), f"{b}:0"]), img)
+    assert np.abs(with_a - base).mean() > 1  # the adapter changes the picture
+    assert np.array_equal(zero, base)  # scale 0 is no LoRA
+    assert np.array_equal(a_only, with_a) and np.abs(both - with_a).mean() > 1  # B adds to A
+
+
+def test_lora_in_the_cli_and_in_metadata(sd_with_loras, tmp_path, capsys):
+    folder, (a, _) = sd_with_loras
+    Image.new("RGB", (48, 32), (90, 120, 60)).save(tmp_path / "in.png")
+    assert main(["edit", str(tmp_path / "in.png"), "--model", str(folder), "--prompt", "x", "--steps", "2",
+                 "--lora", f"{a}:0.5", "-q", "-o", str(tmp_path / "o")]) == 0
+    from sdedit import read_settings
+
+    path = capsys.readouterr().out.split()[0]
+    assert read_settings(path)["loras"] == [f"{a}:0.5"]
+
+
+def test_bad_loras_are_input_errors(sd_with_loras, tmp_path, capsys):
+    folder, _ = sd_with_loras
+    pickle_lora = tmp_path / "lora.bin"
+    pickle_lora.write_bytes(b"\x80\x04K\x01.")
+    junk = tmp_path / "junk.safetensors"
+    save_file({"text_model.x": torch.zeros(2)}, str(junk))
+    for bad, message in ((pickle_lora, ".safetensors files only"), (tmp_path / "none.safetensors", "not found"),
+                         (junk, "not a LoRA for this model")):
+        with pytest.raises(InputError, match=message):
+            load_model(folder, device="cpu", loras=[str(bad)])
+    assert LoraSpec.parse("owner/name:0.25") == LoraSpec("owner/name", 0.25)
+    assert LoraSpec.parse("C:/x.safetensors") == LoraSpec("C:/x.safetensors", 1.0)
+    assert main(["edit", str(tmp_path / "none.png"), "--lora", "x.safetensors", "-o", str(tmp_path / "o")]) == 2
+    with pytest.raises(InputError, match="LoRA is supported"):
+        load_model("landscapes", loras=[str(junk)])
