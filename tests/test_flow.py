@@ -120,3 +120,66 @@ def test_cli_edit_masked_and_unmasked_on_sd3(sd3_folder, tmp_path):
     a = edit(model, img, prompt="a lighthouse", t0=0.7, steps=4, seed=3, num_samples=2, progress=False)
     first = Image.open(sorted((tmp_path / "plain").glob("*.png"))[0]).convert("RGB")
     assert np.array_equal(np.asarray(a[0]), np.asarray(first))  # reproducible by seed
+
+
+@pytest.fixture(scope="module")
+def flux_folder(tmp_path_factory):
+    from .tiny_sd import make_tiny_flux
+
+    folder = tmp_path_factory.mktemp("flux") / "tiny-flux"
+    return folder, make_tiny_flux(folder)
+
+
+def test_matches_diffusers_flux_img2img_with_packed_latents_and_its_shift(flux_folder):
+    from sdedit.families.flux import FluxModel
+
+    folder, pipe = flux_folder
+    model = load_model(folder, device="cpu", precision="fp32")
+    assert isinstance(model, FluxModel)
+    model.t5_tokens = 16  # the tiny tokenizer's length, as max_sequence_length below
+    img = photo((64, 48), seed=3)
+    strength, n, w, prompt = 0.6, 10, 3.5, "a red barn"
+
+    def theirs(text: str, seed: int = 0) -> np.ndarray:
+        return pipe(text, image=img, strength=strength, num_inference_steps=n, guidance_scale=w, height=48, width=64,
+                    max_sequence_length=16, generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+
+    ref = theirs(prompt)
+    start = n - int(n * strength)
+    flow = pipe.scheduler.sigmas[start:].double()  # the last call's grid: shifted for this image's 12 tokens
+    sigmas = (flow / (1 - flow)).float()
+    gen = torch.Generator().manual_seed(0)
+    z_g = model.encode(image_to_tensor(img), [gen])
+    z = z_g + sigmas[0] * torch.randn(z_g.shape, generator=gen)
+    with torch.inference_mode():
+        z = SAMPLERS["ddim"](model.denoiser(RunSettings(prompt=prompt, guidance=w)), z, sigmas)
+        ours = ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    diff = np.abs(ours - ref).max()
+    assert diff < 2e-3, diff
+    assert np.abs(theirs("a snowy mountain") - ref).max() > 20 * diff
+    assert np.abs(theirs(prompt, seed=1) - ref).max() > 20 * diff
+    # the resolution-dependent shift: the same step grid as diffusers' for this size
+    u = torch.linspace(1, 1 / n, n).double()
+    s = model.schedule_for((64, 48)).shift
+    assert torch.allclose(s * u / (1 + (s - 1) * u), pipe.scheduler.sigmas[:n].double(), atol=1e-6)
+
+
+def test_flux_masked_cli_edit_keeps_pixels(flux_folder, tmp_path):
+    folder, _ = flux_folder
+    img = photo((66, 50))
+    img.save(tmp_path / "in.png")
+    mask = Image.new("L", img.size, 0)
+    mask.paste(255, (10, 10, 40, 30))
+    mask.save(tmp_path / "mask.png")
+    r = subprocess.run([sys.executable, "-m", "sdedit", "edit", str(tmp_path / "in.png"), "--model", str(folder),
+                        "--prompt", "a lighthouse", "--guidance", "3.5", "--steps", "3", "-q", "--mask",
+                        str(tmp_path / "mask.png"), "-o", str(tmp_path / "o")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = np.asarray(Image.open(next((tmp_path / "o").glob("*.png"))).convert("RGB"))
+    keep = np.asarray(mask) == 0
+    assert out.shape[:2] == (50, 66) and (out[keep] == np.asarray(img)[keep]).all()
+    r = subprocess.run([sys.executable, "-m", "sdedit", "edit", str(tmp_path / "in.png"), "--model", str(folder),
+                        "--prompt", "x", "--negative-prompt", "fog", "-q", "-o", str(tmp_path / "o2")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "no negative prompt" in r.stderr

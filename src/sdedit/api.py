@@ -153,7 +153,8 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
     z_g = torch.cat(parts)
     mask = torch.cat(masks) if masks else None
     try:
-        z = edit_tensors(denoiser, model.schedule, z_g, mask=mask, t0=settings.t0, steps=settings.steps or 1,
+        schedule = model.schedule_for(batch[0][0].frame.size)
+        z = edit_tensors(denoiser, schedule, z_g, mask=mask, t0=settings.t0, steps=settings.steps or 1,
                          repeats=settings.repeats, sampler=settings.sampler, generator=generators, callback=on_step)
     except FloatingPointError as e:
         raise SamplingError(f"sampling diverged: {e}; no image written") from None

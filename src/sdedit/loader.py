@@ -15,6 +15,7 @@ from .errors import InputError, ModelUnavailableError
 from .families.base import Model
 from .families.pixel import load_diffusers_unet, load_original
 from .families.stable_diffusion import is_sd_folder, load_stable_diffusion
+from .families.flux import is_flux_folder, load_flux
 from .families.stable_diffusion_3 import is_sd3_folder, load_stable_diffusion_3
 from .loading.checkpoints import WEIGHT_SUFFIXES
 from .loading.lora import LoraSpec
@@ -52,6 +53,8 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
         return load_diffusers_unet(hub_snapshot(preset.repo_id, what=src), device=device, name=src, preset=preset)
     path = Path(src).expanduser()
     if path.is_dir():
+        if is_flux_folder(path):
+            return load_flux(path, device=device, name=src)
         if is_sd3_folder(path):
             return load_stable_diffusion_3(path, device=device, name=src)
         if is_sd_folder(path):
@@ -69,6 +72,8 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
         return load_original(path, config, device=device, name=src)
     if is_repo_id(src):
         pipeline = hub_pipeline_snapshot(src)
+        if pipeline is not None and is_flux_folder(pipeline):
+            return load_flux(pipeline, device=device, name=src)
         if pipeline is not None and is_sd3_folder(pipeline):
             return load_stable_diffusion_3(pipeline, device=device, name=src)
         if pipeline is not None:
@@ -81,4 +86,4 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
 def is_text_conditioned(source: str | os.PathLike[str]) -> bool:
     """Whether a local source is a text-conditioned model, judged from its files without loading it."""
     path = Path(source).expanduser()
-    return is_sd_folder(path) or is_sd3_folder(path)
+    return is_sd_folder(path) or is_sd3_folder(path) or is_flux_folder(path)

@@ -120,6 +120,10 @@ class Model(ABC):
         self.check_conditioning(settings)
         return self.denoise
 
+    def schedule_for(self, size: tuple[int, int]) -> Schedule:
+        """The schedule for images of this (width, height): the model's own, unless it shifts with resolution."""
+        return self.schedule
+
     def sigma(self, t: float) -> float:
         """The noise level of the model's SDE at time t in [0, 1]."""
         return self.schedule.sigma(t)

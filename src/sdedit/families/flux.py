@@ -1,0 +1,212 @@
+"""FLUX.1 (dev and schnell): a rectified-flow transformer on 2x2-packed latents, in the VE contract.
+
+As for SD3, D = x_t - t v with t = sigma / (1 + sigma); the sampler works on ordinary latents
+(so masks and seeds behave as for every family) and the denoiser packs each 2x2 latent patch
+into a token before the transformer and unpacks its velocity after.  The timestep shift depends
+on the image: s = exp(mu), mu linear in the number of packed tokens (diffusers' calculate_shift
+with the scheduler's settings), so the schedule is chosen per image size.  Text: CLIP's pooled
+embedding and T5's token embeddings.  FLUX.1-dev takes its guidance as an embedding (no
+classifier-free guidance, no negative prompt; 3.5 is its usual value); schnell takes none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..devices import pick_device
+from ..engine.denoisers import autocast, flow_input, x0_from_velocity
+from ..engine.samplers import Denoiser
+from ..engine.schedules import FlowSchedule
+from ..errors import InputError
+from ..images import Fit
+from ..loading.checkpoints import LOAD_ERRORS, first_line, read_json, schedule_from, scheduler_config
+from ..settings import RunSettings
+from .base import Frame, Model
+from .stable_diffusion import latent_mask, snap8
+
+
+def pack(z: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) latents -> (B, h/2 * w/2, 4C) tokens, one per 2x2 patch."""
+    b, c, h, w = z.shape
+    return z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The inverse of pack."""
+    b, _, d = tokens.shape
+    return tokens.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
+
+
+def patch_ids(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """FLUX's position ids of the packed tokens: (0, row, column) per 2x2 patch."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] += torch.arange(h // 2)[:, None]
+    ids[..., 2] += torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3).to(device)
+
+
+class FluxDenoiser(nn.Module):
+    """D(z, sigma) of the FLUX transformer for one prompt: pack, predict the velocity, unpack, x0 = x_t - t v."""
+
+    def __init__(self, transformer: nn.Module, context: torch.Tensor, pooled: torch.Tensor, guidance: float | None,
+                 autocast_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.transformer, self.context, self.pooled, self.guidance = transformer, context, pooled, guidance
+        self.autocast_dtype = autocast_dtype
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        s = sigma.to(x.device, x.dtype).reshape(-1, 1, 1, 1)
+        x_t, t = flow_input(x, s)
+        guidance = None if self.guidance is None else torch.full((b,), self.guidance, device=x.device)
+        with autocast(x.device, self.autocast_dtype):
+            v = self.transformer(hidden_states=pack(x_t), timestep=t.reshape(-1).expand(b), guidance=guidance,
+                                 pooled_projections=self.pooled.expand(b, -1).to(x.device),
+                                 encoder_hidden_states=self.context.expand(b, -1, -1).to(x.device),
+                                 txt_ids=torch.zeros(self.context.shape[1], 3, device=x.device),
+                                 img_ids=patch_ids(h, w, x.device), return_dict=False)[0]
+        return x0_from_velocity(x_t, t, unpack(v.float(), h, w))
+
+
+@dataclass
+class FluxModel(Model):
+    """A FLUX.1 model: FluxTransformer2DModel, AutoencoderKL (16 channels), CLIP text encoder and T5."""
+
+    transformer: nn.Module
+    vae: nn.Module
+    clip: tuple[Any, nn.Module]  # (tokenizer, CLIPTextModel)
+    t5: tuple[Any, nn.Module]  # (tokenizer, T5EncoderModel)
+    schedule: FlowSchedule  # the base shift; schedule_for adds the resolution-dependent one
+    shift_settings: dict[str, Any]  # use_dynamic_shifting, base/max_image_seq_len, base/max_shift
+    name: str
+    info: dict[str, Any] = field(default_factory=dict)
+    autocast_dtype: torch.dtype | None = None
+    t5_tokens: int = 512  # max_sequence_length of T5 (512 for dev, 256 for schnell in diffusers' examples)
+    text_conditioned = True
+
+    @property
+    def latent_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        return 1024  # FLUX.1's training resolution; it runs at any multiple of 16
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def to(self, device: str | torch.device) -> FluxModel:
+        for m in (self.transformer, self.vae, self.clip[1], self.t5[1]):
+            m.to(device)
+        return self
+
+    def set_autocast(self, dtype: torch.dtype | None) -> None:
+        self.autocast_dtype = dtype
+
+    def compile(self) -> None:
+        self.transformer = torch.compile(self.transformer)
+
+    def schedule_for(self, size: tuple[int, int]) -> FlowSchedule:
+        """FLUX's resolution-dependent shift: s = exp(mu), mu linear in the number of packed latent tokens."""
+        c = self.shift_settings
+        if not c.get("use_dynamic_shifting"):
+            return self.schedule
+        tokens = (size[0] // self.latent_factor // 2) * (size[1] // self.latent_factor // 2)
+        lo, hi = float(c.get("base_image_seq_len", 256)), float(c.get("max_image_seq_len", 4096))
+        a, b = float(c.get("base_shift", 0.5)), float(c.get("max_shift", 1.15))
+        mu = a + (b - a) * (tokens - lo) / (hi - lo)
+        return FlowSchedule(shift=math.exp(mu))
+
+    @torch.inference_mode()
+    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5's token embeddings and CLIP's pooled embedding of one prompt."""
+        tokenizer, clip = self.clip
+        ids = tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(self.device)
+        pooled = clip(ids, output_hidden_states=False).pooler_output.float()
+        tokenizer, t5 = self.t5
+        ids = tokenizer([prompt], padding="max_length", max_length=self.t5_tokens, truncation=True,
+                        return_tensors="pt").input_ids.to(self.device)
+        return t5(ids, output_hidden_states=False)[0].float(), pooled
+
+    def denoiser(self, settings: RunSettings) -> Denoiser:
+        """The prompt's denoiser; FLUX-dev's guidance goes in as an embedding (no negative branch)."""
+        if settings.negative_prompt:
+            raise InputError("FLUX.1 is guidance-distilled: it takes no negative prompt")
+        context, pooled = self.encode_prompt(settings.prompt)
+        embedded = settings.guidance if self.transformer.config.guidance_embeds else None
+        return FluxDenoiser(self.transformer, context, pooled, embedded, self.autocast_dtype)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.denoiser(RunSettings(guidance=1.0, seed=0))(x, sigma)
+
+    def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
+        """The whole input at the largest size with sides multiples of VAE factor x 2 (the packing)."""
+        return Frame((0, 0, *size), snap8(size, self.latent_factor * 2), True)
+
+    @torch.inference_mode()
+    def encode(self, x_g: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        dist = self.vae.encode(x_g.to(self.device, torch.float32)).latent_dist
+        draws = [torch.randn(dist.mean.shape, generator=g, dtype=torch.float32).to(self.device) for g in generators]
+        z = torch.cat([dist.mean + dist.std * d for d in draws])
+        return (z - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+
+    def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        h, w = mask.shape[-2:]
+        return latent_mask(mask.to(self.device), (h // self.latent_factor, w // self.latent_factor))
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        cfg = self.vae.config
+        return self.vae.decode(z.float() / cfg.scaling_factor + cfg.shift_factor).sample.clamp(-1.0, 1.0)
+
+
+def is_flux_folder(root: Path) -> bool:
+    """Whether a folder holds a diffusers FLUX.1 pipeline."""
+    index = root / "model_index.json"
+    if not index.is_file() or not (root / "transformer" / "config.json").is_file():
+        return False
+    try:
+        return str(read_json(index).get("_class_name", "")).startswith("Flux")
+    except InputError:
+        return False
+
+
+def load_flux(root: str | Path, *, device: str | torch.device | None = None, name: str | None = None) -> FluxModel:
+    """Load a diffusers FLUX.1 folder (transformer, vae, CLIP text encoder and T5 with their tokenizers)."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
+    root = Path(root)
+    for part in ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
+        if not (root / part).is_dir():
+            raise InputError(f"{root}: no {part}/ folder; a FLUX.1 model needs one")
+    latent_channels = int(read_json(root / "vae" / "config.json").get("latent_channels", 16))
+    if read_json(root / "transformer" / "config.json").get("in_channels", 64) != 4 * latent_channels:
+        raise InputError(f"{root}: a FLUX transformer with extra input channels (Fill, Canny, Depth) is not "
+                         f"supported; use FLUX.1-dev or -schnell")
+    try:
+        transformer = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", use_safetensors=True)
+        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", use_safetensors=True)
+        clip = (CLIPTokenizer.from_pretrained(root / "tokenizer"), CLIPTextModel.from_pretrained(root / "text_encoder"))
+        t5 = (AutoTokenizer.from_pretrained(root / "tokenizer_2"), T5EncoderModel.from_pretrained(root / "text_encoder_2"))
+    except LOAD_ERRORS as e:
+        raise InputError(f"{root}: cannot load its components: {first_line(e)}") from None
+    sched = scheduler_config(root)
+    schedule = schedule_from(lambda: FlowSchedule(float(sched.get("shift", 1.0))), root)
+    nets = [transformer, vae, clip[1], t5[1]]
+    for m in nets:
+        m.eval().requires_grad_(False)
+    params = sum(p.numel() for m in nets for p in m.parameters())
+    model = FluxModel(transformer, vae, clip, t5, schedule, dict(sched), name or str(root),
+                      {"family": "flux", "source": str(root), "format": "diffusers", "parameters": params,
+                       "guidance_embeds": bool(transformer.config.guidance_embeds)})
+    return model.to(pick_device(device))
