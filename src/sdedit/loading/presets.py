@@ -70,6 +70,10 @@ PIPELINE_PRESETS: dict[str, PipelinePreset] = {p.name: p for p in [
                    "~14 GB (fp32; 3.5B parameters)", "CreativeML OpenRAIL++-M", False),
     PipelinePreset("sd3.5-medium", "stabilityai/stable-diffusion-3.5-medium", "stable-diffusion-3", 1024,
                    "~16 GB (2.5B transformer + CLIP-L/G + T5-XXL 4.7B, 16-bit)", "Stability AI Community", True),
+    PipelinePreset("flux-schnell", "black-forest-labs/FLUX.1-schnell", "flux", 1024,
+                   "~34 GB (12B transformer + T5-XXL, 16-bit)", "Apache 2.0", False),
+    PipelinePreset("flux-dev", "black-forest-labs/FLUX.1-dev", "flux", 1024,
+                   "~34 GB (12B transformer + T5-XXL, 16-bit)", "FLUX.1 [dev] Non-Commercial", True),
     PipelinePreset("sd3.5-large", "stabilityai/stable-diffusion-3.5-large", "stable-diffusion-3", 1024,
                    "~27 GB (8.1B transformer + text encoders, 16-bit)", "Stability AI Community", True),
 ]}
