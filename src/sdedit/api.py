@@ -36,6 +36,17 @@ class Guide:
     frame: Frame
     image: Image.Image  # the frame's box resized to frame.size: what the sampler sees
     mask: Image.Image | None
+    strength: Image.Image | None = None  # per-pixel t0 as a fraction of t0 (L, frame size), instead of a mask
+    full_strength: Image.Image | None = None  # the same at the input's size
+
+    @property
+    def keep(self) -> Image.Image | None:
+        """What decides the exactly kept pixels (value 0): the mask, or the strength map."""
+        return self.strength if self.strength is not None else self.mask
+
+    @property
+    def full_keep(self) -> Image.Image | None:
+        return self.full_strength if self.full_strength is not None else self.full_mask
 
     @property
     def reference(self) -> Image.Image:
@@ -44,9 +55,14 @@ class Guide:
 
 
 def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None, *, fit: Fit = "crop",
-                  original_size: bool = False) -> Guide:
-    """Read an image (and mask), and cut and resize it to where and how the model works."""
-    full, full_mask = load_guide(image, mask)
+                  original_size: bool = False, strength_map: ImageLike | None = None) -> Guide:
+    """Read an image (and a mask or a strength map), and cut and resize them to where and how the model works.
+
+    strength_map: per-pixel t0 (white = t0, black = keep, grey g = t0 * g), instead of a mask.
+    """
+    if mask is not None and strength_map is not None:
+        raise InputError("give a mask or a strength map, not both (a strength map of 0 and 255 is a mask)")
+    full, full_mask = load_guide(image, mask if strength_map is None else strength_map)
     if fit not in ("crop", "stretch"):
         raise InputError(f"fit must be 'crop' or 'stretch', got {fit!r}")
     frame = model.frame(full.size, fit, original_size)
@@ -55,7 +71,11 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
     small_mask = None
     if full_mask is not None:
         m = full_mask.crop(frame.box)
-        small_mask = m if m.size == frame.size else m.resize(frame.size, Image.Resampling.BILINEAR)
+        # a strength map keeps its own levels (each level is one more step of the grid); a mask's edge softens
+        resample = Image.Resampling.NEAREST if strength_map is not None else Image.Resampling.BILINEAR
+        small_mask = m if m.size == frame.size else m.resize(frame.size, resample)
+    if strength_map is not None:
+        return Guide(full, None, frame, small, None, small_mask, full_mask)
     return Guide(full, full_mask, frame, small, small_mask)
 
 
@@ -72,12 +92,14 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
          num_samples: int | None = None, seed: int | None = None, batch_size: int | None = None,
          precision: str | None = None, prompt: str | None = None, negative_prompt: str | None = None,
          guidance: float | None = None, settings: RunSettings | None = None, fit: Fit = "crop",
-         original_size: bool = False, progress: bool = True,
+         original_size: bool = False, progress: bool = True, strength_map: ImageLike | None = None,
          callback: StepCallback | None = None) -> list[Image.Image]:
     """SDEdit (Meng et al. 2022) on one guide image: num_samples outputs, sample j seeded with seed + j.
 
     image/mask: paths, PIL images or arrays (floats in [0, 1]); mask white = edit, black =
-    keep, soft values blend; none = edit everything.  Unset settings take RunSettings'
+    keep, soft values blend; none = edit everything.  strength_map instead of a mask: per-pixel
+    t0 (white = t0, grey g = t0 * g, black = keep), each pixel entering the reverse process at its
+    own time exactly.  Unset settings take RunSettings'
     defaults (or pass `settings`).  Pixel models work on the centre square (fit="crop") or
     the stretched image at their resolution, and original_size scales outputs back; latent
     models work at the input's own size.  Kept pixels are the input's, bit for bit.  Each
@@ -86,7 +108,7 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
     run = settings_from(model, settings, t0=t0, steps=steps, repeats=repeats, sampler=sampler,
                         num_samples=num_samples, seed=seed, batch_size=batch_size, precision=precision,
                         prompt=prompt, negative_prompt=negative_prompt, guidance=guidance)
-    guide = prepare_guide(model, image, mask, fit=fit, original_size=original_size)
+    guide = prepare_guide(model, image, mask, fit=fit, original_size=original_size, strength_map=strength_map)
     assert run.seed is not None
     return list(iter_edits(model, [guide], [run.seed], run, fit=fit, progress=progress, callback=callback))
 
@@ -122,12 +144,15 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
 
 
 def _batches(rows: list[tuple[Guide, int, int]], size: int) -> list[list[tuple[Guide, int, int]]]:
-    """Consecutive rows in groups of at most `size` that share a frame size and the presence of a mask."""
+    """Consecutive rows in groups of at most `size` that share a frame size and the presence of a mask
+    (rows with strength maps only with rows of the same guide: the map's levels shape the step grid)."""
+    def key(guide: Guide) -> tuple[Any, ...]:
+        return guide.frame.size, guide.mask is None, id(guide) if guide.strength is not None else None
+
     out: list[list[tuple[Guide, int, int]]] = []
     for row in rows:
-        key = (row[0].frame.size, row[0].mask is None)
         last = out[-1] if out else None
-        if last is not None and len(last) < size and (last[0][0].frame.size, last[0][0].mask is None) == key:
+        if last is not None and len(last) < size and key(last[0][0]) == key(row[0]):
             last.append(row)
         else:
             out.append([row])
@@ -138,7 +163,7 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
                batch: list[tuple[Guide, int, int]], settings: RunSettings, on_step: StepCallback) -> torch.Tensor:
     """Encode each row's guide with its generator, SDEdit the batch in the sampler's space, decode, check."""
     generators = [torch.Generator().manual_seed(seed) for _, seed, _ in batch]
-    parts, masks = [], []
+    parts, masks, maps = [], [], []
     start = 0
     while start < len(batch):
         # consecutive rows of one guide are encoded together (one VAE pass, one posterior draw per row)
@@ -149,13 +174,17 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
         parts.append(model.encode(image_to_tensor(guide.image), generators[start:end]))
         if guide.mask is not None:
             masks.append(model.encode_mask(mask_to_tensor(guide.mask)).expand(end - start, -1, -1, -1))
+        if guide.strength is not None:
+            maps.append(model.encode_mask(mask_to_tensor(guide.strength)).expand(end - start, -1, -1, -1))
         start = end
     z_g = torch.cat(parts)
     mask = torch.cat(masks) if masks else None
+    strength = torch.cat(maps) if maps else None
     try:
         schedule = model.schedule_for(batch[0][0].frame.size)
         z = edit_tensors(denoiser, schedule, z_g, mask=mask, t0=settings.t0, steps=settings.steps or 1,
-                         repeats=settings.repeats, sampler=settings.sampler, generator=generators, callback=on_step)
+                         repeats=settings.repeats, sampler=settings.sampler, generator=generators, callback=on_step,
+                         strength=strength)
     except FloatingPointError as e:
         raise SamplingError(f"sampling diverged: {e}; no image written") from None
     x = model.decode(z)
@@ -172,13 +201,14 @@ def _finish(model: Model, guide: Guide, out: Image.Image, settings: RunSettings,
         box_size = (frame.box[2] - frame.box[0], frame.box[3] - frame.box[1])
         if out.size != box_size:
             out = out.resize(box_size, Image.Resampling.LANCZOS)
-        if guide.full_mask is not None:
-            out = paste_kept(out, guide.full.crop(frame.box), guide.full_mask.crop(frame.box))
-    elif guide.mask is not None:
-        out = paste_kept(out, guide.image, guide.mask)
+        if guide.full_keep is not None:
+            out = paste_kept(out, guide.full.crop(frame.box), guide.full_keep.crop(frame.box))
+    elif guide.keep is not None:
+        out = paste_kept(out, guide.image, guide.keep)
     meta = {"model": model.name, **settings.metadata(text_conditioned=model.text_conditioned), "precision": model.precision,
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
             "fit": fit, "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
+            **({"strength_map": True} if guide.strength is not None else {}),
             "device": str(model.device), "sdedit_version": __version__, "seed": seed, "sample": sample}
     out.info["sdedit"] = json.dumps(meta)
     return out

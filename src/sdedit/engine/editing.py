@@ -10,6 +10,36 @@ from .samplers import Callback, Denoiser, Generators, get_sampler, randn_like
 from .schedules import Schedule, sigma_grid
 
 
+def release_grid(schedule: Schedule, t0: float, steps: int, strength: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmas for a strength map: N steps uniform in t from t0 * max(g), with every level t0 * g inserted.
+
+    Pixel p is released at exactly t0 * g_p: it is a grid point, so it is clamped to x_g + sigma z
+    down to its own level and free from there on, never snapped to a neighbouring step.  Returns
+    the decreasing sigmas (ending at 0) and each pixel's release sigma.
+    """
+    levels = sorted({round(float(v), 12) for v in (strength.flatten() * t0).unique().tolist()}, reverse=True)
+    top = levels[0]
+    times = [top * (n / steps) for n in range(steps, 0, -1)]  # the uniform grid, as sigma_grid makes it
+    times += [t for t in levels if t > 0.0 and min(abs(t - u) for u in times) > 1e-12]
+    ordered = sorted(times, reverse=True)
+    sigmas = torch.tensor([schedule.sigma(t) for t in ordered] + [0.0], dtype=torch.float64)
+    release = torch.zeros_like(strength, dtype=torch.float64)
+    for t in levels:
+        release[(strength * t0 - t).abs() < 1e-9] = schedule.sigma(t) if t > 0.0 else 0.0
+    return sigmas, release
+
+
+def release_projection(x_g: torch.Tensor, release: torch.Tensor, z: torch.Tensor
+                       ) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """Per-pixel t0: after each step landing at sigma', pixels released at or below sigma' become x_g + sigma' z."""
+
+    def project(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        free = (release > sigma).to(x.dtype)  # released above this level: the sampler moves them
+        return free * x + (1.0 - free) * (x_g + sigma * z)
+
+    return project
+
+
 def keep_projection(x_g: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """SDEdit Alg. 3 / 5: after each step the kept region becomes the guide re-noised to the new level, x_g + sigma z."""
     keep = 1.0 - mask
@@ -23,22 +53,35 @@ def keep_projection(x_g: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> C
 @torch.inference_mode()
 def edit_tensors(denoiser: Denoiser, schedule: Schedule, x_g: torch.Tensor, *, mask: torch.Tensor | None,
                  t0: float, steps: int, repeats: int, sampler: str, generator: Generators = None,
-                 callback: Callback | None = None) -> torch.Tensor:
+                 callback: Callback | None = None, strength: torch.Tensor | None = None) -> torch.Tensor:
     """SDEdit (Meng et al. 2022, Alg. 1-5) on a batch of guides in the sampler's space (settings already valid).
 
     mask: 1 = edit, 0 = keep (the paper's Omega), soft values blend; broadcastable to x_g.
-    Each of the `repeats` rounds re-noises the previous round's output to sigma(t0)
-    (Alg. 2); the kept region of the result is the guide itself, exactly.
+    strength: instead of a mask, a per-pixel map g in [0, 1]: pixel p starts at t0 * g_p exactly
+    (release_grid); g = 0 keeps the guide.  Each of the `repeats` rounds re-noises the previous
+    round's output (Alg. 2); the kept region of the result is the guide itself, exactly.
     """
     sample = get_sampler(sampler)
-    sigmas = sigma_grid(schedule, float(t0), steps)
+    release = None
+    if strength is not None:
+        strength = strength.to(x_g.device, torch.float64).expand_as(x_g)
+        if float(strength.max()) <= 0.0:
+            return x_g
+        sigmas, release = release_grid(schedule, float(t0), steps, strength)
+        release = release.to(x_g.dtype)
+        mask = (release > 0).to(x_g.dtype)  # what the final paste-back keeps: g = 0
+    else:
+        sigmas = sigma_grid(schedule, float(t0), steps)
     if mask is not None:
         mask = mask.to(x_g.device, x_g.dtype).expand_as(x_g)
     x = x_g
     for _ in range(repeats):
         # Perturb: x(t0) = x + sigma(t0) z.
         z = randn_like(x_g, generator)
-        project = keep_projection(x_g, mask, z) if mask is not None else None
+        if release is not None:
+            project = release_projection(x_g, release, z)
+        else:
+            project = keep_projection(x_g, mask, z) if mask is not None else None
         x = sample(denoiser, x + float(sigmas[0]) * z, sigmas, project=project, generator=generator,
                    callback=callback)
         if mask is not None:

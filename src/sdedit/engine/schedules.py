@@ -156,5 +156,5 @@ def _betas(kind: str, start: float, end: float, n: int) -> torch.Tensor:
 
 def sigma_grid(schedule: Schedule, t0: float, steps: int) -> torch.Tensor:
     """Decreasing sigmas sigma(t0 n / N) for n = N..1, then 0: N steps from exactly t0 (never snapped)."""
-    levels = [schedule.sigma(t0 * n / steps) for n in range(steps, 0, -1)]
+    levels = [schedule.sigma(t0 * (n / steps)) for n in range(steps, 0, -1)]  # n / steps: t0 itself is exact
     return torch.tensor(levels + [0.0], dtype=torch.float64)

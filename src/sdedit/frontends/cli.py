@@ -83,6 +83,9 @@ def _parser() -> Parser:
     e = sub.add_parser("edit", help="run SDEdit on an image (stroke painting or image with strokes)")
     e.add_argument("input", type=Path, help="guide image (any size and mode)")
     e.add_argument("--mask", type=Path, help="mask image of the same size: white = edit, black = keep")
+    e.add_argument("--strength-map", type=Path,
+                   help="instead of a mask, per-pixel t0 (greyscale, same size): white = t0, grey g = t0 * g, "
+                        "black = keep; each grey level is entered exactly (one more step per level)")
     _add_model(e)
     _add_run(e, seed_help="seed of the first output; output j uses seed + j (random)")
     e.add_argument("-o", "--outdir", type=Path, default=Path("outputs"), help="output folder (outputs)")
@@ -188,11 +191,12 @@ def _edit(a: argparse.Namespace) -> int:
     settings = run_settings(a)
     image = open_image(a.input)
     mask = open_image(a.mask) if a.mask is not None else None
+    strength_map = open_image(a.strength_map) if a.strength_map is not None else None
     pick_device(a.device)
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
     model.check_conditioning(settings)
     model.optimize(precision=settings.precision or model.precision, compile=a.compile)
-    guide = prepare_guide(model, image, mask, fit=a.fit, original_size=a.original_size)
+    guide = prepare_guide(model, image, mask, fit=a.fit, original_size=a.original_size, strength_map=strength_map)
     check_output_folder(a.outdir)
     assert settings.seed is not None
     # Each output is written as soon as its batch is done: memory stays bounded and an interrupted run

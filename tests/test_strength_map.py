@@ -1,0 +1,86 @@
+"""Per-pixel t0 (strength maps): exact release times, the posterior at each pixel's own t0, and the two limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdedit import edit
+from sdedit.engine.editing import edit_tensors, release_grid
+from sdedit.engine.samplers import SAMPLERS
+
+from .conftest import gaussian_model, t_for_sigma
+from .test_samplers import GUIDE, MU, S0
+
+STOCHASTIC = ["ddpm", "euler-maruyama", "dpm++2m-sde", "dpm++3m-sde"]
+STEPS = {"ddpm": 400, "euler-maruyama": 400, "dpm++2m-sde": 60, "dpm++3m-sde": 60}
+
+
+def test_release_times_are_grid_points_never_snapped():
+    model = gaussian_model(MU, S0)
+    g = torch.tensor([0.0, 0.33, 0.5, 1.0], dtype=torch.float64).reshape(1, 1, 1, 4)
+    sigmas, release = release_grid(model.schedule, 0.8, 5, g)
+    for level in (0.33 * 0.8, 0.5 * 0.8, 0.8):  # 0.264 lies between the uniform grid's 0.32 and 0.16
+        assert any(abs(float(s) - model.schedule.sigma(level)) < 1e-9 for s in sigmas)
+    assert torch.allclose(release.flatten(), torch.tensor([0.0, model.schedule.sigma(0.264),
+                                                           model.schedule.sigma(0.4), model.schedule.sigma(0.8)],
+                                                          dtype=torch.float64))
+    assert len(sigmas) == 5 + 2 + 1  # the uniform steps, two inserted levels, and 0
+
+
+@pytest.mark.parametrize("sampler", STOCHASTIC)
+def test_each_pixel_follows_the_posterior_at_its_own_t0(sampler):
+    """Gaussian data: a pixel released at t0 * g has the exact posterior of x_g + sigma(t0 * g) z."""
+    model = gaussian_model(MU, S0)
+    sigmas_wanted = [0.3, 0.55, 0.8]  # 0.55 is between two points of the uniform grid
+    t0 = t_for_sigma(model.schedule, 0.8)
+    g = torch.zeros(1, 1, 24, 24)
+    for i, s in enumerate(sigmas_wanted):
+        g[..., 8 * i:8 * i + 8] = t_for_sigma(model.schedule, s) / t0
+    n = 24
+    x_g = torch.full((n, 3, 24, 24), GUIDE)
+    out = edit_tensors(model.denoise, model.schedule, x_g, mask=None, t0=t0, steps=STEPS[sampler], repeats=1,
+                       sampler=sampler, generator=[torch.Generator().manual_seed(i) for i in range(n)], strength=g)
+    for i, s in enumerate(sigmas_wanted):
+        k = S0**2 / (S0**2 + s**2)
+        mean, var = MU + k * (GUIDE - MU), k * s**2 * (1 + k)
+        band = out[..., 8 * i:8 * i + 8]
+        assert band.mean().item() == pytest.approx(mean, abs=0.015), (s, band.mean().item(), mean)
+        assert band.var().item() == pytest.approx(var, rel=0.06), (s, band.var().item(), var)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_a_binary_map_is_the_masked_edit_bit_for_bit(sampler):
+    model = gaussian_model(MU, S0)
+    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    binary = np.zeros((32, 32), np.uint8)
+    binary[4:20, 6:30] = 255
+    kw = dict(t0=0.7, steps=6, sampler=sampler, seed=5, num_samples=2, progress=False, repeats=2)
+    masked = edit(model, img, mask=binary, **kw)
+    mapped = edit(model, img, strength_map=binary, **kw)
+    for a, b in zip(masked, mapped):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+        assert np.array_equal(np.asarray(b)[binary == 0], img[binary == 0])
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++2m-sde", "ddpm"])
+def test_a_constant_map_is_an_unmasked_edit_at_t0_times_g(sampler):
+    model = gaussian_model(MU, S0)
+    img = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    grey = np.full((32, 32), 102, np.uint8)  # g = 0.4
+    kw = dict(steps=7, sampler=sampler, seed=2, progress=False)
+    mapped = edit(model, img, strength_map=grey, t0=0.9, **kw)[0]
+    plain = edit(model, img, t0=0.9 * 102 / 255, **kw)[0]
+    assert np.array_equal(np.asarray(mapped), np.asarray(plain))
+
+
+def test_zero_pixels_are_exact_and_grey_levels_edit_less():
+    model = gaussian_model(MU, S0)
+    img = np.full((32, 32, 3), 230, np.uint8)
+    ramp = np.zeros((32, 32), np.uint8)
+    ramp[:, 8:16], ramp[:, 16:24], ramp[:, 24:] = 60, 150, 255
+    outs = edit(model, img, strength_map=ramp, t0=1.0, steps=8, num_samples=6, seed=0, progress=False)
+    change = [np.mean([np.abs(np.asarray(o, float)[:, a:b] - 230).mean() for o in outs])
+              for a, b in ((0, 8), (8, 16), (16, 24), (24, 32))]
+    assert change[0] == 0.0 and change[1] < change[2] < change[3]
