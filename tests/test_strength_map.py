@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sdedit import edit
 from sdedit.engine.editing import edit_tensors, release_grid
@@ -84,3 +85,24 @@ def test_zero_pixels_are_exact_and_grey_levels_edit_less():
     change = [np.mean([np.abs(np.asarray(o, float)[:, a:b] - 230).mean() for o in outs])
               for a, b in ((0, 8), (8, 16), (16, 24), (24, 32))]
     assert change[0] == 0.0 and change[1] < change[2] < change[3]
+
+
+def test_mask_grow_and_feather_blend_a_band_and_keep_everything_outside_exact():
+    from sdedit.images import grow_and_feather
+
+    model = gaussian_model(MU, S0)
+    img = np.full((32, 32, 3), 200, np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[12:20, 12:20] = 255
+    soft = np.asarray(grow_and_feather(Image.fromarray(mask), 2, 3))
+    assert (soft[10:22, 10:22] == 255).all() and 0 < soft[8, 16] < 255 and soft[0, 0] == 0
+    outs = edit(model, img, mask=mask, mask_grow=2, mask_feather=3, t0=1.0, steps=6, num_samples=4, seed=1,
+                progress=False)
+    for o in outs:
+        o = np.asarray(o, float)
+        assert (o[soft == 0] == 200).all()  # outside mask and band: the photo, bit for bit
+        inside = np.abs(o[soft == 255] - 200).mean()
+        band = np.abs(o[(soft > 0) & (soft < 128)] - 200).mean()
+        assert 0 < band < inside  # the band moves less: blended, no seam
+    with pytest.raises(Exception, match="mask grow"):
+        edit(model, img, mask=mask, mask_grow=-1, progress=False)

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from .engine.editing import edit_tensors
 from .errors import InputError, SamplingError
 from .families.base import Frame, Model
-from .images import Fit, ImageLike, image_to_tensor, load_guide, mask_to_tensor, paste_kept, tensor_to_images
+from .images import Fit, ImageLike, grow_and_feather, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
+    tensor_to_images
 from .settings import RunSettings
 from .version import __version__
 
@@ -55,7 +56,8 @@ class Guide:
 
 
 def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None, *, fit: Fit = "crop",
-                  original_size: bool = False, strength_map: ImageLike | None = None) -> Guide:
+                  original_size: bool = False, strength_map: ImageLike | None = None, mask_grow: int = 0,
+                  mask_feather: int = 0) -> Guide:
     """Read an image (and a mask or a strength map), and cut and resize them to where and how the model works.
 
     strength_map: per-pixel t0 (white = t0, black = keep, grey g = t0 * g), instead of a mask.
@@ -63,6 +65,8 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
     if mask is not None and strength_map is not None:
         raise InputError("give a mask or a strength map, not both (a strength map of 0 and 255 is a mask)")
     full, full_mask = load_guide(image, mask if strength_map is None else strength_map)
+    if full_mask is not None and strength_map is None and (mask_grow or mask_feather):
+        full_mask = grow_and_feather(full_mask, mask_grow, mask_feather)
     if fit not in ("crop", "stretch"):
         raise InputError(f"fit must be 'crop' or 'stretch', got {fit!r}")
     frame = model.frame(full.size, fit, original_size)
@@ -93,7 +97,7 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
          precision: str | None = None, prompt: str | None = None, negative_prompt: str | None = None,
          guidance: float | None = None, settings: RunSettings | None = None, fit: Fit = "crop",
          original_size: bool = False, progress: bool = True, strength_map: ImageLike | None = None,
-         callback: StepCallback | None = None) -> list[Image.Image]:
+         mask_grow: int = 0, mask_feather: int = 0, callback: StepCallback | None = None) -> list[Image.Image]:
     """SDEdit (Meng et al. 2022) on one guide image: num_samples outputs, sample j seeded with seed + j.
 
     image/mask: paths, PIL images or arrays (floats in [0, 1]); mask white = edit, black =
@@ -108,7 +112,8 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
     run = settings_from(model, settings, t0=t0, steps=steps, repeats=repeats, sampler=sampler,
                         num_samples=num_samples, seed=seed, batch_size=batch_size, precision=precision,
                         prompt=prompt, negative_prompt=negative_prompt, guidance=guidance)
-    guide = prepare_guide(model, image, mask, fit=fit, original_size=original_size, strength_map=strength_map)
+    guide = prepare_guide(model, image, mask, fit=fit, original_size=original_size, strength_map=strength_map,
+                          mask_grow=mask_grow, mask_feather=mask_feather)
     assert run.seed is not None
     return list(iter_edits(model, [guide], [run.seed], run, fit=fit, progress=progress, callback=callback))
 
@@ -202,9 +207,10 @@ def _finish(model: Model, guide: Guide, out: Image.Image, settings: RunSettings,
         if out.size != box_size:
             out = out.resize(box_size, Image.Resampling.LANCZOS)
         if guide.full_keep is not None:
-            out = paste_kept(out, guide.full.crop(frame.box), guide.full_keep.crop(frame.box))
+            out = paste_kept(out, guide.full.crop(frame.box), guide.full_keep.crop(frame.box),
+                             blend=guide.strength is None)
     elif guide.keep is not None:
-        out = paste_kept(out, guide.image, guide.keep)
+        out = paste_kept(out, guide.image, guide.keep, blend=guide.strength is None)
     meta = {"model": model.name, **settings.metadata(text_conditioned=model.text_conditioned), "precision": model.precision,
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
             "fit": fit, "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InputError
 from .files import printable, write_file
@@ -142,10 +142,34 @@ def load_guide(image: ImageLike, mask: ImageLike | None) -> tuple[Image.Image, I
     return full, full_mask
 
 
-def paste_kept(out: Image.Image, guide: Image.Image, mask: Image.Image) -> Image.Image:
-    """Pixels whose mask is exactly 0 become the guide's own pixels, bit for bit."""
-    keep = np.asarray(mask) == 0
-    return Image.fromarray(np.where(keep[..., None], np.asarray(guide), np.asarray(out)).astype(np.uint8))
+def paste_kept(out: Image.Image, guide: Image.Image, mask: Image.Image, *, blend: bool = True) -> Image.Image:
+    """Blend by the mask, m out + (1 - m) guide: where m is 0 the guide's own pixels, bit for bit; a soft
+    (feathered) band blends the edit into the photo without a seam; where m is 1, the edit.
+    blend=False: only the exact paste where m is 0 (a strength map's grey is an amount of noise, not a blend)."""
+    m = np.asarray(mask, np.float32)[..., None] / 255.0
+    g = np.asarray(guide)
+    if not blend:
+        return Image.fromarray(np.where(m == 0.0, g, np.asarray(out)).astype(np.uint8))
+    blended = np.rint(m * np.asarray(out, np.float32) + (1.0 - m) * g).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(np.where(m == 0.0, g, blended))
+
+
+MAX_GROW = 256  # pixels; mask grow and feather beyond this are refused (they would take minutes)
+
+
+def grow_and_feather(mask: Image.Image, grow: int = 0, feather: int = 0) -> Image.Image:
+    """A mask grown by `grow` px (max filter) and feathered outward by `feather` px (blur, never below the mask)."""
+    for value, what in ((grow, "mask grow"), (feather, "mask feather")):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GROW:
+            raise InputError(f"{what} must be a whole number of pixels from 0 to {MAX_GROW}, got {value!r}")
+    m = mask
+    if grow > 0:
+        m = m.filter(ImageFilter.MaxFilter(2 * grow + 1))
+    if feather > 0:
+        # blur outward only: what was masked stays fully edited, the soft edge falls off outside it
+        soft = np.asarray(m.filter(ImageFilter.GaussianBlur(feather)), np.float32)
+        m = Image.fromarray(np.maximum(soft * 2.0, np.asarray(m, np.float32)).clip(0, 255).astype(np.uint8))
+    return m
 
 
 def grid(images: list[Image.Image], ncols: int = 8, pad: int = 2) -> Image.Image:

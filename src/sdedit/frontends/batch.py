@@ -32,6 +32,8 @@ class BatchJob:
     fit: Fit = "crop"
     original_size: bool = False
     loras: tuple[str, ...] = ()  # PATH_OR_HUB_ID[:SCALE] each
+    mask_grow: int = 0  # pixels
+    mask_feather: int = 0  # pixels
 
     def digest(self) -> str:
         """A stable hash of what decides the outputs (batch size and precision of the arithmetic aside)."""
@@ -40,6 +42,8 @@ class BatchJob:
                "fit": self.fit, "original_size": self.original_size}
         if self.loras:
             key["loras"] = list(self.loras)
+        if self.mask_grow or self.mask_feather:
+            key.update(mask_grow=self.mask_grow, mask_feather=self.mask_feather)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -396,7 +400,8 @@ def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, 
             try:
                 image = open_image(item.path)
                 mask = open_image(item.mask) if item.mask is not None else None
-                guides.append(prepare_guide(model, image, mask, fit=job.fit, original_size=job.original_size))
+                guides.append(prepare_guide(model, image, mask, fit=job.fit, original_size=job.original_size,
+                                            mask_grow=job.mask_grow, mask_feather=job.mask_feather))
                 order.append(item)
             except SdeditError as e:  # an unreadable input fails alone, and is in no batch
                 results[item.name] = e

@@ -46,6 +46,9 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("--precision", choices=list(PRECISIONS),
                    help="network precision: auto (default: bf16 autocast where the CPU has AMX or AVX-512 BF16 or "
                         "the GPU is Ampere or newer, else fp32), fp32 to force full precision, bf16 or fp16")
+    p.add_argument("--mask-grow", type=int, default=0, help="grow the mask by this many pixels (0)")
+    p.add_argument("--mask-feather", type=int, default=0,
+                   help="feather the mask outward by this many pixels: the band blends into the photo (0)")
     p.add_argument("--fit", choices=["crop", "stretch"], default="crop",
                    help="non-square inputs to a square model: centre-crop (default) or stretch")
     p.add_argument("--original-size", action="store_true", help="scale outputs back to the input's size")
@@ -196,7 +199,8 @@ def _edit(a: argparse.Namespace) -> int:
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
     model.check_conditioning(settings)
     model.optimize(precision=settings.precision or model.precision, compile=a.compile)
-    guide = prepare_guide(model, image, mask, fit=a.fit, original_size=a.original_size, strength_map=strength_map)
+    guide = prepare_guide(model, image, mask, fit=a.fit, original_size=a.original_size, strength_map=strength_map,
+                          mask_grow=a.mask_grow, mask_feather=a.mask_feather)
     check_output_folder(a.outdir)
     assert settings.seed is not None
     # Each output is written as soon as its batch is done: memory stays bounded and an interrupted run
@@ -353,7 +357,8 @@ def _batch(a: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     if not 1 <= a.threads <= cores:
         raise InputError(f"--threads must be from 1 to {cores} (this machine's cores), got {a.threads}")
-    job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora))
+    job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora), a.mask_grow,
+                   a.mask_feather)
     return run_folder(a.input_dir, a.outdir, a.masks, job, config=a.config, device=a.device, quiet=a.quiet,
                       threads=a.threads)
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter
 from ..api import iter_edits, prepare_guide, steps_total
 from ..errors import InputError
 from ..families.base import Model
-from ..images import Fit, open_image, tensor_to_images, to_rgb
+from ..images import Fit, grow_and_feather, open_image, tensor_to_images, to_rgb
 from ..research.metrics import l2_distance
 from ..settings import RunSettings
 
@@ -146,15 +146,8 @@ def painted(layer: Image.Image | None) -> np.ndarray:
 
 
 def derive_mask(covered: np.ndarray, grow: int, feather: int) -> Image.Image:
-    """Edit mask from painted pixels: grown by `grow` px (max filter), edges blurred by `feather` px (white = edit)."""
-    m = Image.fromarray((covered * 255).astype(np.uint8))
-    if grow > 0:
-        m = m.filter(ImageFilter.MaxFilter(2 * grow + 1))
-    if feather > 0:
-        # blur outward only: what was painted stays fully edited, the soft edge falls off outside it
-        soft = np.asarray(m.filter(ImageFilter.GaussianBlur(feather)), np.float32)
-        m = Image.fromarray(np.maximum(soft * 2.0, np.asarray(m, np.float32)).clip(0, 255).astype(np.uint8))
-    return m
+    """Edit mask from painted pixels: grown by `grow` px, edges feathered outward by `feather` px (white = edit)."""
+    return grow_and_feather(Image.fromarray((covered * 255).astype(np.uint8)), grow, feather)
 
 
 def guide_and_mask(canvas: Canvas, *, photo: bool, grow: int, feather: int,
