@@ -15,7 +15,7 @@ LAYERS = [
     ["loading"],
     ["families"],
     ["loader"],
-    ["api"],
+    ["api", "compositing"],
     ["research"],
     ["frontends"],
     ["__init__", "__main__"],
