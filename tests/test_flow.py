@@ -183,3 +183,26 @@ def test_flux_masked_cli_edit_keeps_pixels(flux_folder, tmp_path):
                         "--prompt", "x", "--negative-prompt", "fog", "-q", "-o", str(tmp_path / "o2")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no negative prompt" in r.stderr
+
+
+def test_a_flux_lora_made_here_changes_the_output_and_scale_zero_does_not(flux_folder, tmp_path):
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder, pipe = flux_folder
+    torch.manual_seed(3)
+    transformer = type(pipe.transformer).from_config(pipe.transformer.config)
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
+                                       init_lora_weights=False))
+    save_file({f"transformer.{k}": v.contiguous() for k, v in get_peft_model_state_dict(transformer).items()},
+              str(tmp_path / "flux-lora.safetensors"))
+    img = photo((64, 48), seed=1)
+
+    def run(loras: list[str]) -> np.ndarray:
+        model = load_model(folder, device="cpu", precision="fp32", loras=loras)
+        return np.asarray(edit(model, img, prompt="x", guidance=3.5, steps=3, seed=0, progress=False)[0], float)
+
+    base = run([])
+    assert np.abs(run([str(tmp_path / "flux-lora.safetensors")]) - base).mean() > 0.5
+    assert np.array_equal(run([f"{tmp_path / 'flux-lora.safetensors'}:0"]), base)

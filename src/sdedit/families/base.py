@@ -108,7 +108,7 @@ class Model(ABC):
     def add_loras(self, specs: list[LoraSpec]) -> None:
         """Apply LoRA adapters to the main network (families that diffusers/PEFT support)."""
         if specs:
-            raise InputError(f"{self.name}: LoRA is supported for Stable Diffusion 1.x/2.x, SDXL and SD3 models")
+            raise InputError(f"{self.name}: LoRA is supported for Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX models")
 
     def check_conditioning(self, settings: RunSettings) -> None:
         """Refuse a prompt for a model that takes none."""

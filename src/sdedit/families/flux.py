@@ -26,6 +26,7 @@ from ..engine.samplers import Denoiser
 from ..engine.schedules import FlowSchedule
 from ..errors import InputError
 from ..images import Fit
+from ..loading.lora import LoraSpec, apply_loras
 from ..loading.checkpoints import LOAD_ERRORS, first_line, read_json, schedule_from, scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
@@ -110,6 +111,17 @@ class FluxModel(Model):
 
     def set_autocast(self, dtype: torch.dtype | None) -> None:
         self.autocast_dtype = dtype
+
+    def add_loras(self, specs: list[LoraSpec]) -> None:
+        """LoRA on the transformer, through diffusers' FLUX loader (its kohya/XLabs conversions) and PEFT."""
+        if not specs:
+            return
+        from diffusers.loaders import FluxLoraLoaderMixin
+
+        skipped = apply_loras(self.transformer, specs, FluxLoraLoaderMixin, "transformer")
+        self.info["loras"] = [f"{s.source}:{s.scale:g}" for s in specs]
+        if skipped:
+            self.info["lora_text_encoder_layers_skipped"] = len(skipped)
 
     def compile(self) -> None:
         self.transformer = torch.compile(self.transformer)
