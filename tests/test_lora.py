@@ -69,8 +69,10 @@ def test_bad_loras_are_input_errors(sd_with_loras, tmp_path, capsys):
     pickle_lora.write_bytes(b"\x80\x04K\x01.")
     junk = tmp_path / "junk.safetensors"
     save_file({"text_model.x": torch.zeros(2)}, str(junk))
+    (tmp_path / "empty-folder").mkdir()
     for bad, message in ((pickle_lora, ".safetensors files only"), (tmp_path / "none.safetensors", "not found"),
-                         (junk, "not a LoRA for this model")):
+                         (junk, "not a LoRA for this model"), (tmp_path / "empty-folder", "the folder has no"),
+                         ("some/path.safetensors", "not found")):
         with pytest.raises(InputError, match=message):
             load_model(folder, device="cpu", loras=[str(bad)])
     assert LoraSpec.parse("owner/name:0.25") == LoraSpec("owner/name", 0.25)

@@ -106,3 +106,20 @@ def test_mask_grow_and_feather_blend_a_band_and_keep_everything_outside_exact():
         assert 0 < band < inside  # the band moves less: blended, no seam
     with pytest.raises(Exception, match="mask grow"):
         edit(model, img, mask=mask, mask_grow=-1, progress=False)
+
+
+def test_a_map_with_too_many_levels_or_a_grow_without_a_mask_is_refused():
+    from sdedit import InputError
+
+    model = gaussian_model(MU, S0)
+    img = np.zeros((32, 32, 3), np.uint8)
+    gradient = np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))
+    gradient[:, :2] = 0
+    edit(model, img, strength_map=gradient, t0=0.5, steps=2, progress=False)  # 30 levels: fine
+    smooth = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) % 255 + 1).astype(np.uint8)
+    with pytest.raises(InputError, match="posterize"):
+        edit(model, img, strength_map=smooth, t0=0.5, steps=2, progress=False)
+    with pytest.raises(InputError, match="apply to a mask"):
+        edit(model, img, mask_grow=3, progress=False)
+    with pytest.raises(InputError, match="strength map is 16x16"):
+        edit(model, img, strength_map=np.zeros((16, 16), np.uint8), progress=False)

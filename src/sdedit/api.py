@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -20,10 +21,12 @@ from tqdm.auto import tqdm
 from .engine.editing import edit_tensors
 from .errors import InputError, SamplingError
 from .families.base import Frame, Model
-from .images import Fit, ImageLike, grow_and_feather, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
+from .images import Fit, ImageLike, check_grow, grow_and_feather, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
     tensor_to_images
 from .settings import RunSettings
 from .version import __version__
+
+MAX_STRENGTH_LEVELS = 64  # distinct grey levels of a strength map (each adds one network evaluation)
 
 StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 
@@ -64,7 +67,12 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
     """
     if mask is not None and strength_map is not None:
         raise InputError("give a mask or a strength map, not both (a strength map of 0 and 255 is a mask)")
-    full, full_mask = load_guide(image, mask if strength_map is None else strength_map)
+    check_grow(mask_grow, mask_feather)
+    if (mask_grow or mask_feather) and mask is None:
+        raise InputError("mask grow and feather apply to a mask; give --mask (a strength map's levels are used as "
+                         "they are)")
+    full, full_mask = load_guide(image, mask if strength_map is None else strength_map,
+                                 "mask" if strength_map is None else "strength map")
     if full_mask is not None and strength_map is None and (mask_grow or mask_feather):
         full_mask = grow_and_feather(full_mask, mask_grow, mask_feather)
     if fit not in ("crop", "stretch"):
@@ -79,6 +87,11 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
         resample = Image.Resampling.NEAREST if strength_map is not None else Image.Resampling.BILINEAR
         small_mask = m if m.size == frame.size else m.resize(frame.size, resample)
     if strength_map is not None:
+        assert small_mask is not None
+        levels = len(set(np.unique(np.asarray(small_mask)).tolist()) - {0})
+        if levels > MAX_STRENGTH_LEVELS:
+            raise InputError(f"the strength map has {levels} grey levels; each one is an extra network evaluation "
+                             f"(exact per-pixel t0): posterize it to at most {MAX_STRENGTH_LEVELS} levels")
         return Guide(full, None, frame, small, None, small_mask, full_mask)
     return Guide(full, full_mask, frame, small, small_mask)
 

@@ -10,7 +10,7 @@ from PIL import Image
 from .api import edit
 from .errors import InputError
 from .families.base import Model
-from .images import ImageLike, as_pil, to_rgb
+from .images import MAX_PIXELS, ImageLike, as_pil, to_rgb
 
 MAX_SCALE = 16.0
 
@@ -28,7 +28,7 @@ def paste_patch(background: ImageLike, patch: ImageLike, at: tuple[int, int],
     has_alpha = src.mode in ("RGBA", "LA", "PA") or (src.mode == "P" and "transparency" in src.info)
     rgba = src.convert("RGBA") if has_alpha else to_rgb(src).convert("RGBA")
     size = (max(1, round(rgba.width * scale)), max(1, round(rgba.height * scale)))
-    if size[0] * size[1] > 4 * bg.width * bg.height:
+    if size[0] * size[1] > min(4 * bg.width * bg.height, MAX_PIXELS):
         raise InputError(f"the scaled patch ({size[0]}x{size[1]}) is far larger than the background "
                          f"({bg.width}x{bg.height})")
     rgba = rgba.resize(size, Image.Resampling.LANCZOS) if size != rgba.size else rgba

@@ -130,14 +130,14 @@ def tensor_to_images(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in arr]
 
 
-def load_guide(image: ImageLike, mask: ImageLike | None) -> tuple[Image.Image, Image.Image | None]:
-    """The guide as RGB and the mask as L, refusing a mask of another size."""
+def load_guide(image: ImageLike, mask: ImageLike | None, what: str = "mask") -> tuple[Image.Image, Image.Image | None]:
+    """The guide as RGB and the mask (or strength map) as L, refusing one of another size."""
     full = to_rgb(as_pil(image, "image"))
     if mask is None:
         return full, None
-    full_mask = to_gray(as_pil(mask, "mask"))
+    full_mask = to_gray(as_pil(mask, what))
     if full_mask.size != full.size:
-        raise InputError(f"mask is {full_mask.size[0]}x{full_mask.size[1]} but the image is "
+        raise InputError(f"{what} is {full_mask.size[0]}x{full_mask.size[1]} but the image is "
                          f"{full.size[0]}x{full.size[1]}; they must be the same size")
     return full, full_mask
 
@@ -154,17 +154,39 @@ def paste_kept(out: Image.Image, guide: Image.Image, mask: Image.Image, *, blend
     return Image.fromarray(np.where(m == 0.0, g, blended))
 
 
-MAX_GROW = 256  # pixels; mask grow and feather beyond this are refused (they would take minutes)
+MAX_GROW = 256  # pixels; mask grow and feather beyond this are refused
+
+
+def _max_filter_1d(a: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """Running maximum over windows of k (odd, centred) along an axis, in O(n) whatever k (van Herk / Gil-Werman)."""
+    a = np.moveaxis(a, axis, -1)
+    n, r = a.shape[-1], k // 2
+    padded = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(r, r + (-(n + 2 * r)) % k)], constant_values=0)
+    blocks = padded.reshape(*a.shape[:-1], -1, k)
+    forward = np.maximum.accumulate(blocks, axis=-1).reshape(*a.shape[:-1], -1)
+    backward = np.maximum.accumulate(blocks[..., ::-1], axis=-1)[..., ::-1].reshape(*a.shape[:-1], -1)
+    out = np.maximum(backward[..., :n], forward[..., k - 1:k - 1 + n])
+    return np.moveaxis(out, -1, axis)
+
+
+def _max_filter(a: np.ndarray, k: int) -> np.ndarray:
+    """Pillow's MaxFilter(k) (a k x k square), separable and linear in the image size whatever k."""
+    return _max_filter_1d(_max_filter_1d(a, k, 0), k, 1)
+
+
+def check_grow(grow: object, feather: object) -> None:
+    """The mask grow and feather rule: whole pixels from 0 to MAX_GROW."""
+    for value, what in ((grow, "mask grow"), (feather, "mask feather")):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GROW:
+            raise InputError(f"{what} must be a whole number of pixels from 0 to {MAX_GROW}, got {value!r}")
 
 
 def grow_and_feather(mask: Image.Image, grow: int = 0, feather: int = 0) -> Image.Image:
     """A mask grown by `grow` px (max filter) and feathered outward by `feather` px (blur, never below the mask)."""
-    for value, what in ((grow, "mask grow"), (feather, "mask feather")):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GROW:
-            raise InputError(f"{what} must be a whole number of pixels from 0 to {MAX_GROW}, got {value!r}")
+    check_grow(grow, feather)
     m = mask
     if grow > 0:
-        m = m.filter(ImageFilter.MaxFilter(2 * grow + 1))
+        m = Image.fromarray(_max_filter(np.asarray(m), 2 * grow + 1))
     if feather > 0:
         # blur outward only: what was masked stays fully edited, the soft edge falls off outside it
         soft = np.asarray(m.filter(ImageFilter.GaussianBlur(feather)), np.float32)

@@ -208,8 +208,10 @@ def load_flux(root: str | Path, *, device: str | torch.device | None = None, nam
     try:
         transformer = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", use_safetensors=True)
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", use_safetensors=True)
-        clip = (CLIPTokenizer.from_pretrained(root / "tokenizer"), CLIPTextModel.from_pretrained(root / "text_encoder"))
-        t5 = (AutoTokenizer.from_pretrained(root / "tokenizer_2"), T5EncoderModel.from_pretrained(root / "text_encoder_2"))
+        clip = (CLIPTokenizer.from_pretrained(root / "tokenizer"), CLIPTextModel.from_pretrained(root / "text_encoder",
+                                                                                       use_safetensors=True))
+        t5 = (AutoTokenizer.from_pretrained(root / "tokenizer_2"), T5EncoderModel.from_pretrained(root / "text_encoder_2",
+                                                                                          use_safetensors=True))
     except LOAD_ERRORS as e:
         raise InputError(f"{root}: cannot load its components: {first_line(e)}") from None
     sched = scheduler_config(root)

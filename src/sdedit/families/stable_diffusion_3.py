@@ -194,13 +194,14 @@ def load_stable_diffusion_3(root: str | Path, *, device: str | torch.device | No
     try:
         transformer = SD3Transformer2DModel.from_pretrained(root, subfolder="transformer", **weights)
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **weights)
-        encoders = [(CLIPTokenizer.from_pretrained(root / tok), CLIPTextModelWithProjection.from_pretrained(root / enc))
+        encoders = [(CLIPTokenizer.from_pretrained(root / tok), CLIPTextModelWithProjection.from_pretrained(root / enc,
+                                                                                                    **weights))
                     for tok, enc in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))]
         t5 = None
         if (root / "text_encoder_3").is_dir():
             from transformers import AutoTokenizer, T5EncoderModel
 
-            t5 = (AutoTokenizer.from_pretrained(root / "tokenizer_3"), T5EncoderModel.from_pretrained(root / "text_encoder_3"))
+            t5 = (AutoTokenizer.from_pretrained(root / "tokenizer_3"), T5EncoderModel.from_pretrained(root / "text_encoder_3", **weights))
     except LOAD_ERRORS as e:
         raise InputError(f"{root}: cannot load its components: {first_line(e)}") from None
     sched = scheduler_config(root)

@@ -98,7 +98,8 @@ def _parser() -> Parser:
     c = sub.add_parser("composite", help="paste a patch into an image and let SDEdit blend it in (paper Sec. 4.3)")
     c.add_argument("background", type=Path, help="the scene")
     c.add_argument("patch", type=Path, help="the object to paste (its alpha, if any, is the shape edited)")
-    c.add_argument("--at", required=True, help="X,Y of the patch's top-left corner in the background, pixels")
+    c.add_argument("--at", required=True, help="X,Y of the patch's top-left corner in the background, pixels "
+                                               "(negative values as --at=-5,10)")
     c.add_argument("--scale", type=float, default=1.0, help="scale the patch by this factor first (1)")
     c.add_argument("--mask-grow", type=int, default=4, help="grow the patch's mask by this many pixels (4)")
     c.add_argument("--mask-feather", type=int, default=8, help="feather it outward by this many pixels (8)")
@@ -231,19 +232,23 @@ def _edit(a: argparse.Namespace) -> int:
 
 
 def _composite(a: argparse.Namespace) -> int:
-    from ..compositing import composite
+    from ..api import edit
+    from ..compositing import paste_patch
     from ..files import check_output_folder
-    from ..images import open_image, save_png
+    from ..images import check_grow, open_image, save_png
     from ..loader import load_model
 
+    # Every input checked before the model loads and before the output folder is made.
     settings = settings_for_flags(t0=a.t0, steps=a.steps, seed=a.seed, sampler=a.sampler, num_samples=a.num,
                                   prompt=a.prompt, guidance=a.guidance)
     at = _ints_signed(a.at, "--at", 2)
-    background, patch = open_image(a.background), open_image(a.patch)
+    check_grow(a.mask_grow, a.mask_feather)
+    composed, mask = paste_patch(open_image(a.background), open_image(a.patch), (at[0], at[1]), a.scale)
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
+    model.check_conditioning(settings)
     check_output_folder(a.outdir)
-    outs = composite(model, background, patch, at=(at[0], at[1]), scale=a.scale, mask_grow=a.mask_grow,
-                     mask_feather=a.mask_feather, settings=settings, progress=not a.quiet)
+    outs = edit(model, composed, mask=mask, mask_grow=a.mask_grow, mask_feather=a.mask_feather, fit="stretch",
+                original_size=True, settings=settings, progress=not a.quiet)
     with Writer() as writer:
         for img in outs:
             meta = json.loads(img.info["sdedit"])
@@ -493,7 +498,8 @@ def _download(a: argparse.Namespace) -> int:
         say(folder)
         return 0
     if "/" not in a.name:
-        raise InputError(f"unknown preset {a.name!r}; presets: {', '.join(PRESETS)} (or give a Hub id OWNER/NAME)")
+        raise InputError(f"unknown preset {a.name!r}; presets: {', '.join([*PRESETS, *PIPELINE_PRESETS])} "
+                         f"(or give a Hub id OWNER/NAME)")
     folder = hub_pipeline_snapshot(a.name)
     say(folder if folder is not None else hub_snapshot(a.name, what=a.name))
     return 0

@@ -62,12 +62,9 @@ def hub_snapshot(repo_id: str, *, what: str) -> Path:
     return config.parent.parent if sub else config.parent
 
 
-PIPELINE_FILES = ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
-                  "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
-                  "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors",
-                  "tokenizer/*", "text_encoder_2/config.json", "text_encoder_2/model.safetensors", "tokenizer_2/*",
-                  "transformer/config.json", "transformer/*.safetensors", "transformer/*.json",
-                  "text_encoder_3/config.json", "text_encoder_3/*.safetensors", "text_encoder_3/*.json", "tokenizer_3/*"]
+PIPELINE_FILES = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/*", "tokenizer_2/*", "tokenizer_3/*",
+                  *(f"{part}/{pattern}" for part in ("unet", "vae", "transformer", "text_encoder", "text_encoder_2",
+                                                     "text_encoder_3") for pattern in ("*.json", "*.safetensors"))]
 
 
 def hub_pipeline_snapshot(repo_id: str) -> Path | None:
@@ -80,7 +77,8 @@ def hub_pipeline_snapshot(repo_id: str) -> Path | None:
         hf_hub_download(repo_id, "model_index.json")
     except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError):
         return None  # not a pipeline, or unreachable: hub_snapshot reports which
-    return Path(snapshot_download(repo_id, allow_patterns=PIPELINE_FILES))
+    # the default-precision weights only: "*.fp16.safetensors" variants beside them would double the download
+    return Path(snapshot_download(repo_id, allow_patterns=PIPELINE_FILES, ignore_patterns=["*.fp16.*", "*.bin"]))
 
 
 def is_cached(repo_id: str) -> bool:

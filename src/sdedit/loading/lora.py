@@ -38,15 +38,18 @@ class LoraSpec:
 
 def lora_file(spec: LoraSpec) -> Path:
     """The local safetensors file of a LoRA (downloaded into the Hub cache for a Hub id)."""
-    path = Path(spec.source).expanduser()
-    if path.is_dir():
-        path = path / LORA_FILE
+    given = Path(spec.source).expanduser()
+    path = given / LORA_FILE if given.is_dir() else given
+    local = os.path.lexists(given) or given.suffix.lower() in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+    if local and not path.is_file():
+        raise InputError(f"LoRA not found: {printable(path)}" + (f" (the folder has no {LORA_FILE})"
+                                                                if given.is_dir() else ""))
     if path.is_file():
         if path.suffix != ".safetensors":
             raise InputError(f"{printable(path)}: LoRA weights are read from .safetensors files only "
                              f"(pickled .bin/.pt files can hold code)")
         return path
-    if os.path.lexists(path) or not is_repo_id(spec.source):
+    if not is_repo_id(spec.source):
         raise InputError(f"LoRA not found: {printable(spec.source)} (a .safetensors file, a folder with {LORA_FILE}, "
                          f"or a Hub id)")
     from huggingface_hub import hf_hub_download
