@@ -15,7 +15,7 @@ from sdedit import edit, load_model
 from sdedit.errors import InputError
 from sdedit.images import image_to_tensor, read_settings
 from sdedit.settings import RunSettings
-from sdedit.families.stable_diffusion import GuidedDenoiser, StableDiffusionModel, latent_mask, snap8
+from sdedit.families.stable_diffusion import GuidedDenoiser, StableDiffusionModel, TextCondition, latent_mask, snap8
 from sdedit.engine.samplers import SAMPLERS
 from sdedit.engine.schedules import DiscreteVPSchedule
 
@@ -57,7 +57,7 @@ def test_guided_denoiser_recovers_x0_from_exact_eps_or_v(kind):
     schedule = DiscreteVPSchedule(0.00085, 0.012, 1000, "scaled_linear")
     x0, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     sigma = schedule.sigmas[400].float().reshape(1)
-    cond = torch.zeros(1, 3, 5)
+    cond = TextCondition(torch.zeros(1, 3, 5))
     d = GuidedDenoiser(Oracle(x0, noise, schedule, kind), schedule, kind, cond, None, 1.0)
     assert torch.allclose(d(x0 + sigma * noise, sigma), x0, atol=1e-4)
 
@@ -66,7 +66,7 @@ def test_classifier_free_guidance_extrapolates_from_the_negative_prompt():
     schedule = DiscreteVPSchedule(0.00085, 0.012, 1000, "scaled_linear")
     x0, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     sigma = schedule.sigmas[300].float().reshape(1)
-    cond, uncond = torch.ones(1, 3, 5), torch.zeros(1, 3, 5)  # eps_c = eps + 0.1, eps_u = eps
+    cond, uncond = TextCondition(torch.ones(1, 3, 5)), TextCondition(torch.zeros(1, 3, 5))  # eps_c = eps + 0.1
     w = 4.0
     d = GuidedDenoiser(Oracle(x0, noise, schedule, "epsilon", shift=0.1), schedule, "epsilon", cond, uncond, w)
     # D = x - sigma (eps_u + w (eps_c - eps_u)) = x0 - sigma * w * 0.1
