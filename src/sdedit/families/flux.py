@@ -12,7 +12,6 @@ classifier-free guidance, no negative prompt; 3.5 is its usual value); schnell t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,12 @@ from ..engine.samplers import Denoiser
 from ..engine.schedules import FlowSchedule
 from ..errors import InputError
 from ..images import Fit
-from ..loading.lora import LoraSpec, apply_loras
+from ..loading.lora import LoraSpec
 from ..loading.checkpoints import LOAD_ERRORS, first_line, read_json, schedule_from, scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
-from .stable_diffusion import latent_mask, snap8
+from .latent import LatentSpace
+from .stable_diffusion import snap8
 
 
 def pack(z: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ class FluxDenoiser(nn.Module):
 
 
 @dataclass
-class FluxModel(Model):
+class FluxModel(LatentSpace, Model):
     """A FLUX.1 model: FluxTransformer2DModel, AutoencoderKL (16 channels), CLIP text encoder and T5."""
 
     transformer: nn.Module
@@ -93,10 +93,6 @@ class FluxModel(Model):
     text_conditioned = True
 
     @property
-    def latent_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
     def resolution(self) -> int:
         return 1024  # FLUX.1's training resolution; it runs at any multiple of 16
 
@@ -109,19 +105,12 @@ class FluxModel(Model):
             m.to(device)
         return self
 
-    def set_autocast(self, dtype: torch.dtype | None) -> None:
-        self.autocast_dtype = dtype
-
     def add_loras(self, specs: list[LoraSpec]) -> None:
         """LoRA on the transformer, through diffusers' FLUX loader (its kohya/XLabs conversions) and PEFT."""
-        if not specs:
-            return
-        from diffusers.loaders import FluxLoraLoaderMixin
+        if specs:
+            from diffusers.loaders import FluxLoraLoaderMixin
 
-        skipped = apply_loras(self.transformer, specs, FluxLoraLoaderMixin, "transformer")
-        self.info["loras"] = [f"{s.source}:{s.scale:g}" for s in specs]
-        if skipped:
-            self.info["lora_text_encoder_layers_skipped"] = len(skipped)
+            self.lora_onto(self.transformer, specs, FluxLoraLoaderMixin, "transformer")
 
     def compile(self) -> None:
         self.transformer = torch.compile(self.transformer)
@@ -163,23 +152,6 @@ class FluxModel(Model):
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
         """The whole input at the largest size with sides multiples of VAE factor x 2 (the packing)."""
         return Frame((0, 0, *size), snap8(size, self.latent_factor * 2), True)
-
-    @torch.inference_mode()
-    def encode(self, x_g: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        dist = self.vae.encode(x_g.to(self.device, torch.float32)).latent_dist
-        draws = [torch.randn(dist.mean.shape, generator=g, dtype=torch.float32).to(self.device) for g in generators]
-        z = torch.cat([dist.mean + dist.std * d for d in draws])
-        return (z - self.vae.config.shift_factor) * self.vae.config.scaling_factor
-
-    def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        h, w = mask.shape[-2:]
-        return latent_mask(mask.to(self.device), (h // self.latent_factor, w // self.latent_factor))
-
-    @torch.inference_mode()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        cfg = self.vae.config
-        return self.vae.decode(z.float() / cfg.scaling_factor + cfg.shift_factor).sample.clamp(-1.0, 1.0)
-
 
 def is_flux_folder(root: Path) -> bool:
     """Whether a folder holds a diffusers FLUX.1 pipeline."""

@@ -11,13 +11,11 @@ crop corner, target size: the image's own size and (0, 0), as diffusers' img2img
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..devices import pick_device
@@ -26,11 +24,12 @@ from ..engine.samplers import Denoiser
 from ..engine.schedules import DiscreteVPSchedule
 from ..errors import InputError
 from ..images import Fit
-from ..loading.lora import LoraSpec, apply_loras
+from ..loading.lora import LoraSpec
 from ..loading.checkpoints import LOAD_ERRORS, check_sample_size, first_line, plan_network, read_json, \
     schedule_from, scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
+from .latent import LatentSpace, latent_mask  # noqa: F401 (latent_mask: part of this family's API)
 
 LATENT_FACTOR = 8  # pixels per latent cell in Stable Diffusion's VAEs (2 ** (levels - 1))
 
@@ -91,11 +90,6 @@ class GuidedDenoiser(nn.Module):
         return x0_from_eps(x, s, out)
 
 
-def latent_mask(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """A pixel mask (1, 1, H, W) on the latent grid: a cell is as edited as its most edited pixel."""
-    return F.adaptive_max_pool2d(mask, shape)
-
-
 def snap8(size: tuple[int, int], factor: int = LATENT_FACTOR) -> tuple[int, int]:
     """The largest size with both sides multiples of the latent factor (8) that fits in size."""
     w, h = (max(factor, s // factor * factor) for s in size)
@@ -103,7 +97,7 @@ def snap8(size: tuple[int, int], factor: int = LATENT_FACTOR) -> tuple[int, int]
 
 
 @dataclass
-class StableDiffusionModel(Model):
+class StableDiffusionModel(LatentSpace, Model):
     """A Stable Diffusion 1.x/2.x model: UNet2DConditionModel, AutoencoderKL, CLIP text encoder and tokenizer."""
 
     unet: nn.Module
@@ -122,11 +116,6 @@ class StableDiffusionModel(Model):
     text_conditioned = True
 
     @property
-    def latent_factor(self) -> int:
-        """Pixels per latent cell: the VAE halves the size at each level but the last."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
     def resolution(self) -> int:
         """The image side the model was trained at (its UNet's sample size times 8)."""
         size = self.unet.config.sample_size
@@ -142,20 +131,14 @@ class StableDiffusionModel(Model):
                 m.to(device)
         return self
 
-    def set_autocast(self, dtype: torch.dtype | None) -> None:
-        self.autocast_dtype = dtype
-
     def add_loras(self, specs: list[LoraSpec]) -> None:
         """LoRA on the UNet, through diffusers' loader (kohya and diffusers formats) and PEFT adapters."""
-        if not specs:
-            return
-        from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+        if specs:
+            from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
-        reader = StableDiffusionXLLoraLoaderMixin if self.text_encoder_2 is not None else StableDiffusionLoraLoaderMixin
-        skipped = apply_loras(self.unet, specs, reader, "unet")
-        self.info["loras"] = [f"{s.source}:{s.scale:g}" for s in specs]
-        if skipped:
-            self.info["lora_text_encoder_layers_skipped"] = len(skipped)
+            xl = self.text_encoder_2 is not None
+            self.lora_onto(self.unet, specs, StableDiffusionXLLoraLoaderMixin if xl else StableDiffusionLoraLoaderMixin,
+                           "unet")
 
     def compile(self) -> None:
         self.unet = torch.compile(self.unet)
@@ -200,24 +183,6 @@ class StableDiffusionModel(Model):
         else:
             self.vae.disable_tiling()
         return Frame((0, 0, *size), snapped, True)
-
-    @torch.inference_mode()
-    def encode(self, x_g: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """Scaled latents of one guide, one draw from the VAE's posterior per generator (as diffusers draws it)."""
-        dist = self.vae.encode(x_g.to(self.device, torch.float32)).latent_dist
-        draws = [torch.randn(dist.mean.shape, generator=g, dtype=torch.float32).to(self.device) for g in generators]
-        z = torch.cat([dist.mean + dist.std * d for d in draws])
-        return z * self.vae.config.scaling_factor
-
-    def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        h, w = mask.shape[-2:]
-        return latent_mask(mask.to(self.device), (h // self.latent_factor, w // self.latent_factor))
-
-    @torch.inference_mode()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] from scaled latents (fp32)."""
-        return self.vae.decode(z.float() / self.vae.config.scaling_factor).sample.clamp(-1.0, 1.0)
-
 
 def is_sd_folder(root: Path) -> bool:
     """Whether a folder holds a Stable Diffusion-style pipeline (model_index.json with unet/ and vae/)."""

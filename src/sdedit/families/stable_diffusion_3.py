@@ -11,7 +11,6 @@ so sizes are snapped to multiples of VAE factor x patch size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,12 @@ from ..engine.samplers import Denoiser
 from ..engine.schedules import FlowSchedule
 from ..errors import InputError
 from ..images import Fit
-from ..loading.lora import LoraSpec, apply_loras
+from ..loading.lora import LoraSpec
 from ..loading.checkpoints import LOAD_ERRORS, first_line, read_json, schedule_from, scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
-from .stable_diffusion import TextCondition, latent_mask, snap8
+from .latent import LatentSpace
+from .stable_diffusion import TextCondition, snap8
 
 T5_TOKENS = 256  # SD3's max_sequence_length for T5
 
@@ -64,7 +64,7 @@ class FlowGuidedDenoiser(nn.Module):
 
 
 @dataclass
-class StableDiffusion3Model(Model):
+class StableDiffusion3Model(LatentSpace, Model):
     """An SD3 / SD3.5 model: SD3Transformer2DModel, AutoencoderKL, two CLIP encoders and an optional T5."""
 
     transformer: nn.Module
@@ -76,10 +76,6 @@ class StableDiffusion3Model(Model):
     info: dict[str, Any] = field(default_factory=dict)
     autocast_dtype: torch.dtype | None = None
     text_conditioned = True
-
-    @property
-    def latent_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def resolution(self) -> int:
@@ -94,19 +90,12 @@ class StableDiffusion3Model(Model):
             m.to(device)
         return self
 
-    def set_autocast(self, dtype: torch.dtype | None) -> None:
-        self.autocast_dtype = dtype
-
     def add_loras(self, specs: list[LoraSpec]) -> None:
         """LoRA on the transformer, through diffusers' SD3 loader and PEFT adapters."""
-        if not specs:
-            return
-        from diffusers.loaders import SD3LoraLoaderMixin
+        if specs:
+            from diffusers.loaders import SD3LoraLoaderMixin
 
-        skipped = apply_loras(self.transformer, specs, SD3LoraLoaderMixin, "transformer")
-        self.info["loras"] = [f"{s.source}:{s.scale:g}" for s in specs]
-        if skipped:
-            self.info["lora_text_encoder_layers_skipped"] = len(skipped)
+            self.lora_onto(self.transformer, specs, SD3LoraLoaderMixin, "transformer")
 
     def compile(self) -> None:
         self.transformer = torch.compile(self.transformer)
@@ -149,25 +138,6 @@ class StableDiffusion3Model(Model):
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
         """The whole input at the largest size with sides multiples of VAE factor x patch size."""
         return Frame((0, 0, *size), snap8(size, self._multiple()), True)
-
-    @torch.inference_mode()
-    def encode(self, x_g: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """(z - shift) * scale for one posterior draw per generator, as diffusers draws it."""
-        dist = self.vae.encode(x_g.to(self.device, torch.float32)).latent_dist
-        draws = [torch.randn(dist.mean.shape, generator=g, dtype=torch.float32).to(self.device) for g in generators]
-        z = torch.cat([dist.mean + dist.std * d for d in draws])
-        cfg = self.vae.config
-        return (z - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
-
-    def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        h, w = mask.shape[-2:]
-        return latent_mask(mask.to(self.device), (h // self.latent_factor, w // self.latent_factor))
-
-    @torch.inference_mode()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        cfg = self.vae.config
-        return self.vae.decode(z.float() / cfg.scaling_factor + (cfg.shift_factor or 0.0)).sample.clamp(-1.0, 1.0)
-
 
 def is_sd3_folder(root: Path) -> bool:
     """Whether a folder holds a diffusers SD3 pipeline (model_index.json naming it, transformer/ and vae/)."""

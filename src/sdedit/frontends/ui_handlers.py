@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from ..api import iter_edits, prepare_guide, steps_total
 from ..errors import InputError
