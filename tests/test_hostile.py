@@ -325,7 +325,7 @@ def test_loader_errors_name_the_file_and_say_what_is_wrong(tmp_path, capsys):
     evil = tmp_path / "evil.ckpt"
     torch.save({"w": Payload(str(tmp_path / "pwned"))}, evil)
     err = one_line_error(capsys, main(["edit", good, "--model", str(evil), "--config", str(DATA / "tiny.yml")]))
-    assert "evil.ckpt" in err and "weights_only=False" not in err and not (tmp_path / "pwned").exists()
+    assert "evil.ckpt" in err and "weights_only" not in err and not (tmp_path / "pwned").exists()
     for args, message in ((["download", "../../etc"], "not a Hub repository id"),
                           (["edit", good, *TINY, "--device", "meta"], "unknown device")):
         assert message in one_line_error(capsys, main(args))
