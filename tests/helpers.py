@@ -21,10 +21,15 @@ def bomb_png(path: Path, width: int = 30000, height: int = 30000) -> Path:
     return path
 
 
-def stroke_png(path: Path, size: tuple[int, int] = (40, 32), seed: int = 0) -> Path:
-    """A random RGB image."""
+def random_image(size: tuple[int, int] = (40, 32), seed: int = 0) -> Image.Image:
+    """A random RGB image of (width, height)."""
     rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def stroke_png(path: Path, size: tuple[int, int] = (40, 32), seed: int = 0) -> Path:
+    """A random RGB image, saved."""
+    random_image(size, seed).save(path)
     return path
 
 

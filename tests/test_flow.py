@@ -21,6 +21,7 @@ from sdedit.images import image_to_tensor
 from sdedit.settings import RunSettings
 
 from .test_samplers import GUIDE, MU, S0, SIGMA0, TARGET
+from .helpers import random_image as photo
 from .tiny_sd import make_tiny_sd3
 
 
@@ -64,11 +65,6 @@ def test_flow_schedule_is_exact_continuous_and_capped():
 def sd3_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sd3") / "tiny-sd3"
     return folder, make_tiny_sd3(folder)
-
-
-def photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
 def test_matches_diffusers_sd3_img2img_where_euler_on_the_flow_is_ddim(sd3_folder):

@@ -16,6 +16,7 @@ from sdedit.families.stable_diffusion import StableDiffusionModel
 from sdedit.images import image_to_tensor
 from sdedit.settings import RunSettings
 
+from .helpers import random_image as photo
 from .tiny_sd import make_tiny_sdxl
 
 
@@ -24,11 +25,6 @@ def sdxl_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sdxl") / "tiny-sdxl"
     pipe = make_tiny_sdxl(folder)
     return folder, pipe
-
-
-def photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
 def test_loads_as_sdxl_with_both_encoders(sdxl_folder):
