@@ -128,6 +128,11 @@ def _parser() -> Parser:
     t.add_argument("--minutes", type=float, help="stop after this many minutes in this sitting")
     t.add_argument("--save-every", type=float, help="minutes between checkpoints (5)")
     t.add_argument("--seed", type=int, help="seed of the weights and the data order (0)")
+    t.add_argument("--init-from", help="start from this DDPM folder or bundled model's weights (same network)")
+    t.add_argument("--t-split", type=int, help="timesteps below this get --low-t-share of the steps (700)")
+    t.add_argument("--low-t-share", type=float, help="share of steps drawn below --t-split (0.8)")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="auto (bf16 autocast where the device runs it natively), fp32 or bf16")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
     t.add_argument("-q", "--quiet", action="store_true")
@@ -281,7 +286,8 @@ def _train(a: argparse.Namespace) -> int:
     from ..research.training import TrainConfig, train
 
     given = {k: getattr(a, k) for k in ("data", "size", "layers_per_block", "batch_size", "lr", "ema_decay",
-                                        "num_images", "seed", "max_steps", "minutes", "save_every")
+                                        "num_images", "seed", "max_steps", "minutes", "save_every", "init_from",
+                                        "t_split", "low_t_share", "precision")
              if getattr(a, k) is not None}
     if a.widths is not None:
         given["widths"] = _ints(a.widths, "--widths")
@@ -297,6 +303,10 @@ def _train(a: argparse.Namespace) -> int:
         raise InputError("--save-every must be a number of minutes >= 0")
     if not 0 <= given.get("ema_decay", 0) < 1:
         raise InputError("--ema-decay must be in [0, 1)")
+    if not 0 <= given.get("low_t_share", 0) <= 1:
+        raise InputError("--low-t-share must be in [0, 1]")
+    if not 1 <= given.get("t_split", 1) <= 999:
+        raise InputError("--t-split must be a timestep in [1, 999]")
     data = given.get("data", "synthetic")
     if data != "synthetic":
         if not Path(data).is_dir():

@@ -48,6 +48,8 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many steps in all
     minutes: float | None = None  # stop after this many minutes in this sitting
     save_every: float = 5.0  # minutes between checkpoints
+    precision: str = "auto"  # "auto" (bf16 autocast where the device runs it natively), "fp32" or "bf16"
+    init_from: str | None = None  # a DDPM folder (or bundled name) whose weights start the run (same network)
 
     def unet_config(self) -> dict[str, Any]:
         attn = [self.size // 2**i in self.attn_res for i in range(len(self.widths))]
@@ -107,6 +109,14 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the global RNG
             torch.manual_seed(cfg.seed)
             self.model = UNet2DModel(**cfg.unet_config()).to(device)
+        if cfg.init_from is not None:
+            try:
+                self.model.load_state_dict(initial_weights(cfg.init_from, cfg))
+            except RuntimeError as e:
+                raise InputError(f"--init-from {printable(cfg.init_from)}: {first_line(e)}") from None
+        from ..devices import resolve_precision
+
+        self.bf16 = resolve_precision(cfg.precision, device) == "bf16"
         self.ema = UNet2DModel(**cfg.unet_config()).to(device).requires_grad_(False)
         self.ema.load_state_dict(self.model.state_dict())
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -136,8 +146,8 @@ class Trainer:
         ab = self.alpha_bar[t.to(self.device)][:, None, None, None]
         # Forward process: x_t = sqrt(abar) x0 + sqrt(1 - abar) eps; predict eps.
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        # bf16 autocast on GPUs (fast there); fp32 on the CPU.
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        # bf16 autocast where the device runs it natively (weights, optimizer and loss stay fp32).
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             pred = self.model(x_t, t.to(self.device)).sample
         loss = nn.functional.mse_loss(pred.float(), noise)
         self.opt.zero_grad(set_to_none=True)
@@ -313,7 +323,24 @@ def sample_grid(out: Path, path: Path, n: int = 16, steps: int = 100, seed: int 
     return save_png(grid(tensor_to_images(x), ncols=8), path, overwrite=True)
 
 
-BUDGET = ("max_steps", "minutes", "save_every")  # what a resumed run may change
+BUDGET = ("max_steps", "minutes", "save_every", "precision")  # what a resumed run may change
+
+
+def initial_weights(source: str, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The fp32 weights of a DDPM folder or bundled model to start from; InputError unless its network is cfg's."""
+    from ..loading.checkpoints import read_json
+    from ..loading.presets import BUNDLED_MODELS, bundled_path
+
+    folder = bundled_path(source) if source in BUNDLED_MODELS else Path(source)
+    config = read_json(folder / "config.json")
+    want = cfg.unet_config()
+    differ = [k for k in ("sample_size", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types")
+              if config.get(k) != want[k]]
+    if differ:
+        raise InputError(f"--init-from {printable(source)}: its network differs from this run's ({', '.join(differ)});"
+                         f" give the same --size/--widths/--attn-res/--layers-per-block")
+    tensors, _ = read_safetensors(folder / "diffusion_pytorch_model.safetensors")
+    return {k: v.float() for k, v in tensors.items()}
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | None = None, progress: bool = True,
