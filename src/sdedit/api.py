@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .crops import DEFAULT_CROP_PADDING, check_padding, mask_box
 from .engine.editing import edit_tensors
 from .errors import InputError, SamplingError
 from .families.base import Frame, Model
@@ -29,6 +30,7 @@ from .version import __version__
 MAX_STRENGTH_LEVELS = 64  # distinct grey levels of a strength map (each adds one network evaluation)
 
 StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
+CropToMask = bool | int | None  # None: when the input is larger than the model; True/int: always (int = padding)
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,13 @@ class Guide:
 
 def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None, *, fit: Fit = "crop",
                   original_size: bool = False, strength_map: ImageLike | None = None, mask_grow: int = 0,
-                  mask_feather: int = 0) -> Guide:
+                  mask_feather: int = 0, crop_to_mask: CropToMask = None) -> Guide:
     """Read an image (and a mask or a strength map), and cut and resize them to where and how the model works.
 
     strength_map: per-pixel t0 (white = t0, black = keep, grey g = t0 * g), instead of a mask.
+    crop_to_mask: edit only the mask's box (plus padding) at the model's resolution and return the whole
+    input (crops.py); None = when the input is larger than the model, True = always, an int = always with
+    that padding in pixels, False = never.
     """
     if mask is not None and strength_map is not None:
         raise InputError("give a mask or a strength map, not both (a strength map of 0 and 255 is a mask)")
@@ -77,7 +82,7 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
         full_mask = grow_and_feather(full_mask, mask_grow, mask_feather)
     if fit not in ("crop", "stretch"):
         raise InputError(f"fit must be 'crop' or 'stretch', got {fit!r}")
-    frame = model.frame(full.size, fit, original_size)
+    frame = _crop_frame(model, full, full_mask, crop_to_mask) or model.frame(full.size, fit, original_size)
     region = full.crop(frame.box)
     small = region if region.size == frame.size else region.resize(frame.size, Image.Resampling.LANCZOS)
     small_mask = None
@@ -96,6 +101,17 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
     return Guide(full, full_mask, frame, small, small_mask)
 
 
+def _crop_frame(model: Model, full: Image.Image, keep: Image.Image | None, crop_to_mask: CropToMask) -> Frame | None:
+    """The crop-to-mask frame when it applies (a mask or map is given, and asked for or the input is larger)."""
+    if crop_to_mask is None:
+        crop_to_mask = max(full.size) > model.resolution
+    if crop_to_mask is False or keep is None:
+        return None
+    padding = DEFAULT_CROP_PADDING if crop_to_mask is True else check_padding(crop_to_mask)
+    box = mask_box(keep, padding, model.resolution, model.square)
+    return None if box is None else model.crop_frame(box)
+
+
 def settings_from(model: Model, settings: RunSettings | None = None, **fields: Any) -> RunSettings:
     """A RunSettings from keyword arguments (None = the default)."""
     given = {k: v for k, v in fields.items() if v is not None}
@@ -110,13 +126,15 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
          precision: str | None = None, prompt: str | None = None, negative_prompt: str | None = None,
          guidance: float | None = None, settings: RunSettings | None = None, fit: Fit = "crop",
          original_size: bool = False, progress: bool = True, strength_map: ImageLike | None = None,
-         mask_grow: int = 0, mask_feather: int = 0, callback: StepCallback | None = None) -> list[Image.Image]:
+         mask_grow: int = 0, mask_feather: int = 0, crop_to_mask: CropToMask = None,
+         callback: StepCallback | None = None) -> list[Image.Image]:
     """SDEdit (Meng et al. 2022) on one guide image: num_samples outputs, sample j seeded with seed + j.
 
     image/mask: paths, PIL images or arrays (floats in [0, 1]); mask white = edit, black =
     keep, soft values blend; none = edit everything.  strength_map instead of a mask: per-pixel
     t0 (white = t0, grey g = t0 * g, black = keep), each pixel entering the reverse process at its
-    own time exactly.  Unset settings take RunSettings'
+    own time exactly.  crop_to_mask: a photo larger than the model is edited in the mask's box at the
+    model's resolution and returned whole (see prepare_guide).  Unset settings take RunSettings'
     defaults (or pass `settings`).  Pixel models work on the centre square (fit="crop") or
     the stretched image at their resolution, and original_size scales outputs back; latent
     models work at the input's own size.  Kept pixels are the input's, bit for bit.  Each
@@ -126,7 +144,7 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
                         num_samples=num_samples, seed=seed, batch_size=batch_size, precision=precision,
                         prompt=prompt, negative_prompt=negative_prompt, guidance=guidance)
     guide = prepare_guide(model, image, mask, fit=fit, original_size=original_size, strength_map=strength_map,
-                          mask_grow=mask_grow, mask_feather=mask_feather)
+                          mask_grow=mask_grow, mask_feather=mask_feather, crop_to_mask=crop_to_mask)
     assert run.seed is not None
     return list(iter_edits(model, [guide], [run.seed], run, fit=fit, progress=progress, callback=callback))
 
@@ -222,12 +240,17 @@ def _finish(model: Model, guide: Guide, out: Image.Image, settings: RunSettings,
         if guide.full_keep is not None:
             out = paste_kept(out, guide.full.crop(frame.box), guide.full_keep.crop(frame.box),
                              blend=guide.strength is None)
+        if frame.whole_input:  # crop-to-mask: the box goes back into the untouched photo
+            whole = guide.full.copy()
+            whole.paste(out, frame.box[:2])
+            out = whole
     elif guide.keep is not None:
         out = paste_kept(out, guide.image, guide.keep, blend=guide.strength is None)
     meta = {"model": model.name, **settings.metadata(text_conditioned=model.text_conditioned), "precision": model.precision,
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
             "fit": fit, "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
             **({"strength_map": True} if guide.strength is not None else {}),
+            **({"crop": list(frame.box)} if frame.whole_input else {}),
             "device": str(model.device), "sdedit_version": __version__, "seed": seed, "sample": sample}
     out.info["sdedit"] = json.dumps(meta)
     return out

@@ -36,6 +36,7 @@ class Frame:
     box: tuple[int, int, int, int]  # (left, top, right, bottom) in input pixels
     size: tuple[int, int]  # (width, height) the sampler sees, in pixels
     back_to_input: bool  # outputs are scaled back to the box's own size (else they stay at `size`)
+    whole_input: bool = False  # outputs are the whole input with the box replaced (crop-to-mask)
 
 
 class Model(ABC):
@@ -45,6 +46,7 @@ class Model(ABC):
     schedule: Schedule  # sigma(t) of the SDE the network was trained with, in contract units
     info: dict[str, Any]  # family, source, parameter count, precision, ...
     text_conditioned: bool = False  # takes prompt / negative prompt / guidance
+    square: bool = False  # works on square images only (pixel models); latent models take any aspect
 
     @property
     @abstractmethod
@@ -87,6 +89,13 @@ class Model(ABC):
     @abstractmethod
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] from the sampler's space."""
+
+    def crop_frame(self, box: tuple[int, int, int, int]) -> Frame:
+        """A box of a larger input edited at the model's resolution (at most its area) and pasted back whole."""
+        w, h = box[2] - box[0], box[3] - box[1]
+        scale = min(1.0, self.resolution / (w * h) ** 0.5)
+        size = self.frame((max(1, round(w * scale)), max(1, round(h * scale))), "stretch", True).size
+        return Frame(box, size, True, whole_input=True)
 
     @property
     def precision(self) -> str:

@@ -90,6 +90,7 @@ class PixelModel(Model):
     side: int  # square image size the network expects
     name: str  # preset name, path or Hub id, for metadata
     info: dict[str, Any] = field(default_factory=dict)  # family, source, parameter count, ...
+    square = True
 
     @property
     def resolution(self) -> int:

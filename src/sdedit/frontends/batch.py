@@ -34,6 +34,7 @@ class BatchJob:
     loras: tuple[str, ...] = ()  # PATH_OR_HUB_ID[:SCALE] each
     mask_grow: int = 0  # pixels
     mask_feather: int = 0  # pixels
+    crop_to_mask: bool | int | None = None  # api.prepare_guide's: None = when the input is larger than the model
 
     def digest(self) -> str:
         """A stable hash of what decides the outputs (batch size and precision of the arithmetic aside)."""
@@ -44,6 +45,8 @@ class BatchJob:
             key["loras"] = list(self.loras)
         if self.mask_grow or self.mask_feather:
             key.update(mask_grow=self.mask_grow, mask_feather=self.mask_feather)
+        if self.crop_to_mask is not None:
+            key["crop_to_mask"] = self.crop_to_mask
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -401,7 +404,8 @@ def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, 
                 image = open_image(item.path)
                 mask = open_image(item.mask) if item.mask is not None else None
                 guides.append(prepare_guide(model, image, mask, fit=job.fit, original_size=job.original_size,
-                                            mask_grow=job.mask_grow, mask_feather=job.mask_feather))
+                                            mask_grow=job.mask_grow, mask_feather=job.mask_feather,
+                                            crop_to_mask=job.crop_to_mask))
                 order.append(item)
             except SdeditError as e:  # an unreadable input fails alone, and is in no batch
                 results[item.name] = e

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..crops import DEFAULT_CROP_PADDING
 from ..engine.samplers import SAMPLERS
 from ..errors import InputError, ModelUnavailableError
 from ..files import printable
@@ -49,6 +50,7 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("--mask-grow", type=int, default=0, help="grow the mask by this many pixels (0)")
     p.add_argument("--mask-feather", type=int, default=0,
                    help="feather the mask outward by this many pixels: the band blends into the photo (0)")
+    _add_crop(p)
     p.add_argument("--fit", choices=["crop", "stretch"], default="crop",
                    help="non-square inputs to a square model: centre-crop (default) or stretch")
     p.add_argument("--original-size", action="store_true", help="scale outputs back to the input's size")
@@ -56,6 +58,29 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("--negative-prompt", help="... and what it should not (the unconditional branch)")
     p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight ({DEFAULT_GUIDANCE}; 1 = none)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_crop(p: argparse.ArgumentParser) -> None:
+    """--crop-to-mask [PADDING] and --no-crop-to-mask (default: on when the input is larger than the model)."""
+    p.add_argument("--crop-to-mask", nargs="?", const=True, type=int, metavar="PADDING",
+                   help="edit only the mask's box plus PADDING pixels of context (default "
+                        f"{DEFAULT_CROP_PADDING}) at the model's resolution, and return the whole photo; on by "
+                        "default when the input is larger than the model and a mask is given")
+    p.add_argument("--no-crop-to-mask", dest="crop_to_mask", action="store_const", const=False,
+                   help="resize the whole input to the model instead")
+
+
+def _crop_option(a: argparse.Namespace) -> bool | int | None:
+    """--crop-to-mask's value, its padding checked before any work."""
+    from ..crops import check_padding
+
+    value = a.crop_to_mask
+    if value is None or isinstance(value, bool):
+        return value
+    try:
+        return check_padding(value)
+    except InputError:
+        raise InputError(f"--crop-to-mask PADDING must be a whole number of pixels >= 0, got {value}") from None
 
 
 FLAGS = {"t0": "--t0", "steps": "--steps", "repeats": "--repeats", "sampler": "--sampler", "num_samples": "-n",
@@ -103,6 +128,7 @@ def _parser() -> Parser:
     c.add_argument("--scale", type=float, default=1.0, help="scale the patch by this factor first (1)")
     c.add_argument("--mask-grow", type=int, default=4, help="grow the patch's mask by this many pixels (4)")
     c.add_argument("--mask-feather", type=int, default=8, help="feather it outward by this many pixels (8)")
+    _add_crop(c)
     _add_model(c)
     for flag, kind, text in (("--t0", float, f"noise level in (0, 1] ({DEFAULT_T0})"), ("--steps", int, "steps"),
                              ("--seed", int, "seed of the first output"), ("--prompt", str, "text-conditioned models"),
@@ -215,6 +241,7 @@ def _edit(a: argparse.Namespace) -> int:
 
     # Check everything cheap before loading a model, and the output folder before sampling.
     settings = run_settings(a)
+    crop = _crop_option(a)
     image = open_image(a.input)
     mask = open_image(a.mask) if a.mask is not None else None
     strength_map = open_image(a.strength_map) if a.strength_map is not None else None
@@ -223,7 +250,7 @@ def _edit(a: argparse.Namespace) -> int:
     model.check_conditioning(settings)
     model.optimize(precision=settings.precision or model.precision, compile=a.compile)
     guide = prepare_guide(model, image, mask, fit=a.fit, original_size=a.original_size, strength_map=strength_map,
-                          mask_grow=a.mask_grow, mask_feather=a.mask_feather)
+                          mask_grow=a.mask_grow, mask_feather=a.mask_feather, crop_to_mask=crop)
     check_output_folder(a.outdir)
     assert settings.seed is not None
     # Each output is written as soon as its batch is done: memory stays bounded and an interrupted run
@@ -247,13 +274,14 @@ def _composite(a: argparse.Namespace) -> int:
     settings = settings_for_flags(t0=a.t0, steps=a.steps, seed=a.seed, sampler=a.sampler, num_samples=a.num,
                                   prompt=a.prompt, guidance=a.guidance)
     at = _ints_signed(a.at, "--at", 2)
+    crop = _crop_option(a)
     check_grow(a.mask_grow, a.mask_feather)
     composed, mask = paste_patch(open_image(a.background), open_image(a.patch), (at[0], at[1]), a.scale)
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
     model.check_conditioning(settings)
     check_output_folder(a.outdir)
     outs = edit(model, composed, mask=mask, mask_grow=a.mask_grow, mask_feather=a.mask_feather, fit="stretch",
-                original_size=True, settings=settings, progress=not a.quiet)
+                original_size=True, crop_to_mask=crop, settings=settings, progress=not a.quiet)
     with Writer() as writer:
         for img in outs:
             meta = json.loads(img.info["sdedit"])
@@ -422,7 +450,7 @@ def _batch(a: argparse.Namespace) -> int:
     if not 1 <= a.threads <= cores:
         raise InputError(f"--threads must be from 1 to {cores} (this machine's cores), got {a.threads}")
     job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora), a.mask_grow,
-                   a.mask_feather)
+                   a.mask_feather, _crop_option(a))
     return run_folder(a.input_dir, a.outdir, a.masks, job, config=a.config, device=a.device, quiet=a.quiet,
                       threads=a.threads)
 
