@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,31 @@ def test_a_map_with_too_many_levels_or_a_grow_without_a_mask_is_refused():
         edit(model, img, mask_grow=3, progress=False)
     with pytest.raises(InputError, match="strength map is 16x16"):
         edit(model, img, strength_map=np.zeros((16, 16), np.uint8), progress=False)
+
+
+def test_batch_takes_a_folder_of_strength_maps_matched_by_stem(tmp_path):
+    from sdedit.frontends.cli import main
+
+    from .conftest import DATA
+
+    inp, maps, masks = tmp_path / "in", tmp_path / "maps", tmp_path / "masks"
+    for d in (inp, maps, masks):
+        d.mkdir()
+    rng = np.random.default_rng(0)
+    level = np.zeros((20, 20), np.uint8)
+    level[:10] = 255
+    level[10:15] = 128
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(inp / f"{name}.png")
+        Image.fromarray(level).save(maps / f"{name}.png")
+    model = ["--model", str(DATA / "tiny.ckpt"), "--config", str(DATA / "tiny.yml"), "--steps", "3", "-q",
+             "--fit", "stretch", "--original-size", "--seed", "1"]
+    assert main(["batch", str(inp), "-o", str(tmp_path / "out"), "--strength-maps", str(maps), *model]) == 0
+    for name in ("a", "b"):
+        out = next((tmp_path / "out").glob(f"{name}*.png"))
+        meta = json.loads(Image.open(out).info["sdedit"])
+        assert meta["strength_map"] is True
+        got, src = np.asarray(Image.open(out)), np.asarray(Image.open(inp / f"{name}.png"))
+        assert (got[15:] == src[15:]).all() and not (got[:10] == src[:10]).all()
+    assert main(["batch", str(inp), "-o", str(tmp_path / "o2"), "--strength-maps", str(maps), "--masks", str(masks),
+                 *model]) == 2

@@ -172,3 +172,26 @@ def test_gradio_handler_writes_pngs_with_settings_and_turns_errors_into_messages
         assert text.startswith(f"seed {5 + j} | t0 0.4 | ddim 3 steps")
     with pytest.raises(gr.Error, match="unknown model"):
         list(handler(editor, "/etc/passwd", 0.4, "ddim", 3, 1, 2, 5, 0, 0, progress=lambda *a, **k: None))
+
+
+def test_t0_auto_from_the_page_and_a_translucent_mask_brush_is_a_strength_map():
+    from sdedit.frontends.ui_handlers import Canvas, mask_strength
+
+    assert validate(MODELS, Limits(), **{**GOOD, "t0": "auto"})[1].t0 == "auto"
+    photo, strokes = photo_and_strokes()
+    half = Image.new("RGBA", photo.size, (0, 0, 0, 0))
+    half.paste((255, 0, 255, 128), (2, 2, 20, 20))  # the 0.5-opacity brush
+    canvas = Canvas(photo, strokes, half, photo)
+    level = np.asarray(mask_strength(canvas))
+    assert level[10, 10] == 128 and level[0, 0] == 0 and level[10, 35] == 255  # half t0; kept; strokes at full t0
+    opaque = half.copy()
+    opaque.paste((255, 0, 255, 255), (2, 2, 20, 20))
+    assert mask_strength(Canvas(photo, strokes, opaque, photo)) is None  # an opaque mask stays a binary mask
+    assert mask_strength(Canvas(photo, strokes, None, photo)) is None
+    # a run with the map: pixels at 0 are the photo's own
+    _, req = validate(MODELS, Limits(), **{**GOOD, "samples": 1})
+    events = list(run_steps(gaussian_model(), req, photo, None, fit="stretch", original_size=True,
+                            strength_map=mask_strength(canvas)))
+    out = np.asarray(events[-1].images[0][0])
+    keep = level == 0
+    assert (out[keep] == np.asarray(photo)[keep]).all() and not (out[~keep] == np.asarray(photo)[~keep]).all()

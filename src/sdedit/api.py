@@ -24,7 +24,7 @@ from .errors import InputError, SamplingError
 from .families.base import Frame, Model
 from .images import Fit, ImageLike, check_grow, grow_and_feather, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
     tensor_to_images
-from .settings import RunSettings
+from .settings import AUTO_T0, RunSettings
 from .version import __version__
 
 MAX_STRENGTH_LEVELS = 64  # distinct grey levels of a strength map (each adds one network evaluation)
@@ -127,9 +127,11 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
          guidance: float | None = None, settings: RunSettings | None = None, fit: Fit = "crop",
          original_size: bool = False, progress: bool = True, strength_map: ImageLike | None = None,
          mask_grow: int = 0, mask_feather: int = 0, crop_to_mask: CropToMask = None,
-         callback: StepCallback | None = None) -> list[Image.Image]:
+         faithfulness: float | None = None, callback: StepCallback | None = None) -> list[Image.Image]:
     """SDEdit (Meng et al. 2022) on one guide image: num_samples outputs, sample j seeded with seed + j.
 
+    t0: a number in (0, 1], None for the model's recommended t0, or "auto": per image the largest t0
+    whose output stays within `faithfulness` (an L2 budget at the model's resolution; see choose_t0).
     image/mask: paths, PIL images or arrays (floats in [0, 1]); mask white = edit, black =
     keep, soft values blend; none = edit everything.  strength_map instead of a mask: per-pixel
     t0 (white = t0, grey g = t0 * g, black = keep), each pixel entering the reverse process at its
@@ -142,28 +144,46 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
     """
     run = settings_from(model, settings, t0=t0, steps=steps, repeats=repeats, sampler=sampler,
                         num_samples=num_samples, seed=seed, batch_size=batch_size, precision=precision,
-                        prompt=prompt, negative_prompt=negative_prompt, guidance=guidance)
+                        prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, faithfulness=faithfulness)
     guide = prepare_guide(model, image, mask, fit=fit, original_size=original_size, strength_map=strength_map,
                           mask_grow=mask_grow, mask_feather=mask_feather, crop_to_mask=crop_to_mask)
     assert run.seed is not None
     return list(iter_edits(model, [guide], [run.seed], run, fit=fit, progress=progress, callback=callback))
 
 
+@dataclass(frozen=True)
+class Row:
+    """One output to make: a guide, its seed and sample index, and the settings of its guide (t0 resolved)."""
+
+    guide: Guide
+    seed: int
+    sample: int
+    run: RunSettings
+    auto: dict[str, float] | None = None  # t0 auto: the budget and the probe's L2 at the chosen t0
+
+
 def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], settings: RunSettings, *,
                fit: Fit = "crop", progress: bool = True, callback: StepCallback | None = None) -> Iterator[Image.Image]:
     """SDEdit of many guides, settings.num_samples each (guide i, sample j seeded seeds[i] + j), yielded as finished.
 
-    Rows of guides with the same frame size share network calls, up to settings.batch_size;
+    Rows of guides with the same frame size and t0 share network calls, up to settings.batch_size;
     every row has its own generator, so an output does not depend on what it was batched with.
+    Unset t0 and guidance take the model's recommended values; t0 'auto' is chosen per guide (choose_t0).
     """
     model.check_conditioning(settings)
     if settings.precision is not None:
         model.optimize(precision=settings.precision)
-    rows = [(g, seeds[i] + j, j) for i, g in enumerate(guides) for j in range(settings.num_samples)]
-    batches = _batches(rows, settings.batch_size)
+    settings = model.run_settings(settings)
     denoiser = model.denoiser(settings)
-    assert settings.steps is not None
-    bar = tqdm(total=len(batches) * settings.total_steps, desc="sdedit", unit="step", disable=not progress)
+    rows: list[Row] = []
+    for i, guide in enumerate(guides):
+        run, auto = settings, None
+        if settings.t0 == AUTO_T0:
+            t0, l2 = choose_t0(model, denoiser, guide, seeds[i], settings)
+            run, auto = settings.with_(t0=t0, steps=settings.steps), {"budget": settings.budget(guide.frame.size), "l2": l2}
+        rows.extend(Row(guide, seeds[i] + j, j, run, auto) for j in range(settings.num_samples))
+    batches = _batches(rows, settings.batch_size)
+    bar = tqdm(total=sum(b[0].run.total_steps for b in batches), desc="sdedit", unit="step", disable=not progress)
 
     def on_step(i: int, sigma: float, x: torch.Tensor, denoised: torch.Tensor) -> None:
         bar.update(1)
@@ -172,40 +192,82 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
 
     try:
         for batch in batches:
-            x = _run_batch(model, denoiser, batch, settings, on_step)
-            for (guide, seed, j), out in zip(batch, tensor_to_images(x), strict=True):
-                yield _finish(model, guide, out, settings, fit, seed, j)
+            x = _run_batch(model, denoiser, batch, on_step)
+            for row, out in zip(batch, tensor_to_images(x), strict=True):
+                yield _finish(model, row, out, fit)
     finally:
         bar.close()
 
 
-def _batches(rows: list[tuple[Guide, int, int]], size: int) -> list[list[tuple[Guide, int, int]]]:
-    """Consecutive rows in groups of at most `size` that share a frame size and the presence of a mask
-    (rows with strength maps only with rows of the same guide: the map's levels shape the step grid)."""
-    def key(guide: Guide) -> tuple[Any, ...]:
-        return guide.frame.size, guide.mask is None, id(guide) if guide.strength is not None else None
+PROBE_SAMPLER, PROBE_STEPS = "dpm++2m-sde", 5  # t0 auto's cheap runs (within 5% of the full recipe's L2)
+T0_RANGE = (0.05, 1.0)  # where t0 auto searches
+T0_BISECTIONS = 6  # the chosen t0 is within (1 - 0.05) / 2^6 = 0.015 of the budget's edge
 
-    out: list[list[tuple[Guide, int, int]]] = []
+
+def probe_l2(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], guide: Guide, seed: int,
+             settings: RunSettings, t0: float) -> float:
+    """t0 auto's measure: L2 between a few-step SDEdit of the guide at t0 and the guide, at the frame's size,
+    pixels in [0, 1] (the paper's faithfulness score)."""
+    probe = settings.with_(t0=t0, sampler=PROBE_SAMPLER, steps=PROBE_STEPS, repeats=1)
+    x = _run_batch(model, denoiser, [Row(guide, seed, 0, probe)], lambda *_: None)
+    reference = (image_to_tensor(guide.image).to(x.device) + 1) / 2
+    return float((((x[:1].float().clamp(-1, 1) + 1) / 2 - reference) ** 2).sum().sqrt())
+
+
+def choose_t0(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], guide: Guide, seed: int,
+              settings: RunSettings) -> tuple[float, float]:
+    """The largest t0 whose probe_l2 stays within settings.budget, by bisection on T0_RANGE (L2 grows with t0);
+    and its L2.  If even the smallest t0 breaks the budget, that smallest t0 (the most faithful there is)."""
+    budget = settings.budget(guide.frame.size)
+
+    def l2(t0: float) -> float:
+        return probe_l2(model, denoiser, guide, seed, settings, t0)
+
+    lo, hi = T0_RANGE
+    at_hi = l2(hi)
+    if at_hi <= budget:
+        return hi, at_hi
+    at_lo = l2(lo)
+    for _ in range(T0_BISECTIONS):
+        mid = round((lo + hi) / 2, 4)
+        at_mid = l2(mid)
+        if at_mid <= budget:
+            lo, at_lo = mid, at_mid
+        else:
+            hi = mid
+    return lo, at_lo
+
+
+def _batches(rows: list[Row], size: int) -> list[list[Row]]:
+    """Consecutive rows in groups of at most `size` that share a frame size, t0 and the presence of a mask
+    (rows with strength maps only with rows of the same guide: the map's levels shape the step grid)."""
+    def key(row: Row) -> tuple[Any, ...]:
+        guide = row.guide
+        return (guide.frame.size, guide.mask is None, id(guide) if guide.strength is not None else None, row.run.t0,
+                row.run.steps)
+
+    out: list[list[Row]] = []
     for row in rows:
         last = out[-1] if out else None
-        if last is not None and len(last) < size and key(last[0][0]) == key(row[0]):
+        if last is not None and len(last) < size and key(last[0]) == key(row):
             last.append(row)
         else:
             out.append([row])
     return out
 
 
-def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-               batch: list[tuple[Guide, int, int]], settings: RunSettings, on_step: StepCallback) -> torch.Tensor:
+def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: list[Row],
+               on_step: StepCallback) -> torch.Tensor:
     """Encode each row's guide with its generator, SDEdit the batch in the sampler's space, decode, check."""
-    generators = [torch.Generator().manual_seed(seed) for _, seed, _ in batch]
+    settings = batch[0].run
+    generators = [torch.Generator().manual_seed(row.seed) for row in batch]
     parts, masks, maps = [], [], []
     start = 0
     while start < len(batch):
         # consecutive rows of one guide are encoded together (one VAE pass, one posterior draw per row)
-        guide = batch[start][0]
+        guide = batch[start].guide
         end = start
-        while end < len(batch) and batch[end][0] is guide:
+        while end < len(batch) and batch[end].guide is guide:
             end += 1
         parts.append(model.encode(image_to_tensor(guide.image), generators[start:end]))
         if guide.mask is not None:
@@ -216,9 +278,10 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
     z_g = torch.cat(parts)
     mask = torch.cat(masks) if masks else None
     strength = torch.cat(maps) if maps else None
+    assert isinstance(settings.t0, float) and settings.steps is not None
     try:
-        schedule = model.schedule_for(batch[0][0].frame.size)
-        z = edit_tensors(denoiser, schedule, z_g, mask=mask, t0=settings.t0, steps=settings.steps or 1,
+        schedule = model.schedule_for(batch[0].guide.frame.size)
+        z = edit_tensors(denoiser, schedule, z_g, mask=mask, t0=settings.t0, steps=settings.steps,
                          repeats=settings.repeats, sampler=settings.sampler, generator=generators, callback=on_step,
                          strength=strength)
     except FloatingPointError as e:
@@ -229,9 +292,9 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
     return x
 
 
-def _finish(model: Model, guide: Guide, out: Image.Image, settings: RunSettings, fit: Fit, seed: int,
-            sample: int) -> Image.Image:
+def _finish(model: Model, row: Row, out: Image.Image, fit: Fit) -> Image.Image:
     """Back to the input's size when the frame says so, the exact kept pixels pasted, the settings attached."""
+    guide, settings = row.guide, row.run
     frame = guide.frame
     if frame.back_to_input:
         box_size = (frame.box[2] - frame.box[0], frame.box[3] - frame.box[1])
@@ -251,11 +314,12 @@ def _finish(model: Model, guide: Guide, out: Image.Image, settings: RunSettings,
             "fit": fit, "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
             **({"strength_map": True} if guide.strength is not None else {}),
             **({"crop": list(frame.box)} if frame.whole_input else {}),
-            "device": str(model.device), "sdedit_version": __version__, "seed": seed, "sample": sample}
+            "device": str(model.device), "sdedit_version": __version__, "seed": row.seed, "sample": row.sample,
+            **({"t0_auto": row.auto} if row.auto is not None else {})}
     out.info["sdedit"] = json.dumps(meta)
     return out
 
 
 def steps_total(settings: RunSettings, guides: int = 1) -> int:
-    """Sampler steps a run takes (for progress bars outside `edit`)."""
+    """Sampler steps a run with a known t0 takes (for progress bars outside `edit`)."""
     return math.ceil(guides * settings.num_samples / settings.batch_size) * settings.total_steps

@@ -13,15 +13,15 @@ import torch
 
 from .errors import InputError, ModelUnavailableError
 from .families.base import Model
-from .families.pixel import load_diffusers_unet, load_original
+from .families.pixel import load_diffusers_unet, load_original, recommended_t0
 from .families.stable_diffusion import is_sd_folder, load_stable_diffusion
 from .families.flux import is_flux_folder, load_flux
 from .families.stable_diffusion_3 import is_sd3_folder, load_stable_diffusion_3
-from .loading.checkpoints import WEIGHT_SUFFIXES
+from .loading.checkpoints import WEIGHT_SUFFIXES, read_json
 from .loading.lora import LoraSpec
 from .loading.hub import hub_pipeline_snapshot, hub_snapshot, is_repo_id
 from .loading.presets import BUNDLED_MODELS, PIPELINE_PRESETS, PRESETS, bundled_path
-from .settings import DEFAULT_PRECISION
+from .settings import DEFAULT_PRECISION, DEFAULT_T0
 
 def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str] | None = None,
                device: str | torch.device | None = None, precision: str = DEFAULT_PRECISION,
@@ -87,3 +87,13 @@ def is_text_conditioned(source: str | os.PathLike[str]) -> bool:
     """Whether a local source is a text-conditioned model, judged from its files without loading it."""
     path = Path(source).expanduser()
     return is_sd_folder(path) or is_sd3_folder(path) or is_flux_folder(path)
+
+
+def recommended_t0_of(source: str | os.PathLike[str]) -> float:
+    """A source's recommended t0 read from its files without loading it (the default for other sources)."""
+    src = str(source)
+    folder = bundled_path(src) if src in BUNDLED_MODELS and not Path(src).exists() else Path(src).expanduser()
+    config = folder / "config.json"
+    if not folder.is_dir() or not config.is_file() or is_text_conditioned(folder):
+        return DEFAULT_T0
+    return recommended_t0(read_json(config), str(config))

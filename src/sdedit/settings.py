@@ -15,7 +15,14 @@ from typing import Any
 from .engine.samplers import SAMPLERS, evaluations
 from .errors import InputError
 
-DEFAULT_T0 = 0.5  # the paper's choice for its 256 px models
+DEFAULT_T0 = 0.5  # the paper's choice for its 256 px models; a model may recommend its own (Model.recommended_t0)
+AUTO_T0 = "auto"  # t0 chosen per image: the largest within the faithfulness budget (api.choose_t0)
+# The faithfulness budget of --t0 auto, as a root-mean-square distance per pixel and channel (images in [0, 1]),
+# so that it means the same at every resolution: L2 = rms * sqrt(3 * width * height) at the model's resolution.
+# 0.0762 is how far the originals of the stroke paintings are from their strokes (L2 8.45 at 64x64,
+# docs/quality-default.md): an output may differ from its guide as much as a real image the guide was painted
+# from.
+DEFAULT_FAITHFULNESS_RMS = 0.0762
 DEFAULT_SAMPLER = "dpm++2m-sde"
 DEFAULT_GUIDANCE = 7.5  # classifier-free guidance weight of text-conditioned models
 DEFAULT_BATCH_SIZE = 8  # samples per network call
@@ -50,8 +57,19 @@ def default_steps(sampler: str, t0: float) -> int:
 def check_t0(t0: Any) -> float:
     """The t0 rule: a number in (0, 1] (SDEdit's perturbation time; 0 would return the input unchanged)."""
     if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not 0.0 < float(t0) <= 1.0:
-        raise SettingError("t0", "t0", f"must be in (0, 1], got {t0!r}")
+        raise SettingError("t0", "t0", f"must be in (0, 1] or 'auto', got {t0!r}")
     return float(t0)
+
+
+def parse_t0(text: str) -> float | str:
+    """A t0 as typed by a user: 'auto' or a number in (0, 1]."""
+    if text.strip().lower() == AUTO_T0:
+        return AUTO_T0
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingError("t0", "t0", f"must be in (0, 1] or 'auto', got {text!r}") from None
+    return check_t0(value)
 
 
 def _count(value: Any, field: str, label: str) -> int:
@@ -64,8 +82,9 @@ def _count(value: Any, field: str, label: str) -> int:
 class RunSettings:
     """How to run SDEdit once: validated on construction; steps and seed filled in when not given."""
 
-    t0: float = DEFAULT_T0  # perturbation time in (0, 1]: higher = more realistic, less faithful
-    steps: int | None = None  # reverse steps from t0 to 0; None = default_steps(sampler, t0)
+    t0: float | str | None = None  # perturbation time in (0, 1] (higher = more realistic, less faithful);
+    # None = the model's recommended t0, "auto" = per image, the largest within the faithfulness budget
+    steps: int | None = None  # reverse steps from t0 to 0; None = default_steps(sampler, t0) once t0 is known
     sampler: str = DEFAULT_SAMPLER  # one of engine.samplers.SAMPLERS
     repeats: int = 1  # K: re-noise and denoise again (the paper's Alg. 2, the released --sample_step)
     num_samples: int = 1  # outputs per guide
@@ -74,14 +93,19 @@ class RunSettings:
     precision: str | None = None  # auto, fp32, or bf16/fp16 autocast; None = as the model is set (load_model: auto)
     prompt: str = ""  # text-conditioned models: what the result should show
     negative_prompt: str = ""  # ... and what it should not (the unconditional branch)
-    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance weight (1 = none)
+    guidance: float | None = None  # classifier-free guidance weight (1 = none); None = the model's recommended
+    faithfulness: float | None = None  # t0 auto: L2 budget at the model's resolution; None = DEFAULT_FAITHFULNESS_RMS
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "t0", check_t0(self.t0))
+        if self.t0 is not None and self.t0 != AUTO_T0:
+            set_(self, "t0", check_t0(self.t0))
         if self.sampler not in SAMPLERS:
             raise SettingError("sampler", "sampler", f"{self.sampler!r} is unknown; choose one of: {', '.join(SAMPLERS)}")
-        set_(self, "steps", default_steps(self.sampler, self.t0) if self.steps is None else _count(self.steps, "steps", "steps"))
+        if self.steps is not None:
+            _count(self.steps, "steps", "steps")
+        elif isinstance(self.t0, float):
+            set_(self, "steps", default_steps(self.sampler, self.t0))
         _count(self.repeats, "repeats", "repeats")
         _count(self.num_samples, "num_samples", "the number of samples")
         _count(self.batch_size, "batch_size", "batch size")
@@ -96,9 +120,37 @@ class RunSettings:
             if not isinstance(getattr(self, what), str):
                 raise SettingError(what, what.replace("_", " "), f"must be text, got {getattr(self, what)!r}")
         g = self.guidance
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
-            raise SettingError("guidance", "guidance", f"must be a finite number >= 0, got {g!r}")
-        set_(self, "guidance", float(g))
+        if g is not None:
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+                raise SettingError("guidance", "guidance", f"must be a finite number >= 0, got {g!r}")
+            set_(self, "guidance", float(g))
+        f = self.faithfulness
+        if f is not None:
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < math.inf:
+                raise SettingError("faithfulness", "faithfulness", f"must be a positive L2 distance, got {f!r}")
+            if self.t0 != AUTO_T0:
+                raise SettingError("faithfulness", "faithfulness", "is the budget of t0 auto; give --t0 auto too")
+            set_(self, "faithfulness", float(f))
+
+    @property
+    def resolved(self) -> bool:
+        """Whether t0 (and so the steps) and the guidance are known numbers."""
+        return isinstance(self.t0, float) and self.guidance is not None
+
+    def resolve(self, t0: float, guidance: float) -> RunSettings:
+        """A copy with the model's recommended t0 and guidance where none was given ('auto' stays for the caller)."""
+        changes: dict[str, Any] = {}
+        if self.t0 is None:
+            changes.update(t0=t0, steps=self.steps)  # steps the user gave stay
+        if self.guidance is None:
+            changes["guidance"] = guidance
+        return self.with_(**changes) if changes else self
+
+    def budget(self, size: tuple[int, int]) -> float:
+        """t0 auto's L2 budget for outputs of (width, height) at the model's resolution."""
+        if self.faithfulness is not None:
+            return self.faithfulness
+        return DEFAULT_FAITHFULNESS_RMS * math.sqrt(3 * size[0] * size[1])
 
     @property
     def nfe(self) -> int:
@@ -119,17 +171,23 @@ class RunSettings:
 
     def label(self) -> str:
         """Short description for tables: sampler, steps and K."""
-        return f"{self.sampler}, {self.steps} steps" + (f", K={self.repeats}" if self.repeats > 1 else "")
+        steps = f"{self.steps} steps" if self.steps is not None else "default steps"
+        auto = ", t0 auto" if self.t0 == AUTO_T0 else ""
+        return f"{self.sampler}, {steps}{auto}" + (f", K={self.repeats}" if self.repeats > 1 else "")
 
     def with_(self, **changes: Any) -> RunSettings:
         """A copy with some fields changed; steps are recomputed unless given (or kept when t0 and sampler are)."""
         if "steps" not in changes and ({"t0", "sampler"} & changes.keys()):
             changes["steps"] = None
+        if changes.get("t0", self.t0) != AUTO_T0 and "faithfulness" not in changes and self.t0 == AUTO_T0:
+            changes["faithfulness"] = None  # the budget belongs to t0 auto
         return dataclasses.replace(self, **changes)
 
     def metadata(self, *, text_conditioned: bool) -> dict[str, Any]:
         """What decides the outputs, for PNG metadata and manifests (seed per sample is added by the caller)."""
         meta: dict[str, Any] = {"t0": self.t0, "steps": self.steps, "sampler": self.sampler, "repeats": self.repeats}
+        if self.faithfulness is not None:
+            meta["faithfulness"] = self.faithfulness
         if text_conditioned:
             meta.update(prompt=self.prompt, negative_prompt=self.negative_prompt, guidance=self.guidance)
         return meta

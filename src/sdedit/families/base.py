@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..images import Fit
 from ..devices import resolve_precision
 from ..loading.lora import LoraSpec
-from ..settings import DEFAULT_PRECISION, PRECISIONS, RunSettings
+from ..settings import DEFAULT_GUIDANCE, DEFAULT_PRECISION, DEFAULT_T0, PRECISIONS, RunSettings
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -47,6 +47,8 @@ class Model(ABC):
     info: dict[str, Any]  # family, source, parameter count, precision, ...
     text_conditioned: bool = False  # takes prompt / negative prompt / guidance
     square: bool = False  # works on square images only (pixel models); latent models take any aspect
+    recommended_t0: float = DEFAULT_T0  # t0 when none is given (a model's config may say its own)
+    recommended_guidance: float = DEFAULT_GUIDANCE  # guidance when none is given (text-conditioned models)
 
     @property
     @abstractmethod
@@ -118,6 +120,10 @@ class Model(ABC):
         """Apply LoRA adapters to the main network (families that diffusers/PEFT support)."""
         if specs:
             raise InputError(f"{self.name}: LoRA is supported for Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX models")
+
+    def run_settings(self, settings: RunSettings) -> RunSettings:
+        """The settings with this model's recommended t0 and guidance where the user gave none."""
+        return settings.resolve(self.recommended_t0, self.recommended_guidance)
 
     def check_conditioning(self, settings: RunSettings) -> None:
         """Refuse a prompt for a model that takes none."""

@@ -76,6 +76,9 @@ class FluxDenoiser(nn.Module):
         return x0_from_velocity(x_t, t, unpack(v.float(), h, w))
 
 
+EMBEDDED_GUIDANCE = 3.5  # FLUX.1 dev's usual guidance value (the guidance embedding; no CFG)
+
+
 @dataclass
 class FluxModel(LatentSpace, Model):
     """A FLUX.1 model: FluxTransformer2DModel, AutoencoderKL (16 channels), CLIP text encoder and T5."""
@@ -91,6 +94,11 @@ class FluxModel(LatentSpace, Model):
     autocast_dtype: torch.dtype | None = None
     t5_tokens: int = 512  # max_sequence_length of T5 (512 for dev, 256 for schnell in diffusers' examples)
     text_conditioned = True
+
+    @property
+    def recommended_guidance(self) -> float:  # type: ignore[override]
+        """FLUX.1 dev's embedded guidance defaults to 3.5 (its model card); schnell takes none."""
+        return EMBEDDED_GUIDANCE
 
     @property
     def resolution(self) -> int:

@@ -23,6 +23,7 @@ from ..loading.checkpoints import check_sample_size, materialize, plan_network, 
     schedule_from, scheduler_config
 from ..loading.presets import PRESETS, Preset
 from ..loading.released_format import DDPMArch, convert_state_dict, read_config
+from ..settings import DEFAULT_T0, SettingError, check_t0
 from .base import Frame, Model
 from .ddpm_unet import DDPMUNet, fits
 
@@ -204,5 +205,17 @@ def load_diffusers_unet(folder: str | Path, *, device: str | torch.device | None
         schedule = schedule_from(lambda: DiscreteVPSchedule(
             float(sched.get("beta_start", 1e-4)), float(sched.get("beta_end", 0.02)),
             int(sched.get("num_train_timesteps", 1000)), str(sched.get("beta_schedule", "linear"))), root)
-    return _finish(unet, schedule, int(size), name or str(folder), {"source": str(folder), "format": "diffusers"},
-                   device)
+    model = _finish(unet, schedule, int(size), name or str(folder), {"source": str(folder), "format": "diffusers"},
+                    device)
+    model.recommended_t0 = recommended_t0(cfg, config_file)
+    return model
+
+
+def recommended_t0(config: dict[str, Any], where: str) -> float:
+    """The t0 a model's config recommends (`_sdedit.recommended_t0`, written by whoever measured it), else 0.5."""
+    facts = config.get("_sdedit")
+    value = facts.get("recommended_t0", DEFAULT_T0) if isinstance(facts, dict) else DEFAULT_T0
+    try:
+        return check_t0(value)
+    except SettingError as e:
+        raise InputError(f"{where}: _sdedit.recommended_t0 {e.rule}") from None

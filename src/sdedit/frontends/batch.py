@@ -35,6 +35,7 @@ class BatchJob:
     mask_grow: int = 0  # pixels
     mask_feather: int = 0  # pixels
     crop_to_mask: bool | int | None = None  # api.prepare_guide's: None = when the input is larger than the model
+    strength_maps: bool = False  # the matched files are strength maps (per-pixel t0), not masks
 
     def digest(self) -> str:
         """A stable hash of what decides the outputs (batch size and precision of the arithmetic aside)."""
@@ -47,6 +48,8 @@ class BatchJob:
             key.update(mask_grow=self.mask_grow, mask_feather=self.mask_feather)
         if self.crop_to_mask is not None:
             key["crop_to_mask"] = self.crop_to_mask
+        if self.strength_maps:
+            key["strength_maps"] = True
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -402,10 +405,11 @@ def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, 
         for item in group:
             try:
                 image = open_image(item.path)
-                mask = open_image(item.mask) if item.mask is not None else None
+                matched = open_image(item.mask) if item.mask is not None else None
+                mask, strength = (None, matched) if job.strength_maps else (matched, None)
                 guides.append(prepare_guide(model, image, mask, fit=job.fit, original_size=job.original_size,
                                             mask_grow=job.mask_grow, mask_feather=job.mask_feather,
-                                            crop_to_mask=job.crop_to_mask))
+                                            crop_to_mask=job.crop_to_mask, strength_map=strength))
                 order.append(item)
             except SdeditError as e:  # an unreadable input fails alone, and is in no batch
                 results[item.name] = e

@@ -20,8 +20,8 @@ from ..engine.samplers import SAMPLERS
 from ..errors import InputError, ModelUnavailableError
 from ..files import printable
 from ..loading.presets import BUNDLED_MODELS, DEFAULT_MODEL, PIPELINE_PRESETS, PRESETS
-from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, \
-    SettingError
+from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, PRECISIONS, \
+    RunSettings, SettingError, parse_t0
 from .common import Parser, Writer, run_guarded, say
 
 
@@ -36,7 +36,12 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     """The flags of one SDEdit run (edit and batch)."""
-    p.add_argument("--t0", type=float, help=f"noise level in (0, 1]; 0.3-0.6 suits most guides ({DEFAULT_T0})")
+    p.add_argument("--t0", type=_t0_arg, help="noise level in (0, 1] (default: the model's recommended t0, see "
+                                             "'sdedit models'), or 'auto': per image the largest t0 within "
+                                             "--faithfulness")
+    p.add_argument("--faithfulness", type=float, metavar="L2",
+                   help="--t0 auto's budget: L2 distance to the guide at the model's resolution, pixels in [0, 1] "
+                        f"(default {DEFAULT_FAITHFULNESS_RMS} x sqrt(3 x width x height): 8.45 at 64x64)")
     p.add_argument("--steps", type=int, help="reverse steps from t0 to 0 (default: per sampler and t0; "
                                              f"10 for {DEFAULT_SAMPLER} at t0 = 0.5)")
     p.add_argument("--repeats", "-K", type=int, help="K: repeat noise-and-denoise (1)")
@@ -56,7 +61,8 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("--original-size", action="store_true", help="scale outputs back to the input's size")
     p.add_argument("--prompt", help="text-conditioned (Stable Diffusion) models: what the result should show")
     p.add_argument("--negative-prompt", help="... and what it should not (the unconditional branch)")
-    p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight ({DEFAULT_GUIDANCE}; 1 = none)")
+    p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight (the model's: {DEFAULT_GUIDANCE}, "
+                                                        "3.5 for FLUX.1 dev's embedded guidance; 1 = none)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -83,7 +89,15 @@ def _crop_option(a: argparse.Namespace) -> bool | int | None:
         raise InputError(f"--crop-to-mask PADDING must be a whole number of pixels >= 0, got {value}") from None
 
 
-FLAGS = {"t0": "--t0", "steps": "--steps", "repeats": "--repeats", "sampler": "--sampler", "num_samples": "-n",
+def _t0_arg(text: str) -> float | str:
+    """argparse type of --t0: a number in (0, 1] or 'auto'."""
+    try:
+        return parse_t0(text)
+    except SettingError as e:
+        raise argparse.ArgumentTypeError(e.rule) from None
+
+
+FLAGS = {"faithfulness": "--faithfulness", "t0": "--t0", "steps": "--steps", "repeats": "--repeats", "sampler": "--sampler", "num_samples": "-n",
          "seed": "--seed", "batch_size": "--batch-size", "precision": "--precision", "prompt": "--prompt",
          "negative_prompt": "--negative-prompt", "guidance": "--guidance"}
 
@@ -100,7 +114,7 @@ def run_settings(a: argparse.Namespace, **fixed: Any) -> RunSettings:
     """The RunSettings a command line asks for (unset flags take the defaults)."""
     given = dict(t0=a.t0, steps=a.steps, repeats=a.repeats, sampler=a.sampler, num_samples=a.num, seed=a.seed,
                  batch_size=a.batch_size, precision=a.precision, prompt=a.prompt, negative_prompt=a.negative_prompt,
-                 guidance=a.guidance)
+                 guidance=a.guidance, faithfulness=a.faithfulness)
     return settings_for_flags(**{**given, **fixed})
 
 
@@ -130,7 +144,8 @@ def _parser() -> Parser:
     c.add_argument("--mask-feather", type=int, default=8, help="feather it outward by this many pixels (8)")
     _add_crop(c)
     _add_model(c)
-    for flag, kind, text in (("--t0", float, f"noise level in (0, 1] ({DEFAULT_T0})"), ("--steps", int, "steps"),
+    for flag, kind, text in (("--t0", _t0_arg, "noise level in (0, 1] or 'auto' (the model's recommended t0)"),
+                             ("--steps", int, "steps"),
                              ("--seed", int, "seed of the first output"), ("--prompt", str, "text-conditioned models"),
                              ("--guidance", float, "classifier-free guidance weight")):
         c.add_argument(flag, type=kind, help=text)
@@ -175,7 +190,8 @@ def _parser() -> Parser:
     v.add_argument("--data", default="synthetic", help="'synthetic' (held-out landscapes) or a folder of images")
     v.add_argument("--real", help="folder of real images for KID (default: a disjoint held-out block, or --data)")
     v.add_argument("--n", type=int, default=200, help="images turned into strokes (200)")
-    v.add_argument("--t0", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6])
+    v.add_argument("--t0", type=_t0_arg, nargs="+", default=[None],
+                   help="t0 values to evaluate, numbers or 'auto' (default: the model's recommended t0)")
     v.add_argument("--sampler", nargs="+", choices=list(SAMPLERS), default=[DEFAULT_SAMPLER])
     v.add_argument("--steps", type=int, nargs="+", help="step counts to try (default: the sampler's default)")
     v.add_argument("--repeats", "-K", type=int, default=1)
@@ -204,7 +220,10 @@ def _parser() -> Parser:
     b = sub.add_parser("batch", help="SDEdit every image of a folder: resumable, one mask per image, many processes")
     b.add_argument("input_dir", type=Path, help="folder of guide images (top level)")
     b.add_argument("-o", "--outdir", type=Path, required=True, help="output folder (not inside the input folder)")
-    b.add_argument("--masks", type=Path, help="folder of masks matched by file name stem: white = edit")
+    maps = b.add_mutually_exclusive_group()
+    maps.add_argument("--masks", type=Path, help="folder of masks matched by file name stem: white = edit")
+    maps.add_argument("--strength-maps", type=Path,
+                      help="instead of masks, a folder of strength maps (per-pixel t0) matched by file name stem")
     _add_model(b)
     _add_run(b, seed_help="item seeds derive from (seed, file name) (0)")
     b.add_argument("--threads", type=int, default=1,
@@ -450,8 +469,8 @@ def _batch(a: argparse.Namespace) -> int:
     if not 1 <= a.threads <= cores:
         raise InputError(f"--threads must be from 1 to {cores} (this machine's cores), got {a.threads}")
     job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora), a.mask_grow,
-                   a.mask_feather, _crop_option(a))
-    return run_folder(a.input_dir, a.outdir, a.masks, job, config=a.config, device=a.device, quiet=a.quiet,
+                   a.mask_feather, _crop_option(a), strength_maps=a.strength_maps is not None)
+    return run_folder(a.input_dir, a.outdir, a.masks or a.strength_maps, job, config=a.config, device=a.device, quiet=a.quiet,
                       threads=a.threads)
 
 

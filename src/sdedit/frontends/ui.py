@@ -19,13 +19,15 @@ from ..engine.samplers import SAMPLERS
 from ..errors import InputError, SdeditError
 from ..families.base import Model
 from ..images import save_png
-from ..loader import is_text_conditioned, load_model
+from ..loader import is_text_conditioned, load_model, recommended_t0_of
 from ..loading.hub import is_cached
 from ..loading.presets import BUNDLED_MODELS, PRESETS
-from ..settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0
-from .ui_handlers import Limits, Progress, guide_and_mask, read_canvas, run_steps, t0_hint, validate
+from ..settings import AUTO_T0, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0
+from .ui_handlers import Limits, Progress, guide_and_mask, mask_strength, read_canvas, run_steps, t0_hint, validate
 
 PALETTE = ["#87b5e0", "#f2f2f2", "#f0a050", "#7a7f8c", "#3d4a5c", "#2f5a2a", "#6f9a3a", "#3a6ea5", "#d8c48a"]
+# translucent brushes for the mask layer: a weaker edit there (per-pixel t0 = t0 x opacity, a strength map)
+MASK_BRUSHES = [("#ff00ff", 0.25), ("#ff00ff", 0.5), ("#ff00ff", 0.75)]
 CANVAS = 512  # side of the blank painting canvas, pixels
 
 
@@ -65,6 +67,13 @@ class ModelPool:
                     self.text.add(name)
             return self._loaded[name]
 
+    def recommended_t0(self, name: str) -> float:
+        """The t0 the page starts at for a model: its own recommendation (read from its files if not loaded)."""
+        with self._lock:
+            if name in self._loaded:
+                return self._loaded[name].recommended_t0
+        return recommended_t0_of(self.sources[name]) if name in self.sources else DEFAULT_T0
+
 
 def _save(img: Image.Image, folder: Path) -> str:
     """Write one result as a PNG with its settings, under the app's own folder; the path for the gallery."""
@@ -78,16 +87,19 @@ def make_handler(pool: ModelPool, limits: Limits, outdir: Path, *, photo: bool) 
 
     def handler(editor: Any, model: Any, t0: Any, sampler: Any, steps: Any, repeats: Any, samples: Any, seed: Any,
                 grow: Any, feather: Any, prompt: Any = "", negative_prompt: Any = "", guidance: Any = None,
-                progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
+                auto_t0: Any = False, progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
         try:
+            t0 = AUTO_T0 if auto_t0 is True else t0
             name, settings = validate(list(pool.sources), limits, model=model, t0=t0, sampler=sampler, steps=steps,
                            repeats=repeats, samples=samples, seed=seed, prompt=prompt,
                            negative_prompt=negative_prompt, guidance=guidance)
-            guide, mask = guide_and_mask(read_canvas(editor, limits), photo=photo, grow=grow, feather=feather,
-                                         limits=limits)
+            canvas = read_canvas(editor, limits)
+            guide, mask = guide_and_mask(canvas, photo=photo, grow=grow, feather=feather, limits=limits)
+            strength = mask_strength(canvas) if photo else None
             net = pool.get(name)
             progress(0.0, desc="starting")
-            for ev in run_steps(net, settings, guide, mask, fit="stretch" if photo else "crop", original_size=photo):
+            for ev in run_steps(net, settings, guide, mask, fit="stretch" if photo else "crop", original_size=photo,
+                                strength_map=strength):
                 if isinstance(ev, Progress):
                     progress(ev.fraction, desc=f"sampling {settings.num_samples} image(s)")
                     yield gr.update(), _enlarge(ev.preview)
@@ -116,8 +128,11 @@ def _enlarge(img: Image.Image | None, side: int = 256) -> Image.Image | None:
 
 
 HELP = """**Paint** a scene with a few flat colours (sky, mountains, trees, water), or **edit a photo** by painting
-colours where it should change. *t0* sets how much noise SDEdit adds before denoising: low keeps your strokes,
-high makes the result more realistic. Results keep their settings in the PNG; download them from the gallery."""
+colours where it should change; on the 'mask' layer the translucent (magenta) brushes ask for a weaker edit
+there (t0 x opacity). *t0* sets how much noise SDEdit adds before denoising: low keeps your strokes, high makes
+the result more realistic; it starts at the model's recommended value, and *auto* picks the largest t0 that
+stays within the faithfulness budget for each image. Results keep their settings in the PNG; download them
+from the gallery."""
 
 
 def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | None = None,
@@ -128,7 +143,8 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
     limits = limits or Limits()
     outdir = outdir or Path(tempfile.mkdtemp(prefix="sdedit-ui-out-"))
     names = list(pool.sources)
-    brush = gr.Brush(colors=PALETTE, default_color=PALETTE[0], color_mode="defaults", default_size=24)
+    brush = gr.Brush(colors=[*PALETTE, *MASK_BRUSHES], default_color=PALETTE[0], color_mode="defaults",
+                     default_size=24)
     blank = Image.new("RGB", (CANVAS, CANVAS), "white")
 
     with gr.Blocks(title="sdedit") as app:
@@ -166,8 +182,12 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                     with gr.Row():
                         negative = gr.Textbox("", label="negative prompt")
                         guidance = gr.Slider(1.0, 20.0, value=DEFAULT_GUIDANCE, step=0.5, label="guidance")
-                t0 = gr.Slider(0.05, 1.0, value=DEFAULT_T0, step=0.01, label="t0 (noise level)")
-                hint = gr.Markdown(t0_hint(DEFAULT_T0))
+                start_t0 = pool.recommended_t0(first)
+                with gr.Row():
+                    t0 = gr.Slider(0.05, 1.0, value=start_t0, step=0.01, label="t0 (noise level)", scale=4)
+                    auto_t0 = gr.Checkbox(False, label="auto t0 (largest within the faithfulness budget)",
+                                          elem_id="t0-auto")
+                hint = gr.Markdown(t0_hint(start_t0))
                 with gr.Row():
                     steps = gr.Slider(0, 200, value=0, step=1, label="steps (0 = default for sampler and t0)")
                     repeats = gr.Slider(1, limits.max_repeats, value=1, step=1, label="repeats K")
@@ -182,9 +202,10 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                                      elem_id="results")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
 
-        controls = [model, t0, sampler, steps, repeats, samples, seed, grow, feather, prompt, negative, guidance]
-        model.change(lambda name: gr.update(visible=name in pool.text), model, text_box, queue=False,
-                     api_name=False)
+        controls = [model, t0, sampler, steps, repeats, samples, seed, grow, feather, prompt, negative, guidance,
+                    auto_t0]
+        model.change(lambda name: (gr.update(visible=name in pool.text), gr.update(value=pool.recommended_t0(name))),
+                     model, [text_box, t0], queue=False, api_name=False)
         ev_paint = paint_go.click(make_handler(pool, limits, outdir, photo=False), [paint, *controls],
                                   [gallery, preview], api_name="paint", concurrency_id="sdedit")
         ev_photo = photo_go.click(make_handler(pool, limits, outdir, photo=True), [photo, *controls],

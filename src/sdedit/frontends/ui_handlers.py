@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..api import iter_edits, prepare_guide, steps_total
+from ..api import choose_t0, iter_edits, prepare_guide, steps_total
 from ..errors import InputError
 from ..families.base import Model
 from ..images import Fit, grow_and_feather, open_image, tensor_to_images, to_rgb
 from ..research.metrics import l2_distance
-from ..settings import RunSettings
+from ..settings import AUTO_T0, RunSettings
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def validate(models: Sequence[str], limits: Limits, *, model: Any, t0: Any, samp
     if not isinstance(sampler, str):
         raise InputError(f"unknown sampler {sampler!r}")
     fields: dict[str, Any] = dict(
-        t0=_number(t0, "t0"), sampler=sampler, steps=_integer(steps, "steps", 0, limits.max_steps) or None,
+        t0=AUTO_T0 if t0 == AUTO_T0 else _number(t0, "t0"), sampler=sampler, steps=_integer(steps, "steps", 0, limits.max_steps) or None,
         repeats=_integer(repeats, "repeats K", 1, limits.max_repeats),
         num_samples=_integer(samples, "number of samples", 1, limits.max_samples),
         seed=_integer(seed, "seed", 0, 2**31 - 1), prompt=_text(prompt, "prompt"),
@@ -172,6 +172,26 @@ def guide_and_mask(canvas: Canvas, *, photo: bool, grow: int, feather: int,
     return guide, derive_mask(strokes, grow, feather)
 
 
+STRENGTH_LEVELS = 8  # a translucent mask brush's opacity, rounded to eighths (antialiased edges add no levels)
+
+
+def mask_strength(canvas: Canvas) -> Image.Image | None:
+    """A strength map (per-pixel t0 = t0 x opacity) when the mask layer was painted with a translucent brush:
+    most painted pixels partly opaque; None for an opaque mask (then the mask is binary as before)."""
+    if canvas.mask is None:
+        return None
+    alpha = np.asarray(canvas.mask.getchannel("A")).astype(np.float64) / 255
+    painted_px = alpha > 0
+    partial = painted_px & (alpha < 250 / 255)
+    if not painted_px.any() or partial.sum() <= painted_px.sum() / 2:
+        return None
+    level = np.round(alpha * STRENGTH_LEVELS) / STRENGTH_LEVELS
+    strokes = painted(canvas.strokes)
+    if strokes.size:
+        level[strokes] = 1.0  # painted colours are edited at the full t0
+    return Image.fromarray(np.round(level * 255).astype(np.uint8))
+
+
 def caption(settings: Mapping[str, Any], l2: float) -> str:
     """Gallery caption: seed, settings and faithfulness (L2 to the guide at the model's resolution)."""
     k = f", K={settings['repeats']}" if settings["repeats"] > 1 else ""
@@ -205,7 +225,7 @@ class Result:
 
 
 def run_steps(model: Model, settings: RunSettings, guide: Image.Image, mask: Image.Image | None, *,
-              fit: Fit = "crop", original_size: bool = False,
+              fit: Fit = "crop", original_size: bool = False, strength_map: Image.Image | None = None,
               preview_every: float = 0.25, edit_fn: Callable[..., Iterator[Image.Image]] = iter_edits,
               ) -> Iterator[Progress | Result]:
     """SDEdit in a worker thread, yielding progress with previews; closing the iterator cancels the run.
@@ -214,7 +234,12 @@ def run_steps(model: Model, settings: RunSettings, guide: Image.Image, mask: Ima
     """
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     stop = threading.Event()
-    prepared = prepare_guide(model, guide, mask, fit=fit, original_size=original_size)
+    prepared = prepare_guide(model, guide, None if strength_map is not None else mask, fit=fit,
+                             original_size=original_size, strength_map=strength_map)
+    settings = model.run_settings(settings)
+    if settings.t0 == AUTO_T0:  # probes first; the steps follow from the t0 chosen
+        t0, _ = choose_t0(model, model.denoiser(settings), prepared, settings.seed or 0, settings)
+        settings = settings.with_(t0=t0, steps=settings.steps)
     total = steps_total(settings)
     done = [0]
 

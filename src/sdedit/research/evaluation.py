@@ -10,10 +10,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ..api import iter_edits, prepare_guide
+from ..engine.samplers import evaluations
 from ..families.base import Model
 from ..settings import RunSettings
 from .landscapes import HELD_OUT_START, landscape
@@ -103,11 +105,15 @@ class StrokeBenchmark:
 
     def run(self, model: Model, settings: RunSettings) -> tuple[Row, list[Image.Image]]:
         """SDEdit every stroke input with one setting (stroke i seeded settings.seed + i); its row and outputs."""
+        settings = model.run_settings(settings)
         _reset_peak_rss()
         start = time.perf_counter()
         outs = run_batch(model, self.strokes, settings)
         sec = time.perf_counter() - start
-        return self.score(f"SDEdit {settings.label()}", outs, settings.t0, settings.nfe, sec), outs
+        metas = [json.loads(o.info["sdedit"]) for o in outs]  # t0 auto: each image's own t0 and steps
+        t0 = float(np.mean([m["t0"] for m in metas]))
+        nfe = round(float(np.mean([evaluations(m["sampler"], m["steps"]) * m["repeats"] for m in metas])))
+        return self.score(f"SDEdit {settings.label()}", outs, t0, nfe, sec), outs
 
 
 def _kid_text(r: Row) -> str:
