@@ -159,6 +159,7 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
                 yield _finish(model, guide, out, settings, fit, seed, j)
     finally:
         bar.close()
+        model.release()  # offloaded networks back in CPU memory between runs
 
 
 def _batches(rows: list[tuple[Guide, int, int]], size: int) -> list[list[tuple[Guide, int, int]]]:
