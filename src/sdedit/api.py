@@ -197,6 +197,7 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
                 yield _finish(model, row, out, fit)
     finally:
         bar.close()
+        model.release()  # offloaded networks back in CPU memory between runs
 
 
 PROBE_SAMPLER, PROBE_STEPS = "dpm++2m-sde", 5  # t0 auto's cheap runs (within 5% of the full recipe's L2)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from .errors import InputError
+
+Offload = Literal["none", "model", "sequential"]
+OFFLOADS: tuple[Offload, ...] = ("none", "model", "sequential")  # diffusers' names: enable_model/sequential_cpu_offload
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -49,3 +54,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"
+
+def offload_device(offload: str, device: str | torch.device | None) -> torch.device:
+    """The execution device of an offloaded model: the requested accelerator; the CPU is refused (nothing to save)."""
+    if offload not in OFFLOADS:
+        raise InputError(f"offload must be one of {', '.join(OFFLOADS)}, got {offload!r}")
+    dev = pick_device(device)
+    if offload != "none" and dev.type == "cpu":
+        raise InputError(f"--offload {offload} keeps the networks in CPU memory and runs them on a GPU, "
+                         f"but the device is the CPU{'' if torch.cuda.is_available() else ' (no CUDA device here)'}")
+    return dev

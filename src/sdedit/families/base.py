@@ -22,7 +22,7 @@ from ..engine.samplers import Denoiser
 from ..engine.schedules import Schedule
 from ..errors import InputError
 from ..images import Fit
-from ..devices import resolve_precision
+from ..devices import Offload, resolve_precision
 from ..loading.lora import LoraSpec
 from ..settings import DEFAULT_GUIDANCE, DEFAULT_PRECISION, DEFAULT_T0, PRECISIONS, RunSettings
 
@@ -109,12 +109,29 @@ class Model(ABC):
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         precision = resolve_precision(precision, self.device)
+        stored = self.info.get("weights")
+        if stored is not None and stored != precision:
+            raise InputError(f"{self.name} was offloaded with its weights stored in {stored}: it runs in {stored} "
+                             f"only; load it again for {precision}")
         self.set_autocast(AUTOCAST_DTYPES[precision])
         self.info["precision"] = precision
+        if compile and self.info.get("offload", "none") != "none":
+            raise InputError("--compile does not combine with --offload (the offload hooks move weights mid-graph)")
         if compile and not self.info.get("compiled"):
             self.compile()
             self.info["compiled"] = True
         return self
+
+    def offload(self, mode: Offload, device: torch.device, weights_dtype: torch.dtype | None = None) -> Model:
+        """Keep the networks in CPU memory and run them on `device`; only latent families have networks worth it."""
+        if mode != "none":
+            raise InputError(f"{self.name} is a pixel-space model ({self.info.get('params_m', 0):.0f}M "
+                             f"parameters) that fits on any GPU; --offload is for the latent families (SD, SDXL, "
+                             f"SD3, FLUX)")
+        return self
+
+    def release(self) -> None:
+        """After a run: offloaded networks go back to CPU memory (a no-op for models that are not offloaded)."""
 
     def add_loras(self, specs: list[LoraSpec]) -> None:
         """Apply LoRA adapters to the main network (families that diffusers/PEFT support)."""

@@ -104,14 +104,9 @@ class FluxModel(LatentSpace, Model):
     def resolution(self) -> int:
         return 1024  # FLUX.1's training resolution; it runs at any multiple of 16
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
-    def to(self, device: str | torch.device) -> FluxModel:
-        for m in (self.transformer, self.vae, self.clip[1], self.t5[1]):
-            m.to(device)
-        return self
+    def networks(self) -> dict[str, nn.Module]:
+        return {"transformer": self.transformer, "vae": self.vae, "text_encoder": self.clip[1],
+                "text_encoder_2": self.t5[1]}
 
     def add_loras(self, specs: list[LoraSpec]) -> None:
         """LoRA on the transformer, through diffusers' FLUX loader (its kohya/XLabs conversions) and PEFT."""

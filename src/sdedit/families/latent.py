@@ -1,5 +1,5 @@
 """What every latent family shares: the VAE's latent space (encode with one posterior draw per generator, decode),
-masks on the latent grid, UNet/transformer autocast, and LoRA on the main network."""
+masks on the latent grid, UNet/transformer autocast, LoRA on the main network, and CPU offload of its networks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import Offload
+from ..errors import InputError
 from ..loading.lora import LoraSpec, apply_loras
+from .offload import ModelOffload, offload_layers
 
 
 def latent_mask(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -24,7 +27,56 @@ class LatentSpace:
     vae: nn.Module
     autocast_dtype: torch.dtype | None
     info: dict[str, Any]
-    device: torch.device
+    name: str
+    execution_device: torch.device | None = None  # set when offloaded: where the networks run
+    offloader: ModelOffload | None = None  # model offload's bookkeeping
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Every network by name, the main one (UNet or transformer) first."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        """Where the networks run: the execution device when offloaded, else where the main network is."""
+        if self.execution_device is not None:
+            return self.execution_device
+        return next(next(iter(self.networks().values())).parameters()).device
+
+    def to(self, device: str | torch.device) -> Any:
+        """Move every network (in place) and return self."""
+        if self.execution_device is not None:
+            raise InputError(f"{self.name} is offloaded ({self.info['offload']}): its networks move on their own")
+        for net in self.networks().values():
+            net.to(device)
+        return self
+
+    def offload(self, mode: Offload, device: torch.device, weights_dtype: torch.dtype | None = None) -> Any:
+        """Keep the networks in CPU memory and run them on `device`: whole networks (model) or layer by layer
+        (sequential); weights_dtype stores every network but the VAE in that dtype (bf16 halves the memory)."""
+        if mode == "none":
+            return self.to(device)
+        if self.execution_device is not None:
+            raise InputError(f"{self.name} is already offloaded ({self.info['offload']})")
+        nets = self.networks()
+        if weights_dtype is not None:
+            for name, net in nets.items():
+                if name != "vae":  # the VAE runs in fp32, as without offload
+                    net.to(weights_dtype)
+            self.info["weights"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}[weights_dtype]
+        if mode == "model":
+            self.offloader = ModelOffload(nets, device)
+        elif mode == "sequential":
+            offload_layers(nets.values(), device)
+        else:
+            raise InputError(f"offload must be none, model or sequential, got {mode!r}")
+        self.execution_device = torch.device(device)
+        self.info["offload"] = mode
+        return self
+
+    def release(self) -> None:
+        """Model offload: the network that ran last goes back to CPU memory (sequential offload returns each layer)."""
+        if self.offloader is not None:
+            self.offloader.release()
 
     @property
     def latent_factor(self) -> int:

@@ -121,15 +121,10 @@ class StableDiffusionModel(LatentSpace, Model):
         size = self.unet.config.sample_size
         return int(size[0] if isinstance(size, (list, tuple)) else size) * self.latent_factor
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    def to(self, device: str | torch.device) -> StableDiffusionModel:
-        for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2):
-            if m is not None:
-                m.to(device)
-        return self
+    def networks(self) -> dict[str, nn.Module]:
+        nets = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
+                "text_encoder_2": self.text_encoder_2}
+        return {k: v for k, v in nets.items() if v is not None}
 
     def add_loras(self, specs: list[LoraSpec]) -> None:
         """LoRA on the UNet, through diffusers' loader (kohya and diffusers formats) and PEFT adapters."""

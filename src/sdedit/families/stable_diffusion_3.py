@@ -81,14 +81,10 @@ class StableDiffusion3Model(LatentSpace, Model):
     def resolution(self) -> int:
         return int(self.transformer.config.sample_size) * self.latent_factor
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
-    def to(self, device: str | torch.device) -> StableDiffusion3Model:
-        for m in (self.transformer, self.vae, *(e for _, e in self.encoders), *(self.t5[1:] if self.t5 else ())):
-            m.to(device)
-        return self
+    def networks(self) -> dict[str, nn.Module]:
+        nets = {"transformer": self.transformer, "vae": self.vae}
+        nets.update({f"text_encoder{'_' + str(i + 1) if i else ''}": e for i, (_, e) in enumerate(self.encoders)})
+        return nets | ({"text_encoder_3": self.t5[1]} if self.t5 else {})
 
     def add_loras(self, specs: list[LoraSpec]) -> None:
         """LoRA on the transformer, through diffusers' SD3 loader and PEFT adapters."""

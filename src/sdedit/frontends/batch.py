@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..devices import Offload
 from ..errors import InputError, SdeditError
 from ..files import check_output_folder, printable
 from ..images import IMAGE_SUFFIXES, Fit, open_image, save_png
-from ..settings import RunSettings
+from ..settings import DEFAULT_PRECISION, RunSettings
 from .common import say
 
 MANIFEST = "manifest"  # manifest.jsonl (one process) or manifest.<rank>.jsonl (several)
@@ -358,7 +359,7 @@ def totals(outdir: Path, items: list[Item], job: BatchJob) -> dict[str, int]:
 
 
 def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: BatchJob, *,
-               config: str | None, device: str | None, quiet: bool, threads: int = 1) -> int:
+               config: str | None, device: str | None, quiet: bool, threads: int = 1, offload: Offload = "none") -> int:
     """The `sdedit batch` command: exit 0 all done, 1 some item failed, 130 stopped by Ctrl-C.
 
     On a CPU each process computes with `threads` threads: CPU kernels round differently with
@@ -372,7 +373,8 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
     items = list_items(input_dir, mask_dir)
     if not items:
         raise InputError(f"no images in {input_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    model = load_model(job.model, config=config, device=dist.device, loras=job.loras)
+    model = load_model(job.model, config=config, device=dist.device, loras=job.loras, offload=offload,
+                       precision=job.settings.precision or DEFAULT_PRECISION)
     model.check_conditioning(job.settings)
     check_output_folder(output_dir)  # only once the settings and the model are known to be good
     with ExitStack() as held:

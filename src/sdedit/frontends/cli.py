@@ -20,8 +20,9 @@ from ..engine.samplers import SAMPLERS
 from ..errors import InputError, ModelUnavailableError
 from ..files import printable
 from ..loading.presets import BUNDLED_MODELS, DEFAULT_MODEL, PIPELINE_PRESETS, PRESETS
-from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, PRECISIONS, \
-    RunSettings, SettingError, parse_t0
+from ..devices import OFFLOADS, offload_device
+from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GUIDANCE, DEFAULT_PRECISION, DEFAULT_SAMPLER, \
+    PRECISIONS, RunSettings, SettingError, parse_t0
 from .common import Parser, Writer, run_guarded, say
 
 
@@ -32,6 +33,13 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present, else CPU)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH_OR_HUB_ID[:SCALE]",
                    help="apply a LoRA (safetensors file, folder or Hub id; scale 1 by default); repeatable")
+
+
+def _add_offload(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--offload", choices=list(OFFLOADS), default="none",
+                   help="latent models on a GPU short of memory: keep the networks in CPU memory and move each to "
+                        "the GPU while it runs (model) or stream them layer by layer (sequential, slowest); "
+                        "at bf16/fp16 the weights are stored in it (none)")
 
 
 def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
@@ -130,6 +138,7 @@ def _parser() -> Parser:
                         "black = keep; each grey level is entered exactly (one more step per level)")
     _add_model(e)
     _add_run(e, seed_help="seed of the first output; output j uses seed + j (random)")
+    _add_offload(e)
     e.add_argument("-o", "--outdir", type=Path, default=Path("outputs"), help="output folder (outputs)")
     e.add_argument("--overwrite", action="store_true", help="replace existing output files (default: new names)")
     e.add_argument("--compile", action="store_true", help="torch.compile the network (slow first call)")
@@ -226,6 +235,7 @@ def _parser() -> Parser:
                       help="instead of masks, a folder of strength maps (per-pixel t0) matched by file name stem")
     _add_model(b)
     _add_run(b, seed_help="item seeds derive from (seed, file name) (0)")
+    _add_offload(b)
     b.add_argument("--threads", type=int, default=1,
                    help="CPU threads per process (1: files identical whatever the process count; "
                         "use torchrun --nproc_per_node N for N cores)")
@@ -243,6 +253,7 @@ def _parser() -> Parser:
     u.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
     u.add_argument("--lora", action="append", default=[], metavar="PATH_OR_HUB_ID[:SCALE]",
                    help="LoRA(s) for the --model given here; repeatable")
+    _add_offload(u)
 
     sub.add_parser("models", help="list the preset models, their sizes and whether they are cached")
     d = sub.add_parser("download", help="fetch a preset or a Stable Diffusion Hub repo into the Hugging Face cache")
@@ -253,7 +264,6 @@ def _parser() -> Parser:
 
 def _edit(a: argparse.Namespace) -> int:
     from ..api import iter_edits, prepare_guide
-    from ..devices import pick_device
     from ..files import check_output_folder
     from ..images import open_image, save_png
     from ..loader import load_model
@@ -264,8 +274,9 @@ def _edit(a: argparse.Namespace) -> int:
     image = open_image(a.input)
     mask = open_image(a.mask) if a.mask is not None else None
     strength_map = open_image(a.strength_map) if a.strength_map is not None else None
-    pick_device(a.device)
-    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
+    offload_device(a.offload, a.device)
+    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora, offload=a.offload,
+                       precision=settings.precision or DEFAULT_PRECISION)
     model.check_conditioning(settings)
     model.optimize(precision=settings.precision or model.precision, compile=a.compile)
     guide = prepare_guide(model, image, mask, fit=a.fit, original_size=a.original_size, strength_map=strength_map,
@@ -468,10 +479,11 @@ def _batch(a: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     if not 1 <= a.threads <= cores:
         raise InputError(f"--threads must be from 1 to {cores} (this machine's cores), got {a.threads}")
+    offload_device(a.offload, a.device)
     job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora), a.mask_grow,
                    a.mask_feather, _crop_option(a), strength_maps=a.strength_maps is not None)
-    return run_folder(a.input_dir, a.outdir, a.masks or a.strength_maps, job, config=a.config, device=a.device, quiet=a.quiet,
-                      threads=a.threads)
+    return run_folder(a.input_dir, a.outdir, a.masks or a.strength_maps, job, config=a.config, device=a.device,
+                      quiet=a.quiet, threads=a.threads, offload=a.offload)
 
 
 def _ui(a: argparse.Namespace) -> int:
@@ -491,6 +503,7 @@ def _ui(a: argparse.Namespace) -> int:
         raise InputError(f"--port must be in 1-65535, got {a.port}")
     if a.queue_size < 1:
         raise InputError(f"--queue-size must be at least 1, got {a.queue_size}")
+    offload_device(a.offload, a.device)
     with tempfile.TemporaryDirectory(prefix="sdedit-ui-") as tmp:
         # Gradio reads these at import: uploads and results live in this run's own folder, and nothing phones home
         os.environ["GRADIO_TEMP_DIR"] = str(Path(tmp) / "gradio")
@@ -500,7 +513,7 @@ def _ui(a: argparse.Namespace) -> int:
         if a.lora and not a.model:
             raise InputError("--lora applies to the model named with --model")
         pool = ModelPool(model_choices(a.model), device=a.device, config=a.config,
-                         loras={a.model: list(a.lora)} if a.model and a.lora else {})
+                         loras={a.model: list(a.lora)} if a.model and a.lora else {}, offload=a.offload)
         first = a.model or DEFAULT_MODEL
         pool.get(first)  # fail now, with one line, rather than on the first click
         outdir = Path(tmp) / "results"

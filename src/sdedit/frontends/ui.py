@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..devices import Offload
 from ..engine.samplers import SAMPLERS
 from ..errors import InputError, SdeditError
 from ..families.base import Model
@@ -49,6 +50,7 @@ class ModelPool:
     config: str | None = None  # for an original checkpoint given at start-up
     text: set[str] = field(default_factory=set)  # names of the text-conditioned models seen so far
     loras: dict[str, list[str]] = field(default_factory=dict)  # LoRAs per model name (from the command line)
+    offload: Offload = "none"  # for latent models; the bundled and preset pixel models are small and stay resident
     _loaded: dict[str, Model] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -61,8 +63,9 @@ class ModelPool:
             if name not in self._loaded:
                 self._loaded.clear()
                 src = self.sources[name]
-                cfg = self.config if src not in BUNDLED_MODELS and src not in PRESETS else None
-                self._loaded[name] = load_model(src, config=cfg, device=self.device, loras=self.loras.get(name, []))
+                own = src not in BUNDLED_MODELS and src not in PRESETS
+                self._loaded[name] = load_model(src, config=self.config if own else None, device=self.device,
+                                                loras=self.loras.get(name, []), offload=self.offload if own else "none")
                 if self._loaded[name].text_conditioned:
                     self.text.add(name)
             return self._loaded[name]
