@@ -132,13 +132,13 @@ class StableDiffusionModel(LatentSpace, Model):
         return self
 
     def add_loras(self, specs: list[LoraSpec]) -> None:
-        """LoRA on the UNet, through diffusers' loader (kohya and diffusers formats) and PEFT adapters."""
+        """LoRA on the UNet and text encoders, through diffusers' loader (kohya and diffusers formats) and PEFT."""
         if specs:
             from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
             xl = self.text_encoder_2 is not None
-            self.lora_onto(self.unet, specs, StableDiffusionXLLoraLoaderMixin if xl else StableDiffusionLoraLoaderMixin,
-                           "unet")
+            networks = {"unet": self.unet, "text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2}
+            self.lora_onto(networks, specs, StableDiffusionXLLoraLoaderMixin if xl else StableDiffusionLoraLoaderMixin)
 
     def compile(self) -> None:
         self.unet = torch.compile(self.unet)
