@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from sdedit import InputError, edit, load_model
 from sdedit.frontends.cli import main
+from sdedit.loader import is_text_conditioned
 
 from .tiny_sd import make_tiny_sd, make_tiny_sdxl
 
@@ -130,6 +131,7 @@ def test_sd1_single_file_edits_as_its_folder_does(sd1_single):
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
     single = load_model(file, config=config, device="cpu", precision="fp32")
     assert single.info["format"] == "single-file" and single.info["config"] == str(config)
+    assert is_text_conditioned(file)  # the web app shows its prompt box
     diff = np.abs(outputs(single, img) - outputs(load_model(folder, device="cpu", precision="fp32"), img)).max()
     assert diff == 0  # the networks hold the same tensors, so the pictures are the same, pixel for pixel
     for name in ("unet", "vae", "text_encoder"):

@@ -152,4 +152,6 @@ def _load_single_file(path: Path, version: str, config: str | os.PathLike[str] |
 def is_text_conditioned(source: str | os.PathLike[str]) -> bool:
     """Whether a local source is a text-conditioned model, judged from its files without loading it."""
     path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":
+        return ldm_version(list(safetensors_shapes(path))) is not None  # a Stable Diffusion single file
     return is_sd_folder(path) or is_sd3_folder(path) or is_flux_folder(path)
