@@ -35,6 +35,31 @@ def sd_with_loras(tmp_path_factory):
     return root / "sd", files
 
 
+def text_encoder_lora(encoder, seed: int, prefix: str = "text_encoder") -> dict[str, torch.Tensor]:
+    """Random LoRA layers (PEFT) on a CLIP text encoder's attention, keyed as diffusers saves them."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    encoder = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]),
+                                      type(encoder)(encoder.config))
+    return {f"{prefix}.{k}": v.contiguous() for k, v in get_peft_model_state_dict(encoder).items()}
+
+
+@pytest.fixture(scope="module")
+def text_loras(sd_with_loras, tmp_path_factory):
+    from safetensors.torch import load_file
+    from transformers import CLIPTextModel
+
+    folder, (a, _) = sd_with_loras
+    root = tmp_path_factory.mktemp("te-lora")
+    text = text_encoder_lora(CLIPTextModel.from_pretrained(folder / "text_encoder"), 3)
+    save_file(text, str(root / "text.safetensors"))
+    save_file({**load_file(str(a)), **text}, str(root / "both.safetensors"))
+    return folder, a, root / "text.safetensors", root / "both.safetensors"
+
+
 def run(model, img: Image.Image) -> np.ndarray:
     return np.asarray(edit(model, img, prompt="a red barn", t0=0.6, steps=3, seed=0, progress=False)[0], float)
 
@@ -50,6 +75,28 @@ def test_lora_changes_output_scale_zero_is_none_and_two_compose(sd_with_loras):
     assert np.abs(with_a - base).mean() > 1  # the adapter changes the picture
     assert np.array_equal(zero, base)  # scale 0 is no LoRA
     assert np.array_equal(a_only, with_a) and np.abs(both - with_a).mean() > 1  # B adds to A
+
+
+def test_text_encoder_loras_apply_and_scale_zero_is_none(text_loras):
+    folder, unet_only, text_only, both = text_loras
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8))
+
+    def load(*loras):
+        return load_model(folder, device="cpu", precision="fp32", loras=list(loras))
+
+    base_model, text_model = load(), load(f"{text_only}:1")
+    base = run(base_model, img)
+    emb = base_model.encode_prompt("a red barn").context
+    assert (text_model.encode_prompt("a red barn").context - emb).abs().max() > 1e-3  # the encoder has changed
+    assert np.abs(run(text_model, img) - base).mean() > 1  # and so has the picture
+    assert np.array_equal(run(load(f"{text_only}:0"), img), base)  # scale 0 is no LoRA, bit for bit
+    assert np.array_equal(run(load(f"{both}:0"), img), base)
+    with_both, with_unet = load(str(both)), load(str(unet_only))
+    assert torch.equal(with_both.encode_prompt("a red barn").context, text_model.encode_prompt("a red barn").context)
+    out_both = run(with_both, img)
+    assert np.abs(out_both - run(with_unet, img)).mean() > 1 and np.abs(out_both - run(text_model, img)).mean() > 1
+    assert np.array_equal(out_both, run(load(str(unet_only), str(text_only)), img))  # one file = its two halves
+    assert "lora_text_encoder_layers_skipped" not in with_both.info
 
 
 def test_lora_in_the_cli_and_in_metadata(sd_with_loras, tmp_path, capsys):

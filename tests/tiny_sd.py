@@ -57,17 +57,20 @@ def make_tiny_sd(folder: Path, *, prediction_type: str = "epsilon", seed: int = 
     return pipe
 
 
-def make_tiny_sdxl(folder: Path, *, seed: int = 0):
-    """Save a tiny StableDiffusionXLImg2ImgPipeline (two text encoders, pooled embeddings, size conditioning)."""
+def make_tiny_sdxl(folder: Path, *, seed: int = 0, hidden_2: int = 32):
+    """Save a tiny StableDiffusionXLImg2ImgPipeline (two text encoders, pooled embeddings, size conditioning).
+
+    hidden_2: the second encoder's width (SDXL's differ; single-file loading tells them apart by it).
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(folder.parent / f"{folder.name}-tokenizer-src")
 
-    def text_config(**extra):
-        return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                              num_hidden_layers=2, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
+    def text_config(hidden_size=32, **extra):
+        return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=37,
+                              num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
 
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
@@ -75,7 +78,7 @@ def make_tiny_sdxl(folder: Path, *, seed: int = 0):
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
                                 use_linear_projection=True, addition_embed_type="text_time",
                                 addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-                                projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64,
+                                projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=32 + hidden_2,
                                 norm_num_groups=32)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -84,7 +87,7 @@ def make_tiny_sdxl(folder: Path, *, seed: int = 0):
                               set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionXLImg2ImgPipeline(vae=vae.eval(), text_encoder=CLIPTextModel(text_config()).eval(),
                                             text_encoder_2=CLIPTextModelWithProjection(
-                                                text_config(projection_dim=32)).eval(),
+                                                text_config(hidden_2, projection_dim=32)).eval(),
                                             tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet.eval(),
                                             scheduler=scheduler, requires_aesthetics_score=False)
     pipe.save_pretrained(folder)

@@ -5,6 +5,7 @@ This is the only place that decides which family a source is.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,9 +19,11 @@ from .families.pixel import load_diffusers_unet, load_original, recommended_t0
 from .families.stable_diffusion import is_sd_folder, load_stable_diffusion
 from .families.flux import is_flux_folder, load_flux
 from .families.stable_diffusion_3 import is_sd3_folder, load_stable_diffusion_3
-from .loading.checkpoints import WEIGHT_SUFFIXES, read_json
+from .files import printable
+from .loading.checkpoints import WEIGHT_SUFFIXES, check_parameter_count, read_json, safetensors_shapes
+from .loading.single_file import check_parts, ldm_version
 from .loading.lora import LoraSpec
-from .loading.hub import hub_pipeline_snapshot, hub_snapshot, is_repo_id
+from .loading.hub import hub_config_snapshot, hub_pipeline_snapshot, hub_snapshot, is_repo_id
 from .loading.presets import BUNDLED_MODELS, PIPELINE_PRESETS, PRESETS, bundled_path
 from .settings import DEFAULT_PRECISION, DEFAULT_T0, PRECISIONS
 
@@ -74,6 +77,12 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
     if path.is_file():
         if path.suffix not in WEIGHT_SUFFIXES:
             raise InputError(f"{path}: not a checkpoint (expected one of {', '.join(WEIGHT_SUFFIXES)})")
+        family = _single_file_family(path) if path.suffix == ".safetensors" else "ddpm"
+        if family != "ddpm":
+            return _load_single_file(path, family, config, device, src)
+        if path.suffix != ".safetensors" and config is not None and _is_pipeline_config(config):
+            raise InputError(f"{path}: Stable Diffusion single-file checkpoints are read from .safetensors only "
+                             f"(a {path.suffix} file is a pickle, which can run code)")
         if config is None:
             beside = [path.with_suffix(s) for s in (".yml", ".yaml")]
             config = next((c for c in beside if c.is_file()), None)
@@ -94,9 +103,68 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
                      f"presets: {', '.join(PRESETS)}")
 
 
+def _single_file_family(path: Path) -> str:
+    """Which family a safetensors checkpoint is, from the tensor names in its header: 'sd1', 'sd2', 'sdxl' or 'ddpm'."""
+    shapes = safetensors_shapes(path)
+    keys = list(shapes)
+    check_parameter_count(sum(math.prod(s) for s in shapes.values()), printable(path))
+    for marker, family in (("joint_blocks.", "Stable Diffusion 3"), ("double_blocks.", "FLUX")):
+        if any(k.removeprefix("model.diffusion_model.").startswith(marker) for k in keys):
+            raise InputError(f"{printable(path)}: a {family} single-file checkpoint; load its diffusers folder or "
+                             f"Hub id instead (single files are read for Stable Diffusion 1.x/2.x and SDXL)")
+    version = ldm_version(keys)
+    if version is not None:
+        check_parts(path, keys, version)
+        return version
+    if any(k.removeprefix("module.").startswith("temb.dense.") for k in keys):
+        return "ddpm"  # the paper's original DDPM layout, read with its YAML config
+    raise InputError(f"{printable(path)}: its tensors match no known checkpoint layout (Stable Diffusion 1.x/2.x/XL "
+                     f"'model.diffusion_model.*', or the original DDPM 'temb.dense.*'); first tensor "
+                     f"{printable(keys[0]) if keys else 'none'!r}")
+
+
+_SINGLE_FILE = {"sd1": ("Stable Diffusion 1.x", "sd1.5"), "sd2": ("Stable Diffusion 2.x", "sd2.1"),
+                "sdxl": ("SDXL", "sdxl")}
+
+
+def _is_pipeline_config(config: str | os.PathLike[str]) -> bool:
+    """Whether a --config names a diffusers pipeline (folder, pipeline preset or Hub id) rather than a YAML file."""
+    text = str(config)
+    return text in PIPELINE_PRESETS or Path(text).expanduser().is_dir() or (is_repo_id(text) and
+                                                                            not Path(text).exists())
+
+
+def _load_single_file(path: Path, version: str, config: str | os.PathLike[str] | None,
+                      device: str | torch.device | None, name: str) -> Model:
+    """A Stable Diffusion single file, configured by a local diffusers folder, or a pipeline preset's or Hub id's."""
+    label, preset = _SINGLE_FILE[version]
+    xl = version == "sdxl"
+    if config is None or not _is_pipeline_config(config):
+        given = "" if config is None else f" ({printable(str(config))} is not a folder, preset or Hub id)"
+        raise InputError(f"{printable(path)}: a {label} single-file checkpoint needs --config{given}: a local "
+                         f"diffusers folder of the same architecture (model_index.json, scheduler/, tokenizer(s) and "
+                         f"the components' config.json; weights not needed), or --config {preset} (its configs from "
+                         f"the Hugging Face cache)")
+    text = str(config)
+    folder = Path(text).expanduser()
+    if not folder.is_dir():
+        if text in PIPELINE_PRESETS and PIPELINE_PRESETS[text].family not in ("stable-diffusion",
+                                                                               "stable-diffusion-xl"):
+            raise InputError(f"--config {text}: a {PIPELINE_PRESETS[text].family} pipeline cannot configure a "
+                             f"{label} checkpoint")
+        folder = hub_config_snapshot(PIPELINE_PRESETS[text].repo_id if text in PIPELINE_PRESETS else text)
+    if not is_sd_folder(folder) or (folder / "text_encoder_2").is_dir() != xl:
+        raise InputError(f"--config {printable(text)}: not a diffusers {label} pipeline folder (model_index.json, "
+                         f"unet/ and vae/ configs{', text_encoder_2/' if xl else ', no text_encoder_2/'}) for "
+                         f"{printable(path)}")
+    return load_stable_diffusion(folder, device=device, name=name, single_file=path)
+
+
 def is_text_conditioned(source: str | os.PathLike[str]) -> bool:
     """Whether a local source is a text-conditioned model, judged from its files without loading it."""
     path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":
+        return ldm_version(list(safetensors_shapes(path))) is not None  # a Stable Diffusion single file
     return is_sd_folder(path) or is_sd3_folder(path) or is_flux_folder(path)
 
 

@@ -109,11 +109,11 @@ class FluxModel(LatentSpace, Model):
                 "text_encoder_2": self.t5[1]}
 
     def add_loras(self, specs: list[LoraSpec]) -> None:
-        """LoRA on the transformer, through diffusers' FLUX loader (its kohya/XLabs conversions) and PEFT."""
+        """LoRA on the transformer and CLIP encoder, through diffusers' FLUX loader (kohya/XLabs conversions), PEFT."""
         if specs:
             from diffusers.loaders import FluxLoraLoaderMixin
 
-            self.lora_onto(self.transformer, specs, FluxLoraLoaderMixin, "transformer")
+            self.lora_onto({"transformer": self.transformer, "text_encoder": self.clip[1]}, specs, FluxLoraLoaderMixin)
 
     def compile(self) -> None:
         self.transformer = torch.compile(self.transformer)

@@ -1,5 +1,6 @@
 """What every latent family shares: the VAE's latent space (encode with one posterior draw per generator, decode),
-masks on the latent grid, UNet/transformer autocast, LoRA on the main network, and CPU offload of its networks."""
+masks on the latent grid, UNet/transformer autocast, LoRA on the main network and text encoders, and CPU offload of
+its networks."""
 
 from __future__ import annotations
 
@@ -106,11 +107,9 @@ class LatentSpace:
         shift = getattr(cfg, "shift_factor", None) or 0.0
         return self.vae.decode(z.float() / cfg.scaling_factor + shift).sample.clamp(-1.0, 1.0)
 
-    def lora_onto(self, network: nn.Module, specs: list[LoraSpec], reader: object, prefix: str) -> None:
-        """Apply LoRAs to the main network and record them (and any text-encoder layers left out) in info."""
+    def lora_onto(self, networks: dict[str, nn.Module | None], specs: list[LoraSpec], reader: object) -> None:
+        """Apply LoRAs to the main network (named first) and the text encoders, and record them in info."""
         if not specs:
             return
-        skipped = apply_loras(network, specs, reader, prefix)
+        apply_loras({k: v for k, v in networks.items() if v is not None}, specs, reader)
         self.info["loras"] = [f"{s.source}:{s.scale:g}" for s in specs]
-        if skipped:
-            self.info["lora_text_encoder_layers_skipped"] = len(skipped)

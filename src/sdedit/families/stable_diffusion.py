@@ -25,6 +25,7 @@ from ..engine.schedules import DiscreteVPSchedule
 from ..errors import InputError
 from ..images import Fit
 from ..loading.lora import LoraSpec
+from ..loading.single_file import ldm_networks
 from ..loading.checkpoints import LOAD_ERRORS, check_sample_size, first_line, plan_network, read_json, \
     schedule_from, scheduler_config
 from ..settings import RunSettings
@@ -127,13 +128,13 @@ class StableDiffusionModel(LatentSpace, Model):
         return {k: v for k, v in nets.items() if v is not None}
 
     def add_loras(self, specs: list[LoraSpec]) -> None:
-        """LoRA on the UNet, through diffusers' loader (kohya and diffusers formats) and PEFT adapters."""
+        """LoRA on the UNet and text encoders, through diffusers' loader (kohya and diffusers formats) and PEFT."""
         if specs:
             from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
             xl = self.text_encoder_2 is not None
-            self.lora_onto(self.unet, specs, StableDiffusionXLLoraLoaderMixin if xl else StableDiffusionLoraLoaderMixin,
-                           "unet")
+            networks = {"unet": self.unet, "text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2}
+            self.lora_onto(networks, specs, StableDiffusionXLLoraLoaderMixin if xl else StableDiffusionLoraLoaderMixin)
 
     def compile(self) -> None:
         self.unet = torch.compile(self.unet)
@@ -190,9 +191,12 @@ def _weights(folder: Path) -> dict[str, Any]:
     return {"use_safetensors": any(folder.glob("*.safetensors"))}
 
 
-def load_stable_diffusion(root: str | Path, *, device: str | torch.device | None = None,
-                          name: str | None = None) -> StableDiffusionModel:
-    """Load a diffusers SD 1.x/2.x or SDXL folder (unet, vae, text encoder(s), tokenizer(s), scheduler)."""
+def load_stable_diffusion(root: str | Path, *, device: str | torch.device | None = None, name: str | None = None,
+                          single_file: Path | None = None) -> StableDiffusionModel:
+    """Load a diffusers SD 1.x/2.x or SDXL folder (unet, vae, text encoder(s), tokenizer(s), scheduler).
+
+    single_file: an original-layout checkpoint holding the networks; root then only configures them.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -210,7 +214,7 @@ def load_stable_diffusion(root: str | Path, *, device: str | torch.device | None
         raise InputError(f"{root}: a {unet_cfg['in_channels']}-channel inpainting UNet; use the plain model "
                          f"(SDEdit masks any 4-channel model)")
     parts = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2") if xl else ("text_encoder", "tokenizer")
-    for part in parts:
+    for part in (*parts, *(("scheduler",) if single_file else ())):
         if not (root / part).is_dir():
             raise InputError(f"{root}: no {part}/ folder; {'an SDXL' if xl else 'a text-conditioned'} model needs one")
     for part, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
@@ -219,17 +223,20 @@ def load_stable_diffusion(root: str | Path, *, device: str | torch.device | None
         plan_network(lambda c=cfg, k=cls: k.from_config({n: v for n, v in c.items() if not n.startswith("_")}),
                      str(root / part / "config.json"))  # limits checked before from_pretrained allocates
     try:
-        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **_weights(root / "unet"))
-        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **_weights(root / "vae"))
-        text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", **_weights(root / "text_encoder"))
         tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
-        text_encoder_2 = tokenizer_2 = None
-        if xl:
-            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2",
-                                                                         **_weights(root / "text_encoder_2"))
-            tokenizer_2 = CLIPTokenizer.from_pretrained(root / "tokenizer_2")
+        tokenizer_2 = CLIPTokenizer.from_pretrained(root / "tokenizer_2") if xl else None
+        if single_file is None:
+            unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **_weights(root / "unet"))
+            vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **_weights(root / "vae"))
+            text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", **_weights(root / "text_encoder"))
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+                root / "text_encoder_2", **_weights(root / "text_encoder_2")) if xl else None
     except LOAD_ERRORS as e:
         raise InputError(f"{root}: cannot load its components: {first_line(e)}") from None
+    if single_file is not None:
+        nets = ldm_networks(single_file, root, xl)
+        unet, vae, text_encoder, text_encoder_2 = (nets["unet"], nets["vae"], nets["text_encoder"],
+                                                   nets.get("text_encoder_2"))
     sched = scheduler_config(root)
     prediction = str(sched.get("prediction_type", "epsilon"))
     if prediction not in ("epsilon", "v_prediction"):
@@ -241,9 +248,12 @@ def load_stable_diffusion(root: str | Path, *, device: str | torch.device | None
     for m in nets:
         m.eval().requires_grad_(False)
     params = sum(p.numel() for m in nets for p in m.parameters())
-    model = StableDiffusionModel(unet, vae, text_encoder, tokenizer, schedule, prediction, name or str(root),
-                                 {"family": "stable-diffusion-xl" if xl else "stable-diffusion", "source": str(root),
-                                  "format": "diffusers", "pipeline": kind, "parameters": params},
+    where = {"source": str(root), "format": "diffusers"} if single_file is None else \
+        {"source": str(single_file), "format": "single-file", "config": str(root)}
+    model = StableDiffusionModel(unet, vae, text_encoder, tokenizer, schedule, prediction,
+                                 name or str(single_file or root),
+                                 {"family": "stable-diffusion-xl" if xl else "stable-diffusion", **where,
+                                  "pipeline": kind, "parameters": params},
                                  text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
                                  zero_empty_negative=xl and bool(index.get("force_zeros_for_empty_prompt", True)))
     return model.to(pick_device(device))

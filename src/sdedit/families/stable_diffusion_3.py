@@ -87,11 +87,12 @@ class StableDiffusion3Model(LatentSpace, Model):
         return nets | ({"text_encoder_3": self.t5[1]} if self.t5 else {})
 
     def add_loras(self, specs: list[LoraSpec]) -> None:
-        """LoRA on the transformer, through diffusers' SD3 loader and PEFT adapters."""
+        """LoRA on the transformer and the two CLIP encoders, through diffusers' SD3 loader and PEFT adapters."""
         if specs:
             from diffusers.loaders import SD3LoraLoaderMixin
 
-            self.lora_onto(self.transformer, specs, SD3LoraLoaderMixin, "transformer")
+            clips = {name: encoder for name, (_, encoder) in zip(("text_encoder", "text_encoder_2"), self.encoders)}
+            self.lora_onto({"transformer": self.transformer, **clips}, specs, SD3LoraLoaderMixin)
 
     def compile(self) -> None:
         self.transformer = torch.compile(self.transformer)

@@ -29,7 +29,8 @@ from .common import Parser, Writer, run_guarded, say
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help=f"{DEFAULT_MODEL} (default, bundled), a preset ({', '.join(PRESETS)}), "
                                    "a checkpoint file, a diffusers folder or a Hub id")
-    p.add_argument("--config", help="for original .ckpt files: the released YAML config, or a preset name")
+    p.add_argument("--config", help="for a checkpoint file: the released YAML config or a preset name (DDPM), or for "
+                   "a Stable Diffusion single file a diffusers config folder or a pipeline preset (sd1.5, sdxl)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present, else CPU)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH_OR_HUB_ID[:SCALE]",
                    help="apply a LoRA (safetensors file, folder or Hub id; scale 1 by default); repeatable")
@@ -243,7 +244,8 @@ def _parser() -> Parser:
     u = sub.add_parser("ui", help="start the web app: paint strokes or paint on a photo, in the browser")
     u.add_argument("--model", help=f"an extra model to offer and select first (default: {DEFAULT_MODEL}); "
                                    "bundled models and downloaded presets are always offered")
-    u.add_argument("--config", help="for an original .ckpt given with --model: its YAML config or a preset name")
+    u.add_argument("--config", help="for a checkpoint file given with --model: its YAML config or preset name, or a "
+                   "diffusers config folder / pipeline preset for a Stable Diffusion single file")
     u.add_argument("--port", type=int, default=7860, help="port (7860)")
     u.add_argument("--listen", action="store_true", help="serve on all interfaces (needs --auth)")
     u.add_argument("--auth", help="USER:PASS required to open the app (visible to other users in `ps`: prefer "

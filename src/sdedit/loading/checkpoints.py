@@ -48,6 +48,17 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
                          f"{first_line(e)}") from None
 
 
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape from a safetensors file's header, without reading any tensor data."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except LOAD_ERRORS as e:
+        raise InputError(f"{printable(path)}: not a valid safetensors file (truncated or corrupt?): "
+                         f"{first_line(e)}") from None
+
+
 def load_plain(path: str | Path) -> Any:
     """torch.load or safetensors without running pickled code; InputError for anything else."""
     path = Path(path)
@@ -151,12 +162,23 @@ def plan_network(factory: Callable[[], nn.Module], source: str) -> nn.Module:
     except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError, RuntimeError,
             AssertionError, OverflowError) as e:
         raise InputError(f"{source}: not a valid network config: {first_line(e)}") from None
-    count = sum(p.numel() for p in net.parameters())
+    check_parameter_count(sum(p.numel() for p in net.parameters()), source, "the config describes")
+    return net
+
+
+def check_parameter_count(count: int, source: str, what: str = "it holds") -> None:
+    """InputError when a network or file has more parameters than SDEDIT_MAX_PARAMETERS allows."""
     limit = _max_parameters()
     if count > limit:
-        raise InputError(f"{source}: the config describes {count / 1e9:.1f} billion parameters, over the limit of "
+        raise InputError(f"{source}: {what} {count / 1e9:.1f} billion parameters, over the limit of "
                          f"{limit / 1e9:.1f} billion (set SDEDIT_MAX_PARAMETERS to allow more)")
-    return net
+
+
+def check_materialized(net: nn.Module, source: str) -> None:
+    """InputError naming the first parameter or buffer that no tensor filled (still on the meta device)."""
+    left = [n for n, t in (*net.named_parameters(), *net.named_buffers()) if t.is_meta]
+    if left:
+        raise InputError(f"{source}: no tensor for {left[0]!r}")
 
 
 def materialize(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
@@ -164,9 +186,7 @@ def materialize(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     dtypes = {k: t.dtype for k, t in net.state_dict().items()}
     state = {k: v.to(dtypes[k]) if k in dtypes and v.is_floating_point() else v for k, v in state.items()}
     strict_load(net, state, source, assign=True)
-    left = [n for n, t in (*net.named_parameters(), *net.named_buffers()) if t.is_meta]
-    if left:
-        raise InputError(f"{source}: no tensor for {left[0]!r}")
+    check_materialized(net, source)
     return net
 
 

@@ -88,3 +88,22 @@ def is_cached(repo_id: str) -> bool:
     return any(isinstance(try_to_load_from_cache(repo_id, n), str) for n in ("unet/config.json", "config.json"))
 
 
+
+
+CONFIG_FILES = ["model_index.json", "scheduler/*.json", "tokenizer/*", "tokenizer_2/*",
+                *(f"{part}/config.json" for part in ("unet", "vae", "text_encoder", "text_encoder_2"))]
+
+
+def hub_config_snapshot(repo_id: str) -> Path:
+    """The local folder of a pipeline's configs and tokenizers only (no weights): the cache, or a small download."""
+    check_repo_id(repo_id)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=CONFIG_FILES))
+    except LocalEntryNotFoundError:
+        raise ModelUnavailableError(f"the configs of {repo_id} are not in the Hugging Face cache and the Hub cannot be "
+                                    f"reached; give --config a local diffusers folder instead") from None
+    except (GatedRepoError, RepositoryNotFoundError):
+        raise InputError(f"{repo_id}: no such Hub repository, or it is gated (log in first)") from None

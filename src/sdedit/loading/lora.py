@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError, ModelUnavailableError
 from ..files import printable
@@ -64,30 +65,76 @@ def lora_file(spec: LoraSpec) -> Path:
         raise InputError(f"LoRA {spec.source}: no {LORA_FILE} in that Hub repository") from None
 
 
-def apply_loras(network: object, specs: list[LoraSpec], state_dict_reader: object, prefix: str) -> list[str]:
-    """Load each LoRA's layers for `network` (diffusers' format conversion, PEFT adapters) and set their scales.
+def apply_loras(networks: dict[str, Any], specs: list[LoraSpec], state_dict_reader: Any) -> None:
+    """Load each LoRA's layers into the networks they name (diffusers' format conversion, PEFT adapters), scaled.
 
-    state_dict_reader: a diffusers LoRA loader mixin class whose lora_state_dict reads (and converts)
-    the file; prefix: the network's key prefix in it ('unet', 'transformer').  Returns the keys of
-    other networks found in the files and not applied (the text encoders' LoRA layers).
+    networks: the model's networks by their key prefix in LoRA files, the main one first ('unet' or
+    'transformer', then 'text_encoder', 'text_encoder_2'); state_dict_reader: a diffusers LoRA loader
+    mixin class, whose lora_state_dict reads (and converts kohya/diffusers formats of) a file.  A file with
+    layers for a network the model lacks is refused.
     """
     from ..loading.checkpoints import LOAD_ERRORS, first_line
 
-    names, skipped = [], []
+    main = next(iter(networks))
+    active: dict[str, list[tuple[str, float]]] = {prefix: [] for prefix in networks}
     for i, spec in enumerate(specs):
-        path = lora_file(spec)
+        path, name = lora_file(spec), f"lora{i}"
         try:
-            loaded = state_dict_reader.lora_state_dict(str(path))  # type: ignore[attr-defined]
+            loaded = state_dict_reader.lora_state_dict(str(path))
             state, alphas = (loaded[0], loaded[1]) if isinstance(loaded, tuple) else (loaded, None)
-            mine = {k: v for k, v in state.items() if k.startswith(prefix + ".")}
-            skipped += [k for k in state if not k.startswith(prefix + ".")]
-            if not mine:
-                raise ValueError(f"no {prefix} layers in it")
-            name = f"lora{i}"
-            network.load_lora_adapter(mine, network_alphas=alphas, adapter_name=name,  # type: ignore[attr-defined]
-                                      prefix=prefix)
+            parts: dict[str, dict[str, Any]] = {}
+            for key, value in state.items():
+                parts.setdefault(key.split(".")[0], {})[key] = value
+            foreign = [p for p in parts if p not in networks]
+            if foreign or not parts:
+                raise ValueError(f"layers for {foreign[0]!r}, which this model does not have" if foreign
+                                 else "no LoRA layers in it")
+            for prefix, layers in parts.items():
+                if prefix == main:
+                    networks[prefix].load_lora_adapter(layers, network_alphas=alphas, adapter_name=name,
+                                                       prefix=prefix)
+                else:
+                    _into_text_encoder(networks[prefix], layers, alphas, prefix, name)
+                active[prefix].append((name, spec.scale))
         except LOAD_ERRORS as e:
             raise InputError(f"{printable(path)}: not a LoRA for this model: {first_line(e)}") from None
-        names.append(name)
-    network.set_adapters(names, weights=[spec.scale for spec in specs])  # type: ignore[attr-defined]
-    return skipped
+    _set_scales(networks, active, main)
+
+
+def _into_text_encoder(encoder: Any, layers: dict[str, Any], alphas: dict[str, float] | None, prefix: str,
+                       name: str) -> None:
+    """One LoRA's layers for a transformers text encoder, injected as a PEFT adapter (as diffusers reads them).
+
+    PEFT directly rather than transformers' own adapter API, which asks for a newer PEFT than is released.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, get_peft_kwargs
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    state = convert_state_dict_to_peft(convert_state_dict_to_diffusers(
+        {k.removeprefix(prefix + "."): v for k, v in layers.items()}))
+    if not hasattr(encoder, "text_model"):  # transformers 5 flattened CLIPTextModel; older files keep the prefix
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    ranks = {k: v.shape[1] for k, v in state.items() if ".lora_B." in k and v.ndim == 2}
+    if not ranks:
+        raise ValueError(f"no LoRA up/down pairs for {prefix}")
+    mine = {k.removeprefix(prefix + "."): v for k, v in (alphas or {}).items() if k.split(".")[0] == prefix}
+    config = LoraConfig(**get_peft_kwargs(ranks, mine, state, is_unet=False))
+    inject_adapter_in_model(config, encoder, adapter_name=name)
+    result = set_peft_model_state_dict(encoder, state, adapter_name=name)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if ".lora_" in k]
+    if unexpected:
+        raise ValueError(f"{prefix} has no layer for {unexpected[0]!r}")
+
+
+def _set_scales(networks: dict[str, Any], active: dict[str, list[tuple[str, float]]], main: str) -> None:
+    """Activate each network's adapters with their LoRA's scale (scale 0 adds exactly nothing)."""
+    from diffusers.utils import set_weights_and_activate_adapters
+
+    for prefix, pairs in active.items():
+        if not pairs:
+            continue
+        names, scales = [n for n, _ in pairs], [s for _, s in pairs]
+        if prefix == main:
+            networks[prefix].set_adapters(names, weights=scales)
+        else:
+            set_weights_and_activate_adapters(networks[prefix], names, scales)
