@@ -174,29 +174,34 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
     if settings.precision is not None:
         model.optimize(precision=settings.precision)
     settings = model.run_settings(settings)
-    denoiser = model.denoiser(settings)
-    rows: list[Row] = []
-    for i, guide in enumerate(guides):
-        run, auto = settings, None
-        if settings.t0 == AUTO_T0:
-            t0, l2 = choose_t0(model, denoiser, guide, seeds[i], settings)
-            run, auto = settings.with_(t0=t0, steps=settings.steps), {"budget": settings.budget(guide.frame.size), "l2": l2}
-        rows.extend(Row(guide, seeds[i] + j, j, run, auto) for j in range(settings.num_samples))
-    batches = _batches(rows, settings.batch_size)
-    bar = tqdm(total=sum(b[0].run.total_steps for b in batches), desc="sdedit", unit="step", disable=not progress)
-
-    def on_step(i: int, sigma: float, x: torch.Tensor, denoised: torch.Tensor) -> None:
-        bar.update(1)
-        if callback is not None:
-            callback(i, sigma, x, denoised)
-
+    bar = None
     try:
+        denoiser = model.denoiser(settings)
+        rows: list[Row] = []
+        for i, guide in enumerate(guides):
+            run, auto = settings, None
+            if settings.t0 == AUTO_T0:
+                t0, l2 = choose_t0(model, denoiser, guide, seeds[i], settings)
+                run, auto = settings.with_(t0=t0, steps=settings.steps), {"budget": settings.budget(guide.frame.size),
+                                                                          "l2": l2}
+            rows.extend(Row(guide, seeds[i] + j, j, run, auto) for j in range(settings.num_samples))
+        batches = _batches(rows, settings.batch_size)
+        bar = tqdm(total=sum(b[0].run.total_steps for b in batches), desc="sdedit", unit="step",
+                   disable=not progress)
+
+        def on_step(i: int, sigma: float, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            assert bar is not None
+            bar.update(1)
+            if callback is not None:
+                callback(i, sigma, x, denoised)
+
         for batch in batches:
             x = _run_batch(model, denoiser, batch, on_step)
             for row, out in zip(batch, tensor_to_images(x), strict=True):
                 yield _finish(model, row, out, fit)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         model.release()  # offloaded networks back in CPU memory between runs
 
 
