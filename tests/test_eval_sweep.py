@@ -94,3 +94,37 @@ def test_feature_choice_falls_back_offline(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", mod)
     name, extract = feature_extractor("auto")
     assert name == "inception" and extract(torch.zeros(3, 3, 8, 8, dtype=torch.uint8)).shape == (3, 2048)
+
+
+def test_masked_eval_compares_paste_backs_with_seam_and_colour_metrics(tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["eval", *TINY, "--masked", "--n", "6", "--t0", "0.6", "--steps", "3", "-o", str(out)]) == 0
+    rows = {r["what"].split(",")[0]: r for r in json.loads((out / "eval.json").read_text())[2:]}
+    assert set(rows) == {"hard mask", "feathered mask", "strength map"}
+    assert rows["hard mask"]["colour_shift"] == 0.0  # outside a hard mask every pixel is the input's
+    assert rows["feathered mask"]["colour_shift"] > 0 and rows["strength map"]["colour_shift"] > 0
+    assert all(r["seam_jump"] is not None and r["layout"] is not None for r in rows.values())
+    assert "seam jump" in (out / "eval.md").read_text()
+
+
+def test_layout_sharpness_and_seam_metrics_on_known_images():
+    import numpy as np
+    from PIL import ImageFilter
+
+    from sdedit.research.metrics import layout_correlation, seam_metrics, sharpness
+
+    img = landscape(10_000_123, 64)
+    assert layout_correlation([img], [img])[0] == pytest.approx(1.0)
+    flipped = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    assert layout_correlation([flipped], [img])[0] < 0.5  # sky below, ground above: the layout is gone
+    assert sharpness([img.filter(ImageFilter.GaussianBlur(2))])[0] < 0.6 * sharpness([img])[0]
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    assert seam_metrics(img, img, mask) == (0.0, 0.0)
+    pasted = img.copy()
+    pasted.paste((255, 0, 255), (16, 16, 48, 48))  # a flat magenta square: a hard seam, nothing outside changed
+    jump, shift = seam_metrics(pasted, img, mask)
+    assert jump > 50 and shift == 0.0
+    tinted = Image.fromarray(np.clip(np.asarray(img, np.int16) + [10, 0, 0], 0, 255).astype(np.uint8))
+    _, shift = seam_metrics(tinted, img, mask)  # everything 10 redder (where not clipped)
+    assert 5 < shift <= 10

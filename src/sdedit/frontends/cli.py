@@ -210,6 +210,9 @@ def _parser() -> Parser:
     v.add_argument("--features", choices=["auto", "inception", "random-cnn"], default="auto",
                    help="KID features: Inception (torch-fidelity) when its weights are available, else random-CNN")
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--masked", action="store_true",
+                   help="masked edits instead: each image's ellipse replaced by its strokes, pasted back with a hard "
+                        "mask, a feathered mask and a strength map; adds seam jump and colour shift")
     v.add_argument("-o", "--outdir", type=Path, default=Path("eval-results"))
 
     w = sub.add_parser("sweep", help="one input over a range of t0: a labelled grid and a realism/faithfulness plot")
@@ -397,7 +400,8 @@ def _eval(a: argparse.Namespace) -> int:
     from ..files import check_output_folder
     from ..images import folder_images
     from ..loader import load_model
-    from ..research.evaluation import StrokeBenchmark, held_out_landscapes, markdown_table, write_tables
+    from ..research.evaluation import MASK_VARIANTS, MaskedBenchmark, StrokeBenchmark, held_out_landscapes, \
+        markdown_table, write_tables
     from ..research.metrics import InceptionUnavailable
 
     grid = [settings_for_flags(t0=t0, sampler=sampler, steps=steps, repeats=a.repeats, seed=a.seed, prompt=a.prompt)
@@ -420,7 +424,7 @@ def _eval(a: argparse.Namespace) -> int:
     if len(originals) < 2 or len(reals) < 2:
         raise InputError("need at least 2 images to turn into strokes and 2 real images")
     try:
-        bench = StrokeBenchmark(originals, reals, a.colors, a.features)
+        bench = (MaskedBenchmark if a.masked else StrokeBenchmark)(originals, reals, a.colors, a.features)
     except InceptionUnavailable as e:
         raise InputError(f"--features inception: {e}") from None
     if a.features == "auto" and bench.feature_name != "inception":
@@ -429,12 +433,14 @@ def _eval(a: argparse.Namespace) -> int:
     rows = bench.baselines()
     print(markdown_table(rows))
     for settings in grid:
-        row, _ = bench.run(model, settings)
-        rows.append(row)
-        print(markdown_table([row]).splitlines()[-1], flush=True)
+        for variant in MASK_VARIANTS if isinstance(bench, MaskedBenchmark) else [None]:
+            row, _ = bench.run(model, settings) if variant is None else bench.run_variant(model, settings, variant)
+            rows.append(row)
+            print(markdown_table([row]).splitlines()[-1], flush=True)
     if bench.kid_undefined:
         say(f"note: {bench.kid_undefined}", err=True)
-    header = (f"sdedit eval: model {a.model or DEFAULT_MODEL}, data {a.data}, {len(originals)} stroke inputs "
+    what = "masked stroke edits (an ellipse of each image replaced by its strokes)" if a.masked else "stroke inputs"
+    header = (f"sdedit eval: model {a.model or DEFAULT_MODEL}, data {a.data}, {len(originals)} {what} "
               f"({a.colors} colours), {len(reals)} real images for KID ({bench.feature_name} features).")
     for p in write_tables(rows, a.outdir / "eval", header, overwrite=False):
         say(p)

@@ -7,32 +7,26 @@ import io
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..api import iter_edits, prepare_guide
+from ..api import Guide, iter_edits, prepare_guide
 from ..engine.samplers import evaluations
 from ..families.base import Model
+from ..images import grow_and_feather
 from ..settings import RunSettings
 from .landscapes import HELD_OUT_START, landscape
-from .metrics import FeatureKind, feature_extractor, image_features, kid, l2_distance, standardize
+from .metrics import FeatureKind, feature_extractor, image_features, kid, l2_distance, layout_correlation, \
+    seam_metrics, sharpness, standardize
 from .strokes import simulate_strokes
 
 def held_out_landscapes(count: int, size: int, offset: int = 0) -> list[Image.Image]:
     """Landscapes from the held-out seed range (never trained on); offset picks a disjoint block."""
     return [landscape(HELD_OUT_START + offset + i, size) for i in range(count)]
-
-
-def run_batch(model: Model, guides: list[Image.Image], settings: RunSettings) -> list[Image.Image]:
-    """SDEdit on many guides (no mask), one output each; guide i is sampled with seed + i, whatever the batching."""
-    prepared = [prepare_guide(model, g) for g in guides]
-    seed = settings.seed or 0
-    return list(iter_edits(model, prepared, [seed + i for i in range(len(guides))],
-                           settings.with_(num_samples=1), progress=False))
 
 
 @dataclass(frozen=True)
@@ -48,6 +42,10 @@ class Row:
     l2_std: float
     kid_mean: float | None  # realism: KID to real images (lower is better); None: undefined for these sets
     kid_std: float | None  # std over KID subsets
+    layout: float | None = None  # mean 8x8 layout correlation with the guide (metrics.layout_correlation)
+    sharpness: float | None = None  # mean |Laplacian| (metrics.sharpness); real images' own is the target
+    seam_jump: float | None = None  # masked edits: extra gradient on the mask's border (metrics.seam_metrics)
+    colour_shift: float | None = None  # masked edits: mean colour change just outside the mask
 
 
 def _reset_peak_rss() -> None:
@@ -97,7 +95,17 @@ class StrokeBenchmark:
             k_mean = k_std = None
         l2 = l2_distance(images, self.strokes)
         return Row(what, t0, nfe, seconds / max(len(images), 1), _peak_rss_mb(), float(l2.mean()), float(l2.std()),
-                   k_mean, k_std)
+                   k_mean, k_std, float(layout_correlation(images, self.strokes).mean()),
+                   float(sharpness(images).mean()))
+
+    def run_guides(self, model: Model, settings: RunSettings, guides: list[Guide]) -> tuple[list[Image.Image], float]:
+        """SDEdit of prepared guides (guide i seeded settings.seed + i), one output each; and the seconds taken."""
+        _reset_peak_rss()
+        start = time.perf_counter()
+        seed = settings.seed or 0
+        outs = list(iter_edits(model, guides, [seed + i for i in range(len(guides))],
+                               settings.with_(num_samples=1), progress=False))
+        return outs, time.perf_counter() - start
 
     def baselines(self) -> list[Row]:
         """The stroke inputs themselves, and the originals they were made from."""
@@ -106,31 +114,91 @@ class StrokeBenchmark:
     def run(self, model: Model, settings: RunSettings) -> tuple[Row, list[Image.Image]]:
         """SDEdit every stroke input with one setting (stroke i seeded settings.seed + i); its row and outputs."""
         settings = model.run_settings(settings)
-        _reset_peak_rss()
-        start = time.perf_counter()
-        outs = run_batch(model, self.strokes, settings)
-        sec = time.perf_counter() - start
-        metas = [json.loads(o.info["sdedit"]) for o in outs]  # t0 auto: each image's own t0 and steps
-        t0 = float(np.mean([m["t0"] for m in metas]))
-        nfe = round(float(np.mean([evaluations(m["sampler"], m["steps"]) * m["repeats"] for m in metas])))
+        outs, sec = self.run_guides(model, settings, [prepare_guide(model, g) for g in self.strokes])
+        t0, nfe = run_cost(outs)
         return self.score(f"SDEdit {settings.label()}", outs, t0, nfe, sec), outs
+
+
+def run_cost(outs: list[Image.Image]) -> tuple[float, int]:
+    """Mean t0 and network evaluations per image, from the outputs' metadata (t0 auto: each image's own)."""
+    metas = [json.loads(o.info["sdedit"]) for o in outs]
+    t0 = round(float(np.mean([m["t0"] for m in metas])), 4)
+    return t0, round(float(np.mean([evaluations(m["sampler"], m["steps"]) * m["repeats"] for m in metas])))
+
+
+MASK_VARIANTS = ("hard mask", "feathered mask", "strength map")
+FEATHER = 4  # pixels of feather (or of the strength map's ramp) at 64 px
+RAMP_LEVELS = 8  # grey levels of the strength map's ramp
+
+
+def edit_region(index: int, size: tuple[int, int]) -> Image.Image:
+    """A seeded elliptical mask covering about 10-20% of the image, away from its border (white = edit)."""
+    rng = np.random.default_rng(index)
+    w, h = size
+    rx, ry = rng.uniform(0.15, 0.25, 2) * np.array([w, h])
+    cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1
+    return Image.fromarray((inside * 255).astype(np.uint8))
+
+
+class MaskedBenchmark(StrokeBenchmark):
+    """Stroke edits of held-out images inside a mask (the region replaced by its stroke painting), pasted back
+    three ways; scored by L2 to the guide, KID, and the seam jump and colour shift against the unedited image."""
+
+    def __init__(self, originals: list[Image.Image], reals: list[Image.Image], colors: int = 6,
+                 features: FeatureKind = "random-cnn"):
+        super().__init__(originals, reals, colors, features)
+        self.masks = [edit_region(i, o.size) for i, o in enumerate(originals)]
+        self.strokes = [Image.composite(s, o, m) for s, o, m in zip(self.strokes, originals, self.masks, strict=True)]
+
+    def guides(self, model: Model, variant: str) -> list[Guide]:
+        """The prepared guides of one paste-back variant."""
+        if variant == "hard mask":
+            return [prepare_guide(model, g, m) for g, m in zip(self.strokes, self.masks, strict=True)]
+        if variant == "feathered mask":
+            return [prepare_guide(model, g, m, mask_feather=FEATHER) for g, m in zip(self.strokes, self.masks,
+                                                                                   strict=True)]
+        if variant == "strength map":
+            ramps = []  # t0 falls from full inside the mask to 0 over FEATHER pixels outside, in RAMP_LEVELS steps
+            for m in self.masks:
+                soft = np.asarray(grow_and_feather(m, 0, FEATHER), np.float64) / 255
+                ramps.append(Image.fromarray(np.round(np.ceil(soft * RAMP_LEVELS) / RAMP_LEVELS * 255).astype(np.uint8)))
+            return [prepare_guide(model, g, strength_map=r) for g, r in zip(self.strokes, ramps, strict=True)]
+        raise ValueError(f"unknown variant {variant!r}; one of {', '.join(MASK_VARIANTS)}")
+
+    def run_variant(self, model: Model, settings: RunSettings, variant: str) -> tuple[Row, list[Image.Image]]:
+        """One paste-back variant at one setting: its row (with seam jump and colour shift) and outputs."""
+        settings = model.run_settings(settings)
+        outs, sec = self.run_guides(model, settings, self.guides(model, variant))
+        t0, nfe = run_cost(outs)
+        row = self.score(f"{variant}, {settings.label()}", outs, t0, nfe, sec)
+        seams = np.array([seam_metrics(o, r, m) for o, r, m in zip(outs, self.originals, self.masks, strict=True)])
+        return replace(row, seam_jump=float(seams[:, 0].mean()), colour_shift=float(seams[:, 1].mean())), outs
 
 
 def _kid_text(r: Row) -> str:
     return "undefined" if r.kid_mean is None or r.kid_std is None else f"{r.kid_mean:.4f} +- {r.kid_std:.4f}"
 
 
+EXTRA_COLUMNS = (("layout", "layout corr."), ("sharpness", "sharpness"), ("seam_jump", "seam jump"),
+                 ("colour_shift", "colour shift"))
+
+
 def markdown_table(rows: list[Row]) -> str:
-    """Rows as a Markdown table."""
-    lines = ["| images | t0 | NFE | s / image | peak MB | L2 to strokes (mean +- std) | KID (mean +- std) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    """Rows as a Markdown table (the optional columns where some row has them)."""
+    extras = [(k, title) for k, title in EXTRA_COLUMNS if any(getattr(r, k) is not None for r in rows)]
+    lines = ["| images | t0 | NFE | s / image | peak MB | L2 to guide (mean +- std) | KID (mean +- std) |"
+             + "".join(f" {title} |" for _, title in extras),
+             "| --- | --- | --- | --- | --- | --- | --- |" + " --- |" * len(extras)]
     for r in rows:
         t0 = f"{r.t0:.2f}" if r.t0 is not None else "-"
         nfe = str(r.nfe) if r.nfe else "-"
         sec = f"{r.seconds_per_image:.3f}" if r.nfe else "-"
         mem = f"{r.peak_rss_mb:.0f}" if r.nfe else "-"
+        cells = "".join(f" {getattr(r, k):.3f} |" if getattr(r, k) is not None else " - |" for k, _ in extras)
         lines.append(f"| {r.what} | {t0} | {nfe} | {sec} | {mem} | {r.l2_mean:.2f} +- {r.l2_std:.2f} | "
-                     f"{_kid_text(r)} |")
+                     f"{_kid_text(r)} |{cells}")
     return "\n".join(lines)
 
 

@@ -32,6 +32,82 @@ def l2_distance(outputs: list[Image.Image], guides: list[Image.Image]) -> np.nda
     return np.array(out)
 
 
+def _grey(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("L"), np.float64)
+
+
+def layout_correlation(outputs: list[Image.Image], guides: list[Image.Image], cells: int = 8) -> np.ndarray:
+    """Per image: Pearson correlation of the cells x cells greyscale layouts (box averages) of output and guide.
+
+    What a stroke painting fixes is where its large light and dark shapes are (peaks, sky, sun);
+    an 8x8 box average keeps exactly that at 64 px (8 px cells) and drops texture, and a correlation
+    ignores a global shift in brightness or contrast, which SDEdit may legitimately make.
+    """
+    out = []
+    for o, g in zip(outputs, guides, strict=True):
+        a = _grey(o.resize((cells, cells), Image.Resampling.BOX)).ravel()
+        b = _grey(g.resize((cells, cells), Image.Resampling.BOX)).ravel()
+        a, b = a - a.mean(), b - b.mean()
+        denom = np.sqrt((a * a).sum() * (b * b).sum())
+        out.append(float((a * b).sum() / denom) if denom > 0 else 0.0)
+    return np.array(out)
+
+
+def sharpness(images: list[Image.Image]) -> np.ndarray:
+    """Per image: mean absolute 4-neighbour Laplacian of the greyscale image (0-255 units): edges and texture.
+
+    A soft (blurred) image has a small Laplacian everywhere; compare it with real images' own value.
+    """
+    out = []
+    for img in images:
+        g = _grey(img)
+        lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
+        out.append(float(np.abs(lap).mean()))
+    return np.array(out)
+
+
+def _dilate(m: np.ndarray, r: int) -> np.ndarray:
+    """Binary dilation by a (2r+1) square (a max filter), r >= 0."""
+    out = m.copy()
+    for _ in range(r):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def _gradient(img: Image.Image) -> np.ndarray:
+    """|grad| of an RGB image (forward differences, channels summed in quadrature), 0-255 units, HxW."""
+    a = np.asarray(img.convert("RGB"), np.float64)
+    gx = np.zeros_like(a)
+    gy = np.zeros_like(a)
+    gx[:, :-1] = a[:, 1:] - a[:, :-1]
+    gy[:-1] = a[1:] - a[:-1]
+    return np.sqrt((gx**2 + gy**2).sum(-1))
+
+
+def seam_metrics(output: Image.Image, reference: Image.Image, mask: Image.Image, band: int = 4) -> tuple[float, float]:
+    """(seam jump, colour shift) of a masked edit against the unedited image, both in 0-255 units.
+
+    seam jump: the mean gradient magnitude of the output on the mask's boundary (a 2-pixel ring
+    straddling it) minus the reference's own there, i.e. how much edge the edit adds along its
+    border (0: no visible seam beyond the image's own).  colour shift: the length of the mean RGB
+    difference between output and reference in a band of `band` pixels just outside the mask,
+    i.e. how far the edit bled into what should stay.
+    """
+    m = np.asarray(mask.convert("L")) >= 128
+    ring = _dilate(m, 1) & _dilate(~m, 1)  # pixels within one pixel of both sides
+    outside = _dilate(m, band) & ~m
+    jump = float(_gradient(output)[ring].mean() - _gradient(reference)[ring].mean()) if ring.any() else 0.0
+    a = np.asarray(output.convert("RGB"), np.float64)[outside]
+    b = np.asarray(reference.convert("RGB"), np.float64)[outside]
+    shift = float(np.linalg.norm(a.mean(0) - b.mean(0))) if outside.any() else 0.0
+    return jump, shift
+
+
 class RandomConvFeatures(nn.Module):
     """A seeded random-weight CNN: mean and std of ReLU maps at three scales, plus colour moments (902 numbers)."""
 
