@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from sdedit.landscapes import HELD_OUT_START, landscape
-from sdedit.strokes import simulate_strokes
+from sdedit.research.landscapes import HELD_OUT_START, landscape
+from sdedit.research.strokes import simulate_strokes
 
 HERE = Path(__file__).parent
 
