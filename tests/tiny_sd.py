@@ -29,14 +29,18 @@ def tiny_tokenizer(folder: Path, max_length: int = 16):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
 
 
-def make_tiny_sd(folder: Path, *, prediction_type: str = "epsilon", seed: int = 0):
-    """Save a tiny StableDiffusionImg2ImgPipeline (random weights, safetensors) in folder; return the pipeline."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+def make_tiny_sd(folder: Path, *, prediction_type: str = "epsilon", seed: int = 0, in_channels: int = 4):
+    """Save a tiny StableDiffusionImg2ImgPipeline (random weights, safetensors) in folder; return the pipeline.
+
+    in_channels=9: an inpainting UNet, saved and returned as a StableDiffusionInpaintPipeline.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, \
+        StableDiffusionInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(folder.parent / f"{folder.name}-tokenizer-src")
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+    unet = UNet2DConditionModel(sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64),
                                 layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
                                 attention_head_dim=8, norm_num_groups=32)
@@ -50,19 +54,21 @@ def make_tiny_sd(folder: Path, *, prediction_type: str = "epsilon", seed: int = 
                                                 pad_token_id=tokenizer.pad_token_id))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
-                                          unet=unet.eval(), scheduler=scheduler, safety_checker=None,
-                                          feature_extractor=None, requires_safety_checker=False)
+    kind = StableDiffusionImg2ImgPipeline if in_channels == 4 else StableDiffusionInpaintPipeline
+    pipe = kind(vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
+                scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return pipe
 
 
-def make_tiny_sdxl(folder: Path, *, seed: int = 0, hidden_2: int = 32):
+def make_tiny_sdxl(folder: Path, *, seed: int = 0, hidden_2: int = 32, in_channels: int = 4):
     """Save a tiny StableDiffusionXLImg2ImgPipeline (two text encoders, pooled embeddings, size conditioning).
 
     hidden_2: the second encoder's width (SDXL's differ; single-file loading tells them apart by it).
+    in_channels=9: an inpainting UNet, saved and returned as a StableDiffusionXLInpaintPipeline.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLImg2ImgPipeline, \
+        StableDiffusionXLInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
@@ -73,7 +79,7 @@ def make_tiny_sdxl(folder: Path, *, seed: int = 0, hidden_2: int = 32):
                               num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
 
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+    unet = UNet2DConditionModel(sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64),
                                 layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
                                 use_linear_projection=True, addition_embed_type="text_time",
@@ -85,11 +91,11 @@ def make_tiny_sdxl(folder: Path, *, seed: int = 0, hidden_2: int = 32):
                         layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=0.13025)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionXLImg2ImgPipeline(vae=vae.eval(), text_encoder=CLIPTextModel(text_config()).eval(),
-                                            text_encoder_2=CLIPTextModelWithProjection(
-                                                text_config(hidden_2, projection_dim=32)).eval(),
-                                            tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet.eval(),
-                                            scheduler=scheduler, requires_aesthetics_score=False)
+    kind = StableDiffusionXLImg2ImgPipeline if in_channels == 4 else StableDiffusionXLInpaintPipeline
+    pipe = kind(vae=vae.eval(), text_encoder=CLIPTextModel(text_config()).eval(),
+                text_encoder_2=CLIPTextModelWithProjection(text_config(hidden_2, projection_dim=32)).eval(),
+                tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet.eval(), scheduler=scheduler,
+                requires_aesthetics_score=False)
     pipe.save_pretrained(folder)
     return pipe
 
@@ -123,9 +129,14 @@ def make_tiny_sd3(folder: Path, *, seed: int = 0):
     return pipe
 
 
-def make_tiny_flux(folder: Path, *, seed: int = 0, guidance_embeds: bool = True):
-    """Save a tiny FluxImg2ImgPipeline (packed latents, CLIP pooled + T5 tokens, resolution-dependent shift)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxTransformer2DModel
+def make_tiny_flux(folder: Path, *, seed: int = 0, guidance_embeds: bool = True, fill: bool = False):
+    """Save a tiny FluxImg2ImgPipeline (packed latents, CLIP pooled + T5 tokens, resolution-dependent shift).
+
+    fill=True: a FLUX.1 Fill transformer (packed latents + packed masked-image latents + packed 8x8 mask),
+    saved and returned as a FluxFillPipeline.
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxImg2ImgPipeline, \
+        FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -136,7 +147,8 @@ def make_tiny_flux(folder: Path, *, seed: int = 0, guidance_embeds: bool = True)
                                         pad_token_id=tokenizer.pad_token_id)).eval()
     t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2,
                                  num_heads=4, pad_token_id=tokenizer.pad_token_id)).eval()
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16 + (16 + 4 * 64 if fill else 0), out_channels=16,
+                                         num_layers=1, num_single_layers=1,
                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                          pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
                                          guidance_embeds=guidance_embeds).eval()
@@ -146,7 +158,8 @@ def make_tiny_flux(folder: Path, *, seed: int = 0, guidance_embeds: bool = True)
                         scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
-    pipe = FluxImg2ImgPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tokenizer, text_encoder_2=t5,
-                               tokenizer_2=tokenizer, transformer=transformer)
+    kind = FluxFillPipeline if fill else FluxImg2ImgPipeline
+    pipe = kind(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tokenizer, text_encoder_2=t5,
+                tokenizer_2=tokenizer, transformer=transformer)
     pipe.save_pretrained(folder)
     return pipe

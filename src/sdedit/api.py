@@ -7,6 +7,7 @@ encode/decode and conditioned denoiser through the model interface (families/bas
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -267,7 +268,7 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
     """Encode each row's guide with its generator, SDEdit the batch in the sampler's space, decode, check."""
     settings = batch[0].run
     generators = [torch.Generator().manual_seed(row.seed) for row in batch]
-    parts, masks, maps = [], [], []
+    parts, masks, maps, conditions = [], [], [], []
     start = 0
     while start < len(batch):
         # consecutive rows of one guide are encoded together (one VAE pass, one posterior draw per row)
@@ -275,7 +276,11 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
         end = start
         while end < len(batch) and batch[end].guide is guide:
             end += 1
-        parts.append(model.encode(image_to_tensor(guide.image), generators[start:end]))
+        x_g = image_to_tensor(guide.image)
+        parts.append(model.encode(x_g, generators[start:end]))
+        # inpainting models: the guide and its mask (or strength map) as extra input, drawn after the guide's posterior
+        keep = None if guide.keep is None else mask_to_tensor(guide.keep)
+        conditions.append(model.edit_condition(x_g, keep, generators[start:end]))
         if guide.mask is not None:
             masks.append(model.encode_mask(mask_to_tensor(guide.mask)).expand(end - start, -1, -1, -1))
         if guide.strength is not None:
@@ -285,6 +290,8 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
     mask = torch.cat(masks) if masks else None
     strength = torch.cat(maps) if maps else None
     assert isinstance(settings.t0, float) and settings.steps is not None
+    if conditions[0] is not None:
+        denoiser = functools.partial(denoiser, condition=torch.cat(conditions))
     try:
         schedule = model.schedule_for(batch[0].guide.frame.size)
         z = edit_tensors(denoiser, schedule, z_g, mask=mask, t0=settings.t0, steps=settings.steps,

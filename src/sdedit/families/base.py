@@ -7,6 +7,8 @@
     encode(x_g, generators)          guide pixels -> the sampler's space, one row per generator
     encode_mask(mask)                a pixel mask -> the sampler's grid
     decode(z)                        the sampler's space -> pixels in [-1, 1]
+    edit_condition(x_g, mask, gens)  per-edit network input (inpainting models), or None; a model that
+                                     returns one takes it back as denoiser(x, sigma, condition=c)
 """
 
 from __future__ import annotations
@@ -151,6 +153,11 @@ class Model(ABC):
         """D(x, sigma) for one run's conditioning; unconditional models take none."""
         self.check_conditioning(settings)
         return self.denoise
+
+    def edit_condition(self, x_g: torch.Tensor, mask: torch.Tensor | None,
+                       generators: Sequence[torch.Generator]) -> torch.Tensor | None:
+        """Extra network input made from one guide (1x3xHxW) and its pixel mask, one row per generator; None: none."""
+        return None
 
     def schedule_for(self, size: tuple[int, int]) -> Schedule:
         """The schedule for images of this (width, height): the model's own, unless it shifts with resolution."""

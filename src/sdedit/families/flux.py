@@ -7,11 +7,14 @@ on the image: s = exp(mu), mu linear in the number of packed tokens (diffusers' 
 with the scheduler's settings), so the schedule is chosen per image size.  Text: CLIP's pooled
 embedding and T5's token embeddings.  FLUX.1-dev takes its guidance as an embedding (no
 classifier-free guidance, no negative prompt; 3.5 is its usual value); schnell takes none.
+FLUX.1 Fill also takes, per token, the packed latents of the guide with the repaint region zeroed
+and the packed pixel mask (each latent cell's f x f pixels as f^2 channels): `edit_condition`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from ..loading.lora import LoraSpec
 from ..loading.checkpoints import LOAD_ERRORS, first_line, read_json, schedule_from, scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
-from .latent import LatentSpace
+from .latent import LatentSpace, repaint_mask
 from .stable_diffusion import snap8
 
 
@@ -57,18 +60,27 @@ class FluxDenoiser(nn.Module):
     """D(z, sigma) of the FLUX transformer for one prompt: pack, predict the velocity, unpack, x0 = x_t - t v."""
 
     def __init__(self, transformer: nn.Module, context: torch.Tensor, pooled: torch.Tensor, guidance: float | None,
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, extra_channels: int = 0):
         super().__init__()
+        self.extra_channels = extra_channels  # FLUX Fill's masked-image latents and mask per latent cell, else 0
         self.transformer, self.context, self.pooled, self.guidance = transformer, context, pooled, guidance
         self.autocast_dtype = autocast_dtype
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """condition: FLUX Fill's masked-image latents and space-to-depth mask on the latent grid, one row per row."""
         b, _, h, w = x.shape
         s = sigma.to(x.device, x.dtype).reshape(-1, 1, 1, 1)
         x_t, t = flow_input(x, s)
+        extra = self.extra_channels
+        if (condition.shape[1] if condition is not None else 0) != extra:
+            raise InputError(f"this transformer takes {extra} extra channels per latent cell (FLUX Fill's masked "
+                             f"image and mask: model.edit_condition); got "
+                             f"{0 if condition is None else condition.shape[1]}")
+        # packing channel-major: pack([x_t, cond]) is the tokens of x_t, then of the masked image, then of the mask
+        tokens = pack(x_t if condition is None else torch.cat([x_t, condition.to(x_t)], dim=1))
         guidance = None if self.guidance is None else torch.full((b,), self.guidance, device=x.device)
         with autocast(x.device, self.autocast_dtype):
-            v = self.transformer(hidden_states=pack(x_t), timestep=t.reshape(-1).expand(b), guidance=guidance,
+            v = self.transformer(hidden_states=tokens, timestep=t.reshape(-1).expand(b), guidance=guidance,
                                  pooled_projections=self.pooled.expand(b, -1).to(x.device),
                                  encoder_hidden_states=self.context.expand(b, -1, -1).to(x.device),
                                  txt_ids=torch.zeros(self.context.shape[1], 3, device=x.device),
@@ -147,7 +159,27 @@ class FluxModel(LatentSpace, Model):
             raise InputError("FLUX.1 is guidance-distilled: it takes no negative prompt")
         context, pooled = self.encode_prompt(settings.prompt)
         embedded = settings.guidance if self.transformer.config.guidance_embeds else None
-        return FluxDenoiser(self.transformer, context, pooled, embedded, self.autocast_dtype)
+        extra = int(self.transformer.config.in_channels) // 4 - int(self.vae.config.latent_channels)
+        return FluxDenoiser(self.transformer, context, pooled, embedded, self.autocast_dtype, extra)
+
+    @property
+    def inpainting(self) -> bool:
+        """Whether the transformer takes masked-image latents and a mask beside the latents (FLUX.1 Fill)."""
+        return int(self.transformer.config.in_channels) != 4 * int(self.vae.config.latent_channels)
+
+    @torch.inference_mode()
+    def edit_condition(self, x_g: torch.Tensor, mask: torch.Tensor | None,
+                       generators: Sequence[torch.Generator]) -> torch.Tensor | None:
+        """FLUX Fill: latents of the guide with the repaint region zeroed, and the mask's f x f pixels per latent cell."""
+        if not self.inpainting:
+            return None
+        repaint = repaint_mask(mask, x_g)
+        z_masked = self.encode(x_g * (1.0 - repaint), generators)  # one posterior draw per generator
+        f = self.latent_factor
+        _, _, h, w = z_masked.shape
+        # space to depth: pixel (f i + a, f j + b) becomes channel f a + b of cell (i, j)
+        cells = repaint.to(z_masked).reshape(1, h, f, w, f).permute(0, 2, 4, 1, 3).reshape(1, f * f, h, w)
+        return torch.cat([z_masked, cells.expand(len(generators), -1, -1, -1)], dim=1)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.denoiser(RunSettings(guidance=1.0, seed=0))(x, sigma)
@@ -176,10 +208,14 @@ def load_flux(root: str | Path, *, device: str | torch.device | None = None, nam
     for part in ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
         if not (root / part).is_dir():
             raise InputError(f"{root}: no {part}/ folder; a FLUX.1 model needs one")
-    latent_channels = int(read_json(root / "vae" / "config.json").get("latent_channels", 16))
-    if read_json(root / "transformer" / "config.json").get("in_channels", 64) != 4 * latent_channels:
-        raise InputError(f"{root}: a FLUX transformer with extra input channels (Fill, Canny, Depth) is not "
-                         f"supported; use FLUX.1-dev or -schnell")
+    vae_cfg = read_json(root / "vae" / "config.json")
+    latent_channels = int(vae_cfg.get("latent_channels", 16))
+    factor = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+    plain, fill = 4 * latent_channels, 4 * (2 * latent_channels + factor * factor)  # Fill: + masked image, mask
+    in_channels = int(read_json(root / "transformer" / "config.json").get("in_channels", 64))
+    if in_channels not in (plain, fill):
+        raise InputError(f"{root}: a FLUX transformer with {in_channels} input channels (Canny and Depth are not "
+                         f"supported); FLUX.1 dev/schnell take {plain}, FLUX.1 Fill {fill}")
     try:
         transformer = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", use_safetensors=True)
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", use_safetensors=True)
@@ -197,5 +233,5 @@ def load_flux(root: str | Path, *, device: str | torch.device | None = None, nam
     params = sum(p.numel() for m in nets for p in m.parameters())
     model = FluxModel(transformer, vae, clip, t5, schedule, dict(sched), name or str(root),
                       {"family": "flux", "source": str(root), "format": "diffusers", "parameters": params,
-                       "guidance_embeds": bool(transformer.config.guidance_embeds)})
+                       "guidance_embeds": bool(transformer.config.guidance_embeds), "inpainting": in_channels == fill})
     return model.to(pick_device(device))

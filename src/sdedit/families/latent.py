@@ -22,6 +22,13 @@ def latent_mask(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_max_pool2d(mask, shape)
 
 
+def repaint_mask(mask: torch.Tensor | None, x_g: torch.Tensor) -> torch.Tensor:
+    """What inpainting networks are trained on: 1 = repaint, binarised at 0.5; no mask repaints everything."""
+    if mask is None:
+        return torch.ones_like(x_g[:, :1])
+    return (mask >= 0.5).to(x_g.dtype)
+
+
 class LatentSpace:
     """Mixin for models with a `vae` (AutoencoderKL), an `autocast_dtype` and an `info` dict."""
 

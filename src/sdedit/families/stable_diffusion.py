@@ -7,15 +7,19 @@ max-pooling.  The input keeps its own aspect ratio (sides snapped down to multip
 downsampling factor, 8).  SDXL adds a second text encoder (their penultimate hidden states
 concatenated), the second one's pooled projection, and the size conditioning (original size,
 crop corner, target size: the image's own size and (0, 0), as diffusers' img2img passes them).
+Inpainting UNets (9 channels) also take, beside the noisy latents, the repaint mask on the latent
+grid and the latents of the guide with that region zeroed (`edit_condition`), as they were trained.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..devices import pick_device
@@ -30,7 +34,7 @@ from ..loading.checkpoints import LOAD_ERRORS, check_sample_size, first_line, pl
     schedule_from, scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
-from .latent import LatentSpace, latent_mask  # noqa: F401 (latent_mask: part of this family's API)
+from .latent import LatentSpace, latent_mask, repaint_mask  # noqa: F401 (latent_mask: part of this family's API)
 
 LATENT_FACTOR = 8  # pixels per latent cell in Stable Diffusion's VAEs (2 ** (levels - 1))
 
@@ -53,8 +57,9 @@ class GuidedDenoiser(nn.Module):
 
     def __init__(self, unet: nn.Module, schedule: DiscreteVPSchedule, prediction_type: str, cond: TextCondition,
                  uncond: TextCondition | None, guidance: float, autocast_dtype: torch.dtype | None = None,
-                 latent_factor: int = LATENT_FACTOR):
+                 latent_factor: int = LATENT_FACTOR, extra_channels: int = 0):
         super().__init__()
+        self.extra_channels = extra_channels  # an inpainting UNet's mask and masked-image latents (5), else 0
         self.unet, self.schedule, self.prediction_type = unet, schedule, prediction_type
         self.cond, self.uncond, self.guidance = cond, uncond, guidance
         self.autocast_dtype = autocast_dtype
@@ -70,10 +75,17 @@ class GuidedDenoiser(nn.Module):
         return {"added_cond_kwargs": {"text_embeds": pooled.to(x.device),
                                       "time_ids": time_ids.expand(b * len(branches), -1)}}
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """condition: an inpainting UNet's extra channels (mask, masked-image latents), one row per row of x."""
         b = x.shape[0]
         s = sigma.to(x.device, x.dtype).reshape(-1, 1, 1, 1)
         x_vp = vp_input(x, s)
+        extra = self.extra_channels
+        if (condition.shape[1] if condition is not None else 0) != extra:
+            raise InputError(f"this UNet takes {extra} extra input channels (an inpainting model's mask and masked "
+                             f"image: model.edit_condition); got {0 if condition is None else condition.shape[1]}")
+        if condition is not None:
+            x_vp = torch.cat([x_vp, condition.to(x_vp)], dim=1)  # beside the noisy latents, unscaled
         step = self.schedule.step(sigma.reshape(-1)).to(x.device, torch.float32)
         guided = self.uncond is not None and self.guidance != 1.0
         branches = [self.uncond, self.cond] if guided and self.uncond is not None else [self.cond]
@@ -87,7 +99,7 @@ class GuidedDenoiser(nn.Module):
             out_u, out_c = out.chunk(2)
             out = out_u + self.guidance * (out_c - out_u)  # linear, so guiding v or eps is the same
         if self.prediction_type == "v_prediction":
-            out = eps_from_v(out, x_vp, s)
+            out = eps_from_v(out, x_vp[:, :x.shape[1]], s)
         return x0_from_eps(x, s, out)
 
 
@@ -164,7 +176,25 @@ class StableDiffusionModel(LatentSpace, Model):
             empty = not settings.negative_prompt and self.zero_empty_negative
             uncond = cond.zeros() if empty else self.encode_prompt(settings.negative_prompt)
         return GuidedDenoiser(self.unet, self.schedule, self.prediction_type, cond, uncond, settings.guidance,
-                              self.autocast_dtype, self.latent_factor)
+                              self.autocast_dtype, self.latent_factor,
+                              int(self.unet.config.in_channels) - int(self.vae.config.latent_channels))
+
+    @property
+    def inpainting(self) -> bool:
+        """Whether the UNet takes a mask and masked-image latents beside the latents (9 channels for SD's VAE)."""
+        return int(self.unet.config.in_channels) != int(self.vae.config.latent_channels)
+
+    @torch.inference_mode()
+    def edit_condition(self, x_g: torch.Tensor, mask: torch.Tensor | None,
+                       generators: Sequence[torch.Generator]) -> torch.Tensor | None:
+        """Inpainting UNets: the repaint mask on the latent grid and the latents of the guide with that region zeroed."""
+        if not self.inpainting:
+            return None
+        repaint = repaint_mask(mask, x_g)
+        z_masked = self.encode(x_g * (1.0 - repaint), generators)  # one posterior draw per generator
+        # nearest (the cell's top-left pixel), as the inpainting models were trained and diffusers feeds them
+        cells = F.interpolate(repaint, size=z_masked.shape[-2:]).to(z_masked)
+        return torch.cat([cells.expand(len(generators), -1, -1, -1), z_masked], dim=1)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """D(z, sigma) for the empty prompt without guidance."""
@@ -210,9 +240,11 @@ def load_stable_diffusion(root: str | Path, *, device: str | torch.device | None
     unet_cfg = read_json(root / "unet" / "config.json")
     if unet_cfg.get("_class_name") != "UNet2DConditionModel":
         raise InputError(f"{root}: unet is a {unet_cfg.get('_class_name')}, not a UNet2DConditionModel")
-    if unet_cfg.get("in_channels", 4) != 4:
-        raise InputError(f"{root}: a {unet_cfg['in_channels']}-channel inpainting UNet; use the plain model "
-                         f"(SDEdit masks any 4-channel model)")
+    latent_channels = int(read_json(root / "vae" / "config.json").get("latent_channels", 4))
+    in_channels = int(unet_cfg.get("in_channels", 4))
+    if in_channels not in (latent_channels, 2 * latent_channels + 1):
+        raise InputError(f"{root}: a {in_channels}-channel UNet; Stable Diffusion takes {latent_channels} (plain) or "
+                         f"{2 * latent_channels + 1} (inpainting: latents, mask, masked-image latents)")
     parts = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2") if xl else ("text_encoder", "tokenizer")
     for part in (*parts, *(("scheduler",) if single_file else ())):
         if not (root / part).is_dir():
@@ -253,7 +285,8 @@ def load_stable_diffusion(root: str | Path, *, device: str | torch.device | None
     model = StableDiffusionModel(unet, vae, text_encoder, tokenizer, schedule, prediction,
                                  name or str(single_file or root),
                                  {"family": "stable-diffusion-xl" if xl else "stable-diffusion", **where,
-                                  "pipeline": kind, "parameters": params},
+                                  "pipeline": kind, "parameters": params,
+                                  "inpainting": in_channels != latent_channels},
                                  text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
                                  zero_empty_negative=xl and bool(index.get("force_zeros_for_empty_prompt", True)))
     return model.to(pick_device(device))
