@@ -21,8 +21,8 @@ from ..errors import InputError, ModelUnavailableError
 from ..files import printable
 from ..loading.presets import BUNDLED_MODELS, DEFAULT_MODEL, PIPELINE_PRESETS, PRESETS
 from ..devices import OFFLOADS, offload_device
-from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GUIDANCE, DEFAULT_PRECISION, DEFAULT_SAMPLER, \
-    PRECISIONS, RunSettings, SettingError, parse_t0
+from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GUIDANCE, DEFAULT_PRECISION, \
+    DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, SettingError, parse_t0
 from .common import Parser, Writer, run_guarded, say
 
 
@@ -531,6 +531,7 @@ def _ui(a: argparse.Namespace) -> int:
 
 
 def _models(a: argparse.Namespace) -> int:
+    from ..loader import recommended_t0_of
     from ..loading.hub import is_cached
     from ..loading.presets import bundled_path
 
@@ -543,22 +544,25 @@ def _models(a: argparse.Namespace) -> int:
     print(f"precision: 'auto' (the default) runs the network in {auto} on this machine's {device.type}"
           + (" (native bf16); force fp32 with --precision fp32" if auto == "bf16" else
              " (no native bf16 here)") + f"; torch {torch.__version__}")
-    print(f"{'name':<12} {'family':<6} {'res':>5} {'size':>8}  {'cached':<6} {'source':<30} description")
+    print("t0: the model's recommended t0, used when --t0 is not given (README 'The default model')")
+    print(f"{'name':<12} {'family':<6} {'res':>5} {'t0':>4} {'size':>8}  {'cached':<6} {'source':<30} description")
     for name, text in BUNDLED_MODELS.items():
         w = bundled_path(name) / "diffusion_pytorch_model.safetensors"
         size = f"{w.stat().st_size / 1e6:.1f} MB" if w.is_file() else "?"
         cfg = bundled_path(name) / "config.json"
         res = json.loads(cfg.read_text()).get("sample_size", "?") if cfg.is_file() else "?"
-        print(f"{name:<12} {'vp':<6} {res:>5} {size:>8}  {'bundled':<6} {'(inside the package)':<30} {text}")
+        t0 = recommended_t0_of(name)
+        print(f"{name:<12} {'vp':<6} {res:>5} {t0:>4.2f} {size:>8}  {'bundled':<6} {'(inside the package)':<30} {text}")
     for p in PRESETS.values():
         size = f"{p.size_mb:.0f} MB" if p.size_mb else "?"
         cached = "yes" if is_cached(p.repo_id) else "no"
-        print(f"{p.name:<12} {p.family:<6} {p.resolution:>5} {size:>8}  {cached:<6} {p.repo_id:<30} {p.description}")
+        print(f"{p.name:<12} {p.family:<6} {p.resolution:>5} {DEFAULT_T0:>4.2f} {size:>8}  {cached:<6} "
+              f"{p.repo_id:<30} {p.description}")
     print("\ntext-guided (--prompt); download sizes are estimates from parameter counts:")
-    print(f"{'name':<14} {'family':<20} {'res':>5}  {'download':<52} licence")
+    print(f"{'name':<14} {'family':<20} {'res':>5} {'t0':>4}  {'download':<52} licence")
     for q in PIPELINE_PRESETS.values():
         gated = " (gated: accept it on the Hub, then `huggingface-cli login`)" if q.gated else ""
-        print(f"{q.name:<14} {q.family:<20} {q.resolution:>5}  {q.download:<52} {q.licence}{gated}")
+        print(f"{q.name:<14} {q.family:<20} {q.resolution:>5} {DEFAULT_T0:>4.2f}  {q.download:<52} {q.licence}{gated}")
     return 0
 
 

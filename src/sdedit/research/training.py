@@ -265,13 +265,16 @@ def read_training_meta(path: Path) -> dict[str, Any]:
 
 
 def export_model(unet: nn.Module, cfg: TrainConfig, state: TrainState, out: Path, dtype: torch.dtype = torch.float32,
-                 ) -> None:
-    """Write a diffusers UNet2DModel folder (config.json, scheduler_config.json, safetensors weights) atomically."""
+                 facts: dict[str, Any] | None = None) -> None:
+    """Write a diffusers UNet2DModel folder (config.json, scheduler_config.json, safetensors weights) atomically.
+
+    facts: more `_sdedit` entries for config.json, e.g. the measured recommended_t0.
+    """
     from safetensors.torch import save as save_bytes
 
     config = {"_class_name": "UNet2DModel", **cfg.unet_config(),
               "_sdedit": {"trained_steps": state.step, "train_hours": round(state.seconds / 3600, 3),
-                          "images_seen": state.images, "data": cfg.data}}
+                          "images_seen": state.images, "data": cfg.data, **(facts or {})}}
     weights = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
     blob = save_bytes(weights)
     write_file(out / "diffusion_pytorch_model.safetensors", lambda f: f.write(blob), overwrite=True)
