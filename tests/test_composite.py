@@ -44,7 +44,7 @@ def test_composite_command_and_its_errors(tmp_path, capsys):
     base = ["composite", str(tmp_path / "scene.png"), str(tmp_path / "patch.png"), "--steps", "2", "-q",
             "-o", str(tmp_path / "o")]
     assert main([*base, "--at", "5,5", "--seed", "3"]) == 0
-    assert [p.name for p in (tmp_path / "o").iterdir()] == ["scene_composite_t0.50_s3.png"]
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["scene_composite_t0.30_s3.png"]  # the bundled model's recommended t0
     for bad in (["--at", "5"], ["--at", "500,500"], ["--at", "5,5", "--scale", "0"]):
         assert main([*base, *bad]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
