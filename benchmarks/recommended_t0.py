@@ -38,6 +38,10 @@ from sdedit import load_model  # noqa: E402
 from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, markdown_table  # noqa: E402
 from sdedit.research.metrics import sharpness  # noqa: E402
 from sdedit.settings import RunSettings  # noqa: E402
+from sdedit.engine.editing import edit_tensors  # noqa: E402
+from sdedit.images import tensor_to_images  # noqa: E402
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT_KEPT = 0.9
@@ -49,6 +53,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--t0", type=float, nargs="+", default=[0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6])
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--unconditional", type=int, default=64, help="samples from pure noise per model (64)")
     a = ap.parse_args()
     start = time.perf_counter()
     reals = held_out_landscapes(a.n, 64, offset=100_000)
@@ -72,6 +77,15 @@ def main() -> None:
                 row, _ = bench.run(model, RunSettings(t0=t0, seed=0))
                 rows[set_name].append(row)
                 print(f"{name} | {set_name} | " + markdown_table([row]).splitlines()[-1], flush=True)
+        samples = unconditional(model, a.unconditional)
+        colour = np.stack([np.asarray(im, np.float64).mean((0, 1)) for im in samples])
+        real_colour = np.stack([np.asarray(im, np.float64).mean((0, 1)) for im in reals])
+        result.setdefault("unconditional", {})[name] = {
+            "saturated_share": saturated(samples), "real_saturated_share": saturated(reals),
+            "mean_colour_distance_to_nearest_real": float(np.mean(
+                [np.linalg.norm(real_colour - c, axis=1).min() for c in colour])),
+            "sharpness": float(sharpness(samples).mean())}
+        print(f"{name}: from pure noise {result['unconditional'][name]}", flush=True)
         kept = [r.t0 for r in rows["strokes"] if r.layout is not None and r.layout >= threshold]
         recommended = max(kept) if kept else min(a.t0)
         result["models"][name] = {"recommended_t0": recommended,
@@ -82,6 +96,22 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out} ({result['seconds']:.0f} s)")
     print(card_table(result))
+
+
+def saturated(images: list) -> float:
+    """Share of pixels with a channel at 0 or 255: how much of the images is clipped colour."""
+    a = np.stack([np.asarray(im.convert("RGB")) for im in images])
+    return float(((a == 0) | (a == 255)).any(-1).mean())
+
+
+def unconditional(model, count: int, seed: int = 0) -> list:
+    """Samples from pure noise (t0 = 1), DDPM ancestral, 100 steps, the denoised estimate clipped to [-1, 1]
+    (as training's sample grid and DDPM's own sampling code do)."""
+    r = model.resolution
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(count)]
+    x = edit_tensors(lambda x, s: model.denoise(x, s).clamp(-1.0, 1.0), model.schedule, torch.zeros(count, 3, r, r),
+                     mask=None, t0=1.0, steps=100, repeats=1, sampler="ddpm", generator=gens)
+    return tensor_to_images(x)
 
 
 def card_table(result: dict) -> str:

@@ -202,3 +202,16 @@ def test_a_flux_lora_made_here_changes_the_output_and_scale_zero_does_not(flux_f
     base = run([])
     assert np.abs(run([str(tmp_path / "flux-lora.safetensors")]) - base).mean() > 0.5
     assert np.array_equal(run([f"{tmp_path / 'flux-lora.safetensors'}:0"]), base)
+
+
+def test_flux_dev_defaults_to_its_embedded_guidance_and_others_to_cfg_7_5(tmp_path):
+    from sdedit import load_model
+    from sdedit.settings import RunSettings
+
+    from .tiny_sd import make_tiny_flux
+
+    make_tiny_flux(tmp_path / "flux")
+    model = load_model(tmp_path / "flux", device="cpu")
+    assert model.run_settings(RunSettings(prompt="x")).guidance == 3.5
+    assert model.run_settings(RunSettings(prompt="x", guidance=2.0)).guidance == 2.0  # a given value stays
+    assert load_model("landscapes").run_settings(RunSettings()).guidance == 7.5
