@@ -19,6 +19,7 @@ from .families.pixel import load_diffusers_unet, load_original, recommended_t0
 from .families.stable_diffusion import is_sd_folder, load_stable_diffusion
 from .families.flux import is_flux_folder, load_flux
 from .families.stable_diffusion_3 import is_sd3_folder, load_stable_diffusion_3
+from .families.qwen_image import is_qwen_image_folder, load_qwen_image
 from .files import printable
 from .loading.checkpoints import WEIGHT_SUFFIXES, check_parameter_count, read_json, safetensors_shapes
 from .loading.single_file import check_parts, ldm_version
@@ -69,6 +70,8 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
     if path.is_dir():
         if is_flux_folder(path):
             return load_flux(path, device=device, name=src)
+        if is_qwen_image_folder(path):
+            return load_qwen_image(path, device=device, name=src)
         if is_sd3_folder(path):
             return load_stable_diffusion_3(path, device=device, name=src)
         if is_sd_folder(path):
@@ -94,6 +97,8 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
         pipeline = hub_pipeline_snapshot(src)
         if pipeline is not None and is_flux_folder(pipeline):
             return load_flux(pipeline, device=device, name=src)
+        if pipeline is not None and is_qwen_image_folder(pipeline):
+            return load_qwen_image(pipeline, device=device, name=src)
         if pipeline is not None and is_sd3_folder(pipeline):
             return load_stable_diffusion_3(pipeline, device=device, name=src)
         if pipeline is not None:
@@ -165,7 +170,7 @@ def is_text_conditioned(source: str | os.PathLike[str]) -> bool:
     path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".safetensors":
         return ldm_version(list(safetensors_shapes(path))) is not None  # a Stable Diffusion single file
-    return is_sd_folder(path) or is_sd3_folder(path) or is_flux_folder(path)
+    return any(is_folder(path) for is_folder in (is_sd_folder, is_sd3_folder, is_flux_folder, is_qwen_image_folder))
 
 
 def recommended_t0_of(source: str | os.PathLike[str]) -> float:
