@@ -163,3 +163,49 @@ def make_tiny_flux(folder: Path, *, seed: int = 0, guidance_embeds: bool = True,
                 tokenizer_2=tokenizer, transformer=transformer)
     pipe.save_pretrained(folder)
     return pipe
+
+
+def tiny_qwen_tokenizer():
+    """A byte-level Qwen2 tokenizer (one token per byte, no merges) with the chat template's special tokens."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(_byte_chars())}
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab.update({s: len(vocab) + i for i, s in enumerate(specials)})
+    return Qwen2Tokenizer(vocab=vocab, merges=[], additional_special_tokens=specials[1:])
+
+
+def make_tiny_qwen_image(folder: Path, *, seed: int = 0):
+    """Save a tiny QwenImageImg2ImgPipeline (Qwen2.5-VL text encoder, causal 3-D VAE, packed-latent transformer)."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageImg2ImgPipeline, \
+        QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_qwen_tokenizer()
+    n = len(tokenizer)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=24, num_heads=2, out_hidden_size=32,
+                           fullatt_block_indexes=[0], window_size=28, patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2),
+        image_token_id=n + 1, video_token_id=n + 2, vision_start_token_id=n + 3, vision_end_token_id=n + 4)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    z = 4
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=z, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                                 temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
+                                 latents_std=[1.5, 0.8, 2.0, 1.2]).eval()
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=4 * z, out_channels=z, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                              axes_dims_rope=(4, 6, 6)).eval()
+    # Qwen-Image's own scheduler settings (its scheduler_config.json)
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                                base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
+                                                time_shift_type="exponential")
+    pipe = QwenImageImg2ImgPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                    transformer=transformer)
+    pipe.save_pretrained(folder)
+    return pipe
