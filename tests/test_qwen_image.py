@@ -31,7 +31,7 @@ def test_matches_diffusers_qwen_image_img2img_with_true_cfg(qwen_folder):
     model = load_model(folder, device="cpu", precision="fp32")
     assert isinstance(model, QwenImageModel) and model.recommended_guidance == 4.0
     img = photo((64, 48), seed=3)
-    strength, n, w, prompt, negative = 0.6, 6, 4.0, "a red barn", "blurry"
+    strength, n, w, prompt, negative = 0.6, 10, 4.0, "a red barn", "blurry"
 
     def theirs(text: str, seed: int = 0) -> np.ndarray:
         return pipe(text, negative_prompt=negative, true_cfg_scale=w, image=img, strength=strength,

@@ -77,7 +77,7 @@ PIPELINE_PRESETS: dict[str, PipelinePreset] = {p.name: p for p in [
     PipelinePreset("sd3.5-large", "stabilityai/stable-diffusion-3.5-large", "stable-diffusion-3", 1024,
                    "~27 GB (8.1B transformer + text encoders, 16-bit)", "Stability AI Community", True),
     PipelinePreset("qwen-image", "Qwen/Qwen-Image", "qwen-image", 1024,
-                   "~58 GB (20B transformer + Qwen2.5-VL 8B text encoder + VAE, 16-bit)", "Apache 2.0", False),
+                   "~58 GB (20B transformer + 8B Qwen2.5-VL + VAE, 16-bit)", "Apache 2.0", False),
 ]}
 
 # Models that ship inside the package (src/sdedit/weights/<name>/, diffusers format), usable offline.
