@@ -71,7 +71,8 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("--prompt", help="text-conditioned (Stable Diffusion) models: what the result should show")
     p.add_argument("--negative-prompt", help="... and what it should not (the unconditional branch)")
     p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight (the model's: {DEFAULT_GUIDANCE}, "
-                                                        "3.5 for FLUX.1 dev's embedded guidance; 1 = none)")
+                                                        "3.5 for FLUX.1 dev's embedded guidance, 4 for Qwen-Image; "
+                                                        "1 = none)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
