@@ -112,3 +112,42 @@ def test_edit_variants_are_refused_with_one_line(qwen_folder, tmp_path):
     (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "QwenImageEditPipeline"}))
     with pytest.raises(InputError, match="QwenImageEditPipeline"):
         load_model(other, device="cpu")
+
+
+def test_a_qwen_image_lora_made_here_changes_the_output_and_scale_zero_does_not(qwen_folder, tmp_path):
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder, pipe = qwen_folder
+    torch.manual_seed(3)
+    transformer = type(pipe.transformer).from_config(pipe.transformer.config)
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
+                                       init_lora_weights=False))
+    save_file({f"transformer.{k}": v.contiguous() for k, v in get_peft_model_state_dict(transformer).items()},
+              str(tmp_path / "qwen-lora.safetensors"))
+    img = photo((64, 48), seed=1)
+
+    def run(loras: list[str]) -> np.ndarray:
+        model = load_model(folder, device="cpu", precision="fp32", loras=loras)
+        return np.asarray(edit(model, img, prompt="x", steps=3, seed=0, progress=False)[0], float)
+
+    base = run([])
+    assert np.abs(run([str(tmp_path / "qwen-lora.safetensors")]) - base).mean() > 0.05  # (a tiny random network)
+    assert np.array_equal(run([f"{tmp_path / 'qwen-lora.safetensors'}:0"]), base)
+
+
+def test_configs_are_checked_before_any_weights_are_allocated(qwen_folder, tmp_path):
+    import json
+    import shutil
+
+    from sdedit.errors import InputError
+
+    folder, _ = qwen_folder
+    huge = tmp_path / "huge"
+    shutil.copytree(folder, huge)
+    cfg = json.loads((huge / "transformer" / "config.json").read_text())
+    cfg.update(num_layers=4000, attention_head_dim=256, num_attention_heads=24)  # ~ a few hundred billion
+    (huge / "transformer" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="billion parameters"):
+        load_model(huge, device="cpu")

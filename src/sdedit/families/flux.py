@@ -29,7 +29,8 @@ from ..engine.schedules import FlowSchedule
 from ..errors import InputError
 from ..images import Fit
 from ..loading.lora import LoraSpec
-from ..loading.checkpoints import LOAD_ERRORS, first_line, read_json, schedule_from, scheduler_config
+from ..loading.checkpoints import LOAD_ERRORS, first_line, plan_components, read_json, schedule_from, \
+    scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
 from .latent import LatentSpace, repaint_mask
@@ -216,6 +217,8 @@ def load_flux(root: str | Path, *, device: str | torch.device | None = None, nam
     if in_channels not in (plain, fill):
         raise InputError(f"{root}: a FLUX transformer with {in_channels} input channels (Canny and Depth are not "
                          f"supported); FLUX.1 dev/schnell take {plain}, FLUX.1 Fill {fill}")
+    plan_components(root, {"transformer": FluxTransformer2DModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+                           "text_encoder_2": T5EncoderModel})  # limits checked before from_pretrained allocates
     try:
         transformer = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", use_safetensors=True)
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", use_safetensors=True)

@@ -28,7 +28,9 @@ from ..engine.samplers import Denoiser
 from ..engine.schedules import FlowSchedule
 from ..errors import InputError
 from ..images import Fit
-from ..loading.checkpoints import LOAD_ERRORS, first_line, read_json, schedule_from, scheduler_config
+from ..loading.lora import LoraSpec
+from ..loading.checkpoints import LOAD_ERRORS, first_line, plan_components, read_json, schedule_from, \
+    scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
 from .flux import pack, unpack
@@ -107,6 +109,13 @@ class QwenImageModel(LatentSpace, Model):
 
     def networks(self) -> dict[str, nn.Module]:
         return {"transformer": self.transformer, "vae": self.vae, "text_encoder": self.text[1]}
+
+    def add_loras(self, specs: list[LoraSpec]) -> None:
+        """LoRA on the transformer, through diffusers' Qwen-Image loader and PEFT."""
+        if specs:
+            from diffusers.loaders import QwenImageLoraLoaderMixin
+
+            self.lora_onto({"transformer": self.transformer}, specs, QwenImageLoraLoaderMixin)
 
     def compile(self) -> None:
         self.transformer = torch.compile(self.transformer)
@@ -194,6 +203,8 @@ def load_qwen_image(root: str | Path, *, device: str | torch.device | None = Non
     for part in ("transformer", "vae", "text_encoder", "tokenizer"):
         if not (root / part).is_dir():
             raise InputError(f"{root}: no {part}/ folder; a Qwen-Image model needs one")
+    plan_components(root, {"transformer": QwenImageTransformer2DModel, "vae": AutoencoderKLQwenImage,
+                           "text_encoder": Qwen2_5_VLForConditionalGeneration})  # before from_pretrained allocates
     try:
         transformer = QwenImageTransformer2DModel.from_pretrained(root, subfolder="transformer", use_safetensors=True)
         vae = AutoencoderKLQwenImage.from_pretrained(root, subfolder="vae", use_safetensors=True)

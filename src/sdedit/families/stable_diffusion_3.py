@@ -25,7 +25,8 @@ from ..engine.schedules import FlowSchedule
 from ..errors import InputError
 from ..images import Fit
 from ..loading.lora import LoraSpec
-from ..loading.checkpoints import LOAD_ERRORS, first_line, read_json, schedule_from, scheduler_config
+from ..loading.checkpoints import LOAD_ERRORS, first_line, plan_components, read_json, schedule_from, \
+    scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
 from .latent import LatentSpace
@@ -158,6 +159,8 @@ def load_stable_diffusion_3(root: str | Path, *, device: str | torch.device | No
         if not (root / part).is_dir():
             raise InputError(f"{root}: no {part}/ folder; an SD3 model needs one")
     weights = {"use_safetensors": True}
+    plan_components(root, {"transformer": SD3Transformer2DModel, "vae": AutoencoderKL,
+                           "text_encoder": CLIPTextModelWithProjection, "text_encoder_2": CLIPTextModelWithProjection})
     try:
         transformer = SD3Transformer2DModel.from_pretrained(root, subfolder="transformer", **weights)
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **weights)

@@ -133,7 +133,7 @@ def scheduler_config(root: Path) -> dict[str, Any]:
 
 
 # Limits on what a config may ask for, checked on the meta device before any memory is allocated.
-DEFAULT_MAX_PARAMETERS = 20_000_000_000  # FLUX.1 has 12B; a config above this is refused (SDEDIT_MAX_PARAMETERS)
+DEFAULT_MAX_PARAMETERS = 40_000_000_000  # per network: FLUX.1 12B, Qwen-Image 20B, FLUX.2 dev 32B; above is refused
 MAX_SAMPLE_SIZE = 4096  # a network's input side, in its own units
 
 
@@ -164,6 +164,22 @@ def plan_network(factory: Callable[[], nn.Module], source: str) -> nn.Module:
         raise InputError(f"{source}: not a valid network config: {first_line(e)}") from None
     check_parameter_count(sum(p.numel() for p in net.parameters()), source, "the config describes")
     return net
+
+
+def plan_components(root: Path, parts: dict[str, Any]) -> None:
+    """Each component folder's config built on the meta device before any weights load (diffusers classes through
+    from_config, transformers classes through their config class): config errors and size limits as InputError."""
+    for part, cls in parts.items():
+        config_file = root / part / "config.json"
+        cfg = read_json(config_file)
+        if hasattr(cls, "from_config"):
+            def factory(c: dict[str, Any] = cfg, k: Any = cls) -> nn.Module:
+                return k.from_config({n: v for n, v in c.items() if not n.startswith("_")})
+        else:
+            def factory(c: dict[str, Any] = cfg, k: Any = cls) -> nn.Module:
+                return k(k.config_class.from_dict(c))
+        check_sample_size(cfg.get("sample_size", 64) or 64, str(config_file))
+        plan_network(factory, str(config_file))
 
 
 def check_parameter_count(count: int, source: str, what: str = "it holds") -> None:
