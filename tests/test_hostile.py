@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sdedit.errors import InputError
 from sdedit.frontends.cli import main
 from sdedit.frontends.released_cli import main as released_main
 
@@ -359,3 +360,48 @@ def test_eval_never_prints_a_number_that_is_not_one(tmp_path, capsys):
     rows = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert all(r["kid_mean"] is None for r in rows) and "undefined" in captured.out
     assert "at least 20 real images" in captured.err
+
+
+# --- A model folder's own facts (_sdedit in config.json) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("facts", [{"recommended_t0": "0.3"}, {"recommended_t0": None}, {"recommended_t0": 5},
+                                   {"recommended_t0": [0.3]}, {"recommended_t0": True}, {"recommended_t0": float("nan")},
+                                   {"recommended_t0": 0}, {"recommended_t0": "auto"}, [0.3], "0.3", None, 7])
+def test_bad_sdedit_facts_in_a_model_config_are_input_errors_naming_the_file(tmp_path, capsys, facts):
+    import shutil
+
+    from sdedit.loader import recommended_t0_of
+    from sdedit.loading.presets import bundled_path
+
+    folder = tmp_path / "model"
+    shutil.copytree(bundled_path("landscapes"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["_sdedit"] = {**config["_sdedit"], **facts} if isinstance(facts, dict) else facts
+    (folder / "config.json").write_text(json.dumps(config))
+    good = stroke_png(tmp_path / "good.png", (32, 32))
+    err = one_line_error(capsys, main(["edit", str(good), "--model", str(folder), "--steps", "1", "-o",
+                                       str(tmp_path / "o"), "-q"]))
+    assert str(folder / "config.json") in err and "_sdedit" in err and "or 'auto'" not in err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(InputError, match="_sdedit"):  # what the web app shows before loading
+        recommended_t0_of(folder)
+
+
+def test_a_model_config_without_sdedit_facts_recommends_the_default_t0(tmp_path):
+    import shutil
+
+    from sdedit.loader import recommended_t0_of
+    from sdedit.loading.presets import bundled_path
+    from sdedit.settings import DEFAULT_T0
+
+    folder = tmp_path / "model"
+    shutil.copytree(bundled_path("landscapes"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert recommended_t0_of(folder) == config["_sdedit"]["recommended_t0"]
+    del config["_sdedit"]["recommended_t0"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert recommended_t0_of(folder) == DEFAULT_T0
+    del config["_sdedit"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert recommended_t0_of(folder) == DEFAULT_T0
