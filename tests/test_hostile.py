@@ -405,3 +405,78 @@ def test_a_model_config_without_sdedit_facts_recommends_the_default_t0(tmp_path)
     del config["_sdedit"]
     (folder / "config.json").write_text(json.dumps(config))
     assert recommended_t0_of(folder) == DEFAULT_T0
+
+
+# --- Training from another run's weights: every --init-from problem before any data is made ------------------------
+
+
+def test_init_from_problems_are_refused_before_the_data_is_made(tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from sdedit.research import training
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        stroke_png(folder / f"{i}.png", (16, 16), seed=i)
+    small = ["--data", str(folder), "--size", "16", "--widths", "16,16", "--attn-res", "8", "--batch-size", "2",
+             "--layers-per-block", "1", "--max-steps", "1", "-q"]
+    base = tmp_path / "base"
+    assert main(["train", "-o", str(base), *small]) == 0
+    capsys.readouterr()
+    weights = load_file(base / "diffusion_pytorch_model.safetensors")
+
+    def variant(name: str, change) -> Path:
+        import shutil
+
+        shutil.copytree(base, tmp_path / name, ignore=shutil.ignore_patterns("training"))
+        change(tmp_path / name)
+        return tmp_path / name
+
+    def wrong_shape(f: Path) -> None:
+        key = next(k for k, v in weights.items() if v.ndim == 4)
+        save_file({**weights, key: torch.zeros(3, 3, 3, 3)}, f / "diffusion_pytorch_model.safetensors")
+
+    def huge_header(f: Path) -> None:  # a header declaring a 2^40-element tensor, with no data behind it
+        header = json.dumps({k: {"dtype": "F32", "shape": [2**20, 2**20] if i == 0 else list(v.shape),
+                                 "data_offsets": [0, 4]} for i, (k, v) in enumerate(weights.items())}).encode()
+        (f / "diffusion_pytorch_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+
+    sources = {
+        "nonexistent": (tmp_path / "nope", "not a folder"),
+        "other network": (base, "differs"),  # used below with --layers-per-block 2
+        "config not json": (variant("badjson", lambda f: (f / "config.json").write_text("{not json")), "config.json"),
+        "no weights": (variant("noweights", lambda f: (f / "diffusion_pytorch_model.safetensors").unlink()),
+                       "diffusion_pytorch_model.safetensors"),
+        "wrong shape": (variant("wrongshape", wrong_shape), "is (3, 3, 3, 3)"),
+        "missing tensor": (variant("missing", lambda f: save_file(dict(list(weights.items())[1:]),
+                                                                  f / "diffusion_pytorch_model.safetensors")),
+                           "no tensor"),
+        "corrupt": (variant("corrupt", lambda f: (f / "diffusion_pytorch_model.safetensors").write_bytes(
+            b"\xff" * 8 + b"{")), "safetensors"),
+        "huge header": (variant("huge", huge_header), "safetensors"),
+    }
+
+    def no_data(*_args, **_kwargs):
+        raise AssertionError("the data was made before --init-from was checked")
+
+    monkeypatch.setattr(training, "load_folder", no_data)
+    monkeypatch.setattr(training, "synthetic_data", no_data)
+    for case, (source, message) in sources.items():
+        out = tmp_path / f"out-{case.replace(' ', '-')}"
+        extra = ["--layers-per-block", "2"] if case == "other network" else []
+        start = time.monotonic()
+        err = one_line_error(capsys, main(["train", "-o", str(out), *small, *extra, "--init-from", str(source)]))
+        assert message in err and "--init-from" in err, (case, err)
+        assert time.monotonic() - start < 30 and not out.exists(), case
+    monkeypatch.undo()
+    # A good source starts the run from its weights; resuming that run needs the source no longer.
+    start_weights = training.initial_weights(str(base), training.TrainConfig(size=16, widths=(16, 16), attn_res=(8,),
+                                                                                layers_per_block=1))
+    assert all(torch.equal(start_weights[k], weights[k].float()) for k in weights)
+    run = tmp_path / "run"
+    assert main(["train", "-o", str(run), *small, "--init-from", str(base)]) == 0
+    moved = base.rename(tmp_path / "moved")
+    assert main(["train", "-o", str(run), *small[:-3], "--max-steps", "2", "--init-from", str(base), "--resume",
+                 "-q"]) == 0
+    assert moved.is_dir()
