@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sdedit.errors import InputError
 from sdedit.frontends.cli import main
 from sdedit.frontends.released_cli import main as released_main
 
@@ -359,3 +360,181 @@ def test_eval_never_prints_a_number_that_is_not_one(tmp_path, capsys):
     rows = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert all(r["kid_mean"] is None for r in rows) and "undefined" in captured.out
     assert "at least 20 real images" in captured.err
+
+
+# --- A model folder's own facts (_sdedit in config.json) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("facts", [{"recommended_t0": "0.3"}, {"recommended_t0": None}, {"recommended_t0": 5},
+                                   {"recommended_t0": [0.3]}, {"recommended_t0": True}, {"recommended_t0": float("nan")},
+                                   {"recommended_t0": 0}, {"recommended_t0": "auto"}, [0.3], "0.3", None, 7])
+def test_bad_sdedit_facts_in_a_model_config_are_input_errors_naming_the_file(tmp_path, capsys, facts):
+    import shutil
+
+    from sdedit.loader import recommended_t0_of
+    from sdedit.loading.presets import bundled_path
+
+    folder = tmp_path / "model"
+    shutil.copytree(bundled_path("landscapes"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["_sdedit"] = {**config["_sdedit"], **facts} if isinstance(facts, dict) else facts
+    (folder / "config.json").write_text(json.dumps(config))
+    good = stroke_png(tmp_path / "good.png", (32, 32))
+    err = one_line_error(capsys, main(["edit", str(good), "--model", str(folder), "--steps", "1", "-o",
+                                       str(tmp_path / "o"), "-q"]))
+    assert str(folder / "config.json") in err and "_sdedit" in err and "or 'auto'" not in err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(InputError, match="_sdedit"):  # what the web app shows before loading
+        recommended_t0_of(folder)
+
+
+def test_a_model_config_without_sdedit_facts_recommends_the_default_t0(tmp_path):
+    import shutil
+
+    from sdedit.loader import recommended_t0_of
+    from sdedit.loading.presets import bundled_path
+    from sdedit.settings import DEFAULT_T0
+
+    folder = tmp_path / "model"
+    shutil.copytree(bundled_path("landscapes"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert recommended_t0_of(folder) == config["_sdedit"]["recommended_t0"]
+    del config["_sdedit"]["recommended_t0"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert recommended_t0_of(folder) == DEFAULT_T0
+    del config["_sdedit"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert recommended_t0_of(folder) == DEFAULT_T0
+
+
+# --- Training from another run's weights: every --init-from problem before any data is made ------------------------
+
+
+def test_init_from_problems_are_refused_before_the_data_is_made(tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from sdedit.research import training
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        stroke_png(folder / f"{i}.png", (16, 16), seed=i)
+    small = ["--data", str(folder), "--size", "16", "--widths", "16,16", "--attn-res", "8", "--batch-size", "2",
+             "--layers-per-block", "1", "--max-steps", "1", "-q"]
+    base = tmp_path / "base"
+    assert main(["train", "-o", str(base), *small]) == 0
+    capsys.readouterr()
+    weights = load_file(base / "diffusion_pytorch_model.safetensors")
+
+    def variant(name: str, change) -> Path:
+        import shutil
+
+        shutil.copytree(base, tmp_path / name, ignore=shutil.ignore_patterns("training"))
+        change(tmp_path / name)
+        return tmp_path / name
+
+    def wrong_shape(f: Path) -> None:
+        key = next(k for k, v in weights.items() if v.ndim == 4)
+        save_file({**weights, key: torch.zeros(3, 3, 3, 3)}, f / "diffusion_pytorch_model.safetensors")
+
+    def huge_header(f: Path) -> None:  # a header declaring a 2^40-element tensor, with no data behind it
+        header = json.dumps({k: {"dtype": "F32", "shape": [2**20, 2**20] if i == 0 else list(v.shape),
+                                 "data_offsets": [0, 4]} for i, (k, v) in enumerate(weights.items())}).encode()
+        (f / "diffusion_pytorch_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+
+    sources = {
+        "nonexistent": (tmp_path / "nope", "not a folder"),
+        "other network": (base, "differs"),  # used below with --layers-per-block 2
+        "config not json": (variant("badjson", lambda f: (f / "config.json").write_text("{not json")), "config.json"),
+        "no weights": (variant("noweights", lambda f: (f / "diffusion_pytorch_model.safetensors").unlink()),
+                       "diffusion_pytorch_model.safetensors"),
+        "wrong shape": (variant("wrongshape", wrong_shape), "is (3, 3, 3, 3)"),
+        "missing tensor": (variant("missing", lambda f: save_file(dict(list(weights.items())[1:]),
+                                                                  f / "diffusion_pytorch_model.safetensors")),
+                           "no tensor"),
+        "corrupt": (variant("corrupt", lambda f: (f / "diffusion_pytorch_model.safetensors").write_bytes(
+            b"\xff" * 8 + b"{")), "safetensors"),
+        "huge header": (variant("huge", huge_header), "safetensors"),
+    }
+
+    def no_data(*_args, **_kwargs):
+        raise AssertionError("the data was made before --init-from was checked")
+
+    monkeypatch.setattr(training, "load_folder", no_data)
+    monkeypatch.setattr(training, "synthetic_data", no_data)
+    for case, (source, message) in sources.items():
+        out = tmp_path / f"out-{case.replace(' ', '-')}"
+        extra = ["--layers-per-block", "2"] if case == "other network" else []
+        start = time.monotonic()
+        err = one_line_error(capsys, main(["train", "-o", str(out), *small, *extra, "--init-from", str(source)]))
+        assert message in err and "--init-from" in err, (case, err)
+        assert time.monotonic() - start < 30 and not out.exists(), case
+    monkeypatch.undo()
+    # A good source starts the run from its weights; resuming that run needs the source no longer.
+    start_weights = training.initial_weights(str(base), training.TrainConfig(size=16, widths=(16, 16), attn_res=(8,),
+                                                                                layers_per_block=1))
+    assert all(torch.equal(start_weights[k], weights[k].float()) for k in weights)
+    run = tmp_path / "run"
+    assert main(["train", "-o", str(run), *small, "--init-from", str(base)]) == 0
+    moved = base.rename(tmp_path / "moved")
+    assert main(["train", "-o", str(run), *small[:-3], "--max-steps", "2", "--init-from", str(base), "--resume",
+                 "-q"]) == 0
+    assert moved.is_dir()
+
+
+# --- Masks that leave nothing to edit --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--mask", "--strength-map"])
+@pytest.mark.parametrize("crop", [[], ["--crop-to-mask"], ["--crop-to-mask", "0"], ["--no-crop-to-mask"]])
+def test_an_all_black_mask_is_an_input_error_not_a_silent_thumbnail(tmp_path, capsys, flag, crop):
+    big = stroke_png(tmp_path / "big.png", (200, 120))  # larger than the tiny model: crop-to-mask by default
+    Image.new("L", (200, 120), 0).save(tmp_path / "black.png")
+    out = tmp_path / "o"
+    err = one_line_error(capsys, main(["edit", str(big), flag, str(tmp_path / "black.png"), *crop, *TINY, "--steps",
+                                       "1", "-o", str(out), "-q"]))
+    assert "all black" in err and "nothing to edit" in err and not out.exists()
+
+
+def test_nothing_to_edit_is_refused_by_the_api_composite_and_batch(tmp_path, capsys):
+    from sdedit.api import prepare_guide
+    from sdedit.loader import load_model
+
+    model = load_model(str(DATA / "tiny.ckpt"), config=str(DATA / "tiny.yml"))
+    img = Image.new("RGB", (300, 40), (9, 9, 9))
+    for kwargs in ({"mask": Image.new("L", img.size, 0)}, {"strength_map": Image.new("L", img.size, 0)},
+                   {"mask": Image.new("L", img.size, 0), "mask_grow": 8, "mask_feather": 8, "crop_to_mask": True}):
+        with pytest.raises(InputError, match="all black"):
+            prepare_guide(model, img, **kwargs)
+    one = Image.new("L", img.size, 0)
+    one.putpixel((299, 39), 255)  # one pixel in a corner of a wide image: still edited, in a box inside the image
+    guide = prepare_guide(model, img, one, crop_to_mask=True)
+    box = guide.frame.box
+    assert guide.frame.whole_input and 0 <= box[0] < 299 < box[2] <= 300 and 0 <= box[1] < 39 < box[3] <= 40
+    # composite: a fully transparent patch pastes nothing
+    bg = stroke_png(tmp_path / "bg.png", (64, 48))
+    Image.new("RGBA", (10, 10), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    err = one_line_error(capsys, main(["composite", str(bg), str(tmp_path / "clear.png"), "--at", "5,5", *TINY,
+                                       "--steps", "1", "-o", str(tmp_path / "c"), "-q"]))
+    assert "transparent" in err and not (tmp_path / "c").exists()
+    # batch: that item fails with the reason, the others are done
+    (tmp_path / "in").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name, fill in (("a", 0), ("b", 255)):
+        stroke_png(tmp_path / "in" / f"{name}.png", (64, 48))
+        Image.new("L", (64, 48), fill).save(tmp_path / "masks" / f"{name}.png")
+    code = main(["batch", str(tmp_path / "in"), "--masks", str(tmp_path / "masks"), *TINY, "--steps", "1", "-o",
+                 str(tmp_path / "b"), "-q"])
+    records = {r["input"]: r for r in map(json.loads, (tmp_path / "b" / "manifest.jsonl").read_text().splitlines())}
+    assert code == 1 and records["a.png"]["status"] == "failed" and records["b.png"]["status"] == "done"
+    assert "the mask is all black" in records["a.png"]["reason"]
+    assert [p.name for p in (tmp_path / "b").glob("*.png")] == ["b.png"]
+
+
+@pytest.mark.parametrize("padding", ["-5", "4097", "99999999999999999999"])
+def test_crop_padding_out_of_range_says_the_range(tmp_path, capsys, padding):
+    good = stroke_png(tmp_path / "good.png", (32, 32))
+    mask = stroke_png(tmp_path / "mask.png", (32, 32))
+    err = one_line_error(capsys, main(["edit", str(good), "--mask", str(mask), "--crop-to-mask", padding, *TINY, "-o",
+                                       str(tmp_path / "o"), "-q"]))
+    assert "from 0 to 4096" in err and not (tmp_path / "o").exists()

@@ -33,12 +33,19 @@ def test_validate_accepts_and_fills_default_steps():
     ("model", "/etc/passwd"), ("model", "https://example.org/x.ckpt"), ("model", None), ("sampler", "lms"),
     ("t0", 0), ("t0", 1.5), ("t0", "nan"), ("t0", "abc"), ("t0", None), ("steps", -1), ("steps", 1001),
     ("steps", 2.5), ("repeats", 0), ("repeats", 6), ("samples", 9), ("samples", True), ("seed", -1),
-    ("seed", 2**31), ("seed", "1e400"), ("seed", [1]),
+    ("seed", 2**31), ("seed", "1e400"), ("seed", [1]), ("auto_t0", "true"), ("auto_t0", "false"), ("auto_t0", [True]),
+    ("auto_t0", 1), ("auto_t0", {"value": True}), ("model", "x" * 100_000), ("t0", "y\n" * 100_000),
+    ("sampler", ["ddpm"] * 10_000),
 ])
 def test_validate_rejects_what_a_page_could_send(field, value):
     with pytest.raises(InputError) as e:
         validate(MODELS, Limits(), **{**GOOD, field: value})
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400  # a page's value is quoted, bounded
+
+
+@pytest.mark.parametrize("auto_t0, t0", [(True, "auto"), (False, 0.5), (None, 0.5)])
+def test_the_auto_t0_checkbox_overrides_the_slider_only_when_ticked(auto_t0, t0):
+    assert validate(MODELS, Limits(), **{**GOOD, "auto_t0": auto_t0})[1].t0 == t0
 
 
 def test_derive_mask_grows_then_feathers_outward_only():

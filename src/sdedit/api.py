@@ -79,6 +79,11 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
                          "they are)")
     full, full_mask = load_guide(image, mask if strength_map is None else strength_map,
                                  "mask" if strength_map is None else "strength map")
+    if full_mask is not None and full_mask.getbbox() is None:
+        # nothing to edit: every pixel is kept (and crop-to-mask would have no box to edit in)
+        what = "mask" if strength_map is None else "strength map"
+        raise InputError(f"the {what} is all black: it keeps every pixel, so there is nothing to edit "
+                         f"(white = edit{'' if strength_map is None else ', grey = a weaker edit'})")
     if full_mask is not None and strength_map is None and (mask_grow or mask_feather):
         full_mask = grow_and_feather(full_mask, mask_grow, mask_feather)
     if fit not in ("crop", "stretch"):

@@ -36,6 +36,8 @@ def paste_patch(background: ImageLike, patch: ImageLike, at: tuple[int, int],
     if x >= bg.width or y >= bg.height or x + size[0] <= 0 or y + size[1] <= 0:
         raise InputError(f"the patch at ({x}, {y}) of size {size[0]}x{size[1]} lies outside the "
                          f"{bg.width}x{bg.height} background")
+    if rgba.getchannel("A").getbbox() is None:
+        raise InputError("the patch is fully transparent: there is nothing to paste (its alpha is 0 everywhere)")
     composed = bg.copy()
     composed.paste(rgba, (x, y), rgba)
     alpha = rgba.getchannel("A")

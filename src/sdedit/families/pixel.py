@@ -213,9 +213,15 @@ def load_diffusers_unet(folder: str | Path, *, device: str | torch.device | None
 
 def recommended_t0(config: dict[str, Any], where: str) -> float:
     """The t0 a model's config recommends (`_sdedit.recommended_t0`, written by whoever measured it), else 0.5."""
-    facts = config.get("_sdedit")
-    value = facts.get("recommended_t0", DEFAULT_T0) if isinstance(facts, dict) else DEFAULT_T0
+    if "_sdedit" not in config:
+        return DEFAULT_T0
+    facts = config["_sdedit"]
+    if not isinstance(facts, dict):
+        raise InputError(f"{where}: _sdedit must be an object of facts about the model, got {facts!r:.60}")
+    if "recommended_t0" not in facts:
+        return DEFAULT_T0
+    value = facts["recommended_t0"]
     try:
         return check_t0(value)
-    except SettingError as e:
-        raise InputError(f"{where}: _sdedit.recommended_t0 {e.rule}") from None
+    except SettingError:
+        raise InputError(f"{where}: _sdedit.recommended_t0 must be a number in (0, 1], got {value!r:.60}") from None

@@ -88,7 +88,7 @@ def _add_crop(p: argparse.ArgumentParser) -> None:
 
 def _crop_option(a: argparse.Namespace) -> bool | int | None:
     """--crop-to-mask's value, its padding checked before any work."""
-    from ..crops import check_padding
+    from ..crops import MAX_CROP_PADDING, check_padding
 
     value = a.crop_to_mask
     if value is None or isinstance(value, bool):
@@ -96,7 +96,8 @@ def _crop_option(a: argparse.Namespace) -> bool | int | None:
     try:
         return check_padding(value)
     except InputError:
-        raise InputError(f"--crop-to-mask PADDING must be a whole number of pixels >= 0, got {value}") from None
+        raise InputError(f"--crop-to-mask PADDING must be a whole number of pixels from 0 to {MAX_CROP_PADDING}, "
+                         f"got {value}") from None
 
 
 def _t0_arg(text: str) -> float | str:

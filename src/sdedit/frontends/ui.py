@@ -23,7 +23,7 @@ from ..images import save_png
 from ..loader import is_text_conditioned, load_model, recommended_t0_of
 from ..loading.hub import is_cached
 from ..loading.presets import BUNDLED_MODELS, PRESETS
-from ..settings import AUTO_T0, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0
+from ..settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0
 from .ui_handlers import Limits, Progress, guide_and_mask, mask_strength, read_canvas, run_steps, t0_hint, validate
 
 PALETTE = ["#87b5e0", "#f2f2f2", "#f0a050", "#7a7f8c", "#3d4a5c", "#2f5a2a", "#6f9a3a", "#3a6ea5", "#d8c48a"]
@@ -92,10 +92,9 @@ def make_handler(pool: ModelPool, limits: Limits, outdir: Path, *, photo: bool) 
                 grow: Any, feather: Any, prompt: Any = "", negative_prompt: Any = "", guidance: Any = None,
                 auto_t0: Any = False, progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
         try:
-            t0 = AUTO_T0 if auto_t0 is True else t0
             name, settings = validate(list(pool.sources), limits, model=model, t0=t0, sampler=sampler, steps=steps,
-                           repeats=repeats, samples=samples, seed=seed, prompt=prompt,
-                           negative_prompt=negative_prompt, guidance=guidance)
+                                      repeats=repeats, samples=samples, seed=seed, prompt=prompt,
+                                      negative_prompt=negative_prompt, guidance=guidance, auto_t0=auto_t0)
             canvas = read_canvas(editor, limits)
             guide, mask = guide_and_mask(canvas, photo=photo, grow=grow, feather=feather, limits=limits)
             strength = mask_strength(canvas) if photo else None

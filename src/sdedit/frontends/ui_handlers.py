@@ -38,20 +38,20 @@ class Limits:
 
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or value is None:
-        raise InputError(f"{what} must be a number, got {value!r}")
+        raise InputError(f"{what} must be a number, got {_short(value)}")
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{what} must be a number, got {value!r}") from None
+        raise InputError(f"{what} must be a number, got {_short(value)}") from None
     if not math.isfinite(x):
-        raise InputError(f"{what} must be finite, got {value!r}")
+        raise InputError(f"{what} must be finite, got {_short(value)}")
     return x
 
 
 def _integer(value: Any, what: str, lo: int, hi: int) -> int:
     x = _number(value, what)
     if x != int(x) or not lo <= x <= hi:
-        raise InputError(f"{what} must be a whole number from {lo} to {hi}, got {value!r}")
+        raise InputError(f"{what} must be a whole number from {lo} to {hi}, got {_short(value)}")
     return int(x)
 
 
@@ -65,12 +65,17 @@ def _text(value: Any, what: str, limit: int = 1000) -> str:
 
 def validate(models: Sequence[str], limits: Limits, *, model: Any, t0: Any, sampler: Any, steps: Any,
              repeats: Any, samples: Any, seed: Any, prompt: Any = "", negative_prompt: Any = "",
-             guidance: Any = None) -> tuple[str, RunSettings]:
-    """Check every setting a page sent (steps 0 = the sampler's default for t0): the model's name and the run."""
+             guidance: Any = None, auto_t0: Any = False) -> tuple[str, RunSettings]:
+    """Check every setting a page sent (steps 0 = the sampler's default for t0): the model's name and the run.
+    auto_t0: the 'auto t0' checkbox (True: t0 auto whatever the slider says)."""
+    if auto_t0 is not None and not isinstance(auto_t0, bool):
+        raise InputError(f"auto t0 must be a checkbox value (true or false), got {_short(auto_t0)}")
+    if auto_t0:
+        t0 = AUTO_T0
     if model not in models:
-        raise InputError(f"unknown model {model!r}; this server offers: {', '.join(models)}")
+        raise InputError(f"unknown model {_short(model)}; this server offers: {', '.join(models)}")
     if not isinstance(sampler, str):
-        raise InputError(f"unknown sampler {sampler!r}")
+        raise InputError(f"unknown sampler {_short(sampler)}")
     fields: dict[str, Any] = dict(
         t0=AUTO_T0 if t0 == AUTO_T0 else _number(t0, "t0"), sampler=sampler, steps=_integer(steps, "steps", 0, limits.max_steps) or None,
         repeats=_integer(repeats, "repeats K", 1, limits.max_repeats),
@@ -82,10 +87,16 @@ def validate(models: Sequence[str], limits: Limits, *, model: Any, t0: Any, samp
     return model, RunSettings(**fields)
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """A value a page sent, as an error message may quote it (one line, bounded)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _bounded(value: Any, what: str, lo: float, hi: float) -> float:
     x = _number(value, what)
     if not lo <= x <= hi:
-        raise InputError(f"{what} must be from {lo:g} to {hi:g}, got {value!r}")
+        raise InputError(f"{what} must be from {lo:g} to {hi:g}, got {_short(value)}")
     return x
 
 

@@ -102,18 +102,17 @@ class TrainState:
 class Trainer:
     """DDPM training loop over an in-memory uint8 data set."""
 
-    def __init__(self, cfg: TrainConfig, data: torch.Tensor, out: Path, device: torch.device):
+    def __init__(self, cfg: TrainConfig, data: torch.Tensor, out: Path, device: torch.device,
+                 init: dict[str, torch.Tensor] | None = None):
+        """init: the starting weights (initial_weights, checked before the data is made); None = seeded random."""
         from diffusers import UNet2DModel
 
         self.cfg, self.data, self.out, self.device = cfg, data, out, device
         with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the global RNG
             torch.manual_seed(cfg.seed)
             self.model = UNet2DModel(**cfg.unet_config()).to(device)
-        if cfg.init_from is not None:
-            try:
-                self.model.load_state_dict(initial_weights(cfg.init_from, cfg))
-            except RuntimeError as e:
-                raise InputError(f"--init-from {printable(cfg.init_from)}: {first_line(e)}") from None
+        if init is not None:
+            self.model.load_state_dict(init)
         from ..devices import resolve_precision
 
         self.bf16 = resolve_precision(cfg.precision, device) == "bf16"
@@ -329,20 +328,50 @@ def sample_grid(out: Path, path: Path, n: int = 16, steps: int = 100, seed: int 
 BUDGET = ("max_steps", "minutes", "save_every", "precision")  # what a resumed run may change
 
 
-def initial_weights(source: str, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """The fp32 weights of a DDPM folder or bundled model to start from; InputError unless its network is cfg's."""
-    from ..loading.checkpoints import read_json
+def initial_weights(source: str, cfg: TrainConfig, network: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The fp32 weights of a DDPM folder or bundled model to start from; InputError unless its network is cfg's.
+
+    network: cfg's network (on the meta device, as plan_network builds it); every tensor's name and shape in
+    the file's header is checked against it before any tensor is read."""
+    from diffusers import UNet2DModel
+
+    from ..loading.checkpoints import plan_network, read_json, safetensors_shapes
     from ..loading.presets import BUNDLED_MODELS, bundled_path
 
-    folder = bundled_path(source) if source in BUNDLED_MODELS else Path(source)
-    config = read_json(folder / "config.json")
+    label = f"--init-from {printable(source)}"
+    folder = bundled_path(source) if source in BUNDLED_MODELS and not Path(source).exists() else Path(source)
+    if not folder.is_dir():
+        raise InputError(f"{label}: not a folder or a bundled model (give a model folder that `sdedit train` wrote)")
+    try:
+        config = read_json(folder / "config.json")
+    except InputError as e:
+        raise InputError(f"{label}: {e}") from None
     want = cfg.unet_config()
     differ = [k for k in ("sample_size", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types")
               if config.get(k) != want[k]]
     if differ:
-        raise InputError(f"--init-from {printable(source)}: its network differs from this run's ({', '.join(differ)});"
+        raise InputError(f"{label}: its network differs from this run's ({', '.join(differ)});"
                          f" give the same --size/--widths/--attn-res/--layers-per-block")
-    tensors, _ = read_safetensors(folder / "diffusion_pytorch_model.safetensors")
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if network is None:
+        network = plan_network(lambda: UNet2DModel(**want), label)
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    if not weights.is_file():
+        raise InputError(f"{label}: no {weights.name} in the folder")
+    try:
+        found = safetensors_shapes(weights)
+    except InputError as e:
+        raise InputError(f"{label}: {e}") from None
+    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    wrong = [k for k in sorted(expected.keys() & found.keys()) if expected[k] != found[k]]
+    if missing or extra or wrong:
+        what = (f"tensor {printable(wrong[0])} is {found[wrong[0]]}, not {expected[wrong[0]]}" if wrong else
+                f"no tensor {printable(missing[0])}" if missing else f"an unknown tensor {printable(extra[0])}")
+        raise InputError(f"{label}: {printable(weights)} does not hold this run's network: {what}")
+    try:
+        tensors, _ = read_safetensors(weights)
+    except InputError as e:
+        raise InputError(f"{label}: {e}") from None
     return {k: v.float() for k, v in tensors.items()}
 
 
@@ -375,12 +404,15 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | No
         cfg = replace(resumed, **{k: getattr(cfg, k) for k in BUDGET})
     elif state_path.exists() or (out.exists() and any(out.iterdir())):
         raise InputError(f"{out} is not empty; pass --resume to continue its run, or choose a new folder")
-    plan_network(lambda: UNet2DModel(**cfg.unet_config()), "the network settings (--size, --widths, --attn-res, "
-                 "--layers-per-block)")
+    network = plan_network(lambda: UNet2DModel(**cfg.unet_config()), "the network settings (--size, --widths, "
+                           "--attn-res, --layers-per-block)")
+    # The starting weights are checked (and read) before the data is made: a bad --init-from fails at once.  A
+    # resumed run starts from its own state instead.
+    init = initial_weights(cfg.init_from, cfg, network) if cfg.init_from is not None and not resume else None
     dev = pick_device(device)
     data = synthetic_data(cfg.num_images, cfg.size, cache) if cfg.data == "synthetic" else load_folder(
         Path(cfg.data), cfg.size)
-    trainer = Trainer(cfg, data, out, dev)
+    trainer = Trainer(cfg, data, out, dev, init)
     if resume:
         trainer.load(state_path)
     state = trainer.run(progress=progress)
