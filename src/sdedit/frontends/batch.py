@@ -79,25 +79,26 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_folders(input_dir: Path, output_dir: Path, mask_dir: Path | None) -> None:
-    """Refuse an output folder that is, contains or lies inside an input or mask folder."""
+def check_folders(input_dir: Path, output_dir: Path, mask_dir: Path | None, what: str = "mask") -> None:
+    """Refuse an output folder that is, contains or lies inside an input or mask folder (what: 'mask' or
+    'strength map')."""
     if not input_dir.is_dir():
         raise InputError(f"input folder not found: {input_dir}")
     if mask_dir is not None and not mask_dir.is_dir():
-        raise InputError(f"mask folder not found: {mask_dir}")
+        raise InputError(f"{what} folder not found: {mask_dir}")
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output {output_dir} exists and is not a folder")
     out = output_dir.resolve()
-    for what, d in (("input", input_dir), ("mask", mask_dir)):
+    for kind, d in (("input", input_dir), (what, mask_dir)):
         if d is None:
             continue
         src = d.resolve()
         if out == src or out.is_relative_to(src) or src.is_relative_to(out):
-            raise InputError(f"the output folder {output_dir} must not be, contain or lie inside the {what} "
+            raise InputError(f"the output folder {output_dir} must not be, contain or lie inside the {kind} "
                              f"folder {d}")
 
 
-def list_items(input_dir: Path, mask_dir: Path | None) -> list[Item]:
+def list_items(input_dir: Path, mask_dir: Path | None, what: str = "mask") -> list[Item]:
     """The images of INPUT_DIR (top level, sorted by name) with their masks matched by file stem."""
     files = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     masks: dict[str, list[Path]] = {}
@@ -113,9 +114,9 @@ def list_items(input_dir: Path, mask_dir: Path | None) -> list[Item]:
         if p.stem in stems:
             item.error = f"same name stem as {stems[p.stem]}: their outputs would collide; rename one"
         elif mask_dir is not None and not found:
-            item.error = f"no mask named {p.stem}.* in {mask_dir}"
+            item.error = f"no {what} named {p.stem}.* in {mask_dir}"
         elif len(found) > 1:
-            item.error = f"several masks named {p.stem}.* in {mask_dir}: {', '.join(sorted(m.name for m in found))}"
+            item.error = f"several {what}s named {p.stem}.* in {mask_dir}: {', '.join(sorted(m.name for m in found))}"
         stems.setdefault(p.stem, p.name)
         items.append(item)
     return items
@@ -368,9 +369,10 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
     """
     from ..loader import load_model
 
-    check_folders(input_dir, output_dir, mask_dir)
+    what = "strength map" if job.strength_maps else "mask"
+    check_folders(input_dir, output_dir, mask_dir, what)
     dist = distributed(device)
-    items = list_items(input_dir, mask_dir)
+    items = list_items(input_dir, mask_dir, what)
     if not items:
         raise InputError(f"no images in {input_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     model = load_model(job.model, config=config, device=dist.device, loras=job.loras, offload=offload,
