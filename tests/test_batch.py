@@ -179,7 +179,7 @@ def test_output_folder_must_be_apart_from_the_input(tmp_path, where):
 
 @pytest.mark.parametrize("extra, message", [(["--prompt", "a cat"], "not text-conditioned"),
                                             (["--guidance", "nan"], "--guidance must be"),
-                                            (["--t0", "1.5"], "t0 must be in")])
+                                            (["--t0", "1.5"], "--t0: must be in (0, 1]")])
 def test_bad_settings_fail_once_before_any_item(tmp_path, extra, message):
     inp, _ = make_folder(tmp_path, 2)
     r = subprocess.run(batch_cmd(inp, tmp_path / "out", None, *extra), env=ENV, capture_output=True, text=True)
