@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -486,26 +487,27 @@ def test_init_from_problems_are_refused_before_the_data_is_made(tmp_path, capsys
 
 
 @pytest.mark.parametrize("flag", ["--mask", "--strength-map"])
-@pytest.mark.parametrize("crop", [[], ["--crop-to-mask"], ["--crop-to-mask", "0"], ["--no-crop-to-mask"]])
-def test_an_all_black_mask_is_an_input_error_not_a_silent_thumbnail(tmp_path, capsys, flag, crop):
+@pytest.mark.parametrize("crop", [[], ["--crop-to-mask"], ["--crop-to-mask", "0"]])
+def test_an_all_black_mask_returns_the_whole_photo_exactly_not_a_thumbnail(tmp_path, capsys, flag, crop):
     big = stroke_png(tmp_path / "big.png", (200, 120))  # larger than the tiny model: crop-to-mask by default
     Image.new("L", (200, 120), 0).save(tmp_path / "black.png")
     out = tmp_path / "o"
-    err = one_line_error(capsys, main(["edit", str(big), flag, str(tmp_path / "black.png"), *crop, *TINY, "--steps",
-                                       "1", "-o", str(out), "-q"]))
-    assert "all black" in err and "nothing to edit" in err and not out.exists()
+    assert main(["edit", str(big), flag, str(tmp_path / "black.png"), *crop, *TINY, "--steps", "1", "--seed", "0",
+                 "-o", str(out), "-q"]) == 0
+    (result,) = out.glob("*.png")  # a keep-everything mask returns the input, bit for bit, at its own size
+    assert np.array_equal(np.asarray(Image.open(result).convert("RGB")), np.asarray(Image.open(big).convert("RGB")))
 
 
-def test_nothing_to_edit_is_refused_by_the_api_composite_and_batch(tmp_path, capsys):
-    from sdedit.api import prepare_guide
+def test_nothing_to_edit_in_the_api_composite_and_batch(tmp_path, capsys):
+    from sdedit.api import edit, prepare_guide
     from sdedit.loader import load_model
 
     model = load_model(str(DATA / "tiny.ckpt"), config=str(DATA / "tiny.yml"))
     img = Image.new("RGB", (300, 40), (9, 9, 9))
     for kwargs in ({"mask": Image.new("L", img.size, 0)}, {"strength_map": Image.new("L", img.size, 0)},
                    {"mask": Image.new("L", img.size, 0), "mask_grow": 8, "mask_feather": 8, "crop_to_mask": True}):
-        with pytest.raises(InputError, match="all black"):
-            prepare_guide(model, img, **kwargs)
+        (out,) = edit(model, img, steps=1, seed=0, progress=False, **kwargs)
+        assert np.array_equal(np.asarray(out), np.asarray(img))
     one = Image.new("L", img.size, 0)
     one.putpixel((299, 39), 255)  # one pixel in a corner of a wide image: still edited, in a box inside the image
     guide = prepare_guide(model, img, one, crop_to_mask=True)
@@ -517,18 +519,6 @@ def test_nothing_to_edit_is_refused_by_the_api_composite_and_batch(tmp_path, cap
     err = one_line_error(capsys, main(["composite", str(bg), str(tmp_path / "clear.png"), "--at", "5,5", *TINY,
                                        "--steps", "1", "-o", str(tmp_path / "c"), "-q"]))
     assert "transparent" in err and not (tmp_path / "c").exists()
-    # batch: that item fails with the reason, the others are done
-    (tmp_path / "in").mkdir()
-    (tmp_path / "masks").mkdir()
-    for name, fill in (("a", 0), ("b", 255)):
-        stroke_png(tmp_path / "in" / f"{name}.png", (64, 48))
-        Image.new("L", (64, 48), fill).save(tmp_path / "masks" / f"{name}.png")
-    code = main(["batch", str(tmp_path / "in"), "--masks", str(tmp_path / "masks"), *TINY, "--steps", "1", "-o",
-                 str(tmp_path / "b"), "-q"])
-    records = {r["input"]: r for r in map(json.loads, (tmp_path / "b" / "manifest.jsonl").read_text().splitlines())}
-    assert code == 1 and records["a.png"]["status"] == "failed" and records["b.png"]["status"] == "done"
-    assert "the mask is all black" in records["a.png"]["reason"]
-    assert [p.name for p in (tmp_path / "b").glob("*.png")] == ["b.png"]
 
 
 @pytest.mark.parametrize("padding", ["-5", "4097", "99999999999999999999"])

@@ -79,11 +79,6 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
                          "they are)")
     full, full_mask = load_guide(image, mask if strength_map is None else strength_map,
                                  "mask" if strength_map is None else "strength map")
-    if full_mask is not None and full_mask.getbbox() is None:
-        # nothing to edit: every pixel is kept (and crop-to-mask would have no box to edit in)
-        what = "mask" if strength_map is None else "strength map"
-        raise InputError(f"the {what} is all black: it keeps every pixel, so there is nothing to edit "
-                         f"(white = edit{'' if strength_map is None else ', grey = a weaker edit'})")
     if full_mask is not None and strength_map is None and (mask_grow or mask_feather):
         full_mask = grow_and_feather(full_mask, mask_grow, mask_feather)
     if fit not in ("crop", "stretch"):
@@ -114,8 +109,9 @@ def _crop_frame(model: Model, full: Image.Image, keep: Image.Image | None, crop_
     if crop_to_mask is False or keep is None:
         return None
     padding = DEFAULT_CROP_PADDING if crop_to_mask is True else check_padding(crop_to_mask)
-    box = mask_box(keep, padding, model.resolution, model.square)
-    return None if box is None else model.crop_frame(box)
+    # an all-black mask keeps every pixel: the whole photo comes back as it is (the invariant of a keep-all mask)
+    box = mask_box(keep, padding, model.resolution, model.square) or (0, 0, *full.size)
+    return model.crop_frame(box)
 
 
 def settings_from(model: Model, settings: RunSettings | None = None, **fields: Any) -> RunSettings:
