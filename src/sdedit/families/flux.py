@@ -37,6 +37,19 @@ from .latent import LatentSpace, repaint_mask
 from .stable_diffusion import snap8
 
 
+def packed_shift(c: dict[str, Any], size: tuple[int, int], latent_factor: int, fixed: FlowSchedule) -> FlowSchedule:
+    """A scheduler config's resolution-dependent shift for 2x2-packed latents (FLUX, Qwen-Image): mu linear in
+    the token count between (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift); s = exp(mu),
+    or mu for time_shift_type 'linear'.  Without dynamic shifting, the fixed schedule."""
+    if not c.get("use_dynamic_shifting"):
+        return fixed
+    tokens = (size[0] // latent_factor // 2) * (size[1] // latent_factor // 2)
+    lo, hi = float(c.get("base_image_seq_len", 256)), float(c.get("max_image_seq_len", 4096))
+    a, b = float(c.get("base_shift", 0.5)), float(c.get("max_shift", 1.15))
+    mu = a + (b - a) * (tokens - lo) / (hi - lo)
+    return FlowSchedule(shift=mu if c.get("time_shift_type") == "linear" else math.exp(mu))
+
+
 def pack(z: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) latents -> (B, h/2 * w/2, 4C) tokens, one per 2x2 patch."""
     b, c, h, w = z.shape
@@ -133,14 +146,7 @@ class FluxModel(LatentSpace, Model):
 
     def schedule_for(self, size: tuple[int, int]) -> FlowSchedule:
         """FLUX's resolution-dependent shift: s = exp(mu), mu linear in the number of packed latent tokens."""
-        c = self.shift_settings
-        if not c.get("use_dynamic_shifting"):
-            return self.schedule
-        tokens = (size[0] // self.latent_factor // 2) * (size[1] // self.latent_factor // 2)
-        lo, hi = float(c.get("base_image_seq_len", 256)), float(c.get("max_image_seq_len", 4096))
-        a, b = float(c.get("base_shift", 0.5)), float(c.get("max_shift", 1.15))
-        mu = a + (b - a) * (tokens - lo) / (hi - lo)
-        return FlowSchedule(shift=math.exp(mu))
+        return packed_shift(self.shift_settings, size, self.latent_factor, self.schedule)
 
     @torch.inference_mode()
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,6 @@ and is not applied: SDEdit's grid runs from t0 down to 0.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..loading.checkpoints import LOAD_ERRORS, first_line, plan_components, read
     scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
-from .flux import pack, unpack
+from .flux import pack, packed_shift, unpack
 from .latent import LatentSpace
 from .stable_diffusion import snap8
 
@@ -122,14 +121,7 @@ class QwenImageModel(LatentSpace, Model):
 
     def schedule_for(self, size: tuple[int, int]) -> FlowSchedule:
         """The resolution-dependent shift: mu linear in the number of packed tokens, s = exp(mu) (or mu if linear)."""
-        c = self.shift_settings
-        if not c.get("use_dynamic_shifting"):
-            return self.schedule
-        tokens = (size[0] // self.latent_factor // 2) * (size[1] // self.latent_factor // 2)
-        lo, hi = float(c.get("base_image_seq_len", 256)), float(c.get("max_image_seq_len", 4096))
-        a, b = float(c.get("base_shift", 0.5)), float(c.get("max_shift", 1.15))
-        mu = a + (b - a) * (tokens - lo) / (hi - lo)
-        return FlowSchedule(shift=mu if c.get("time_shift_type") == "linear" else math.exp(mu))
+        return packed_shift(self.shift_settings, size, self.latent_factor, self.schedule)
 
     @torch.inference_mode()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
