@@ -39,3 +39,42 @@ def mask_png(path: Path, size: tuple[int, int] = (40, 32)) -> Path:
     m[:, : size[0] // 2] = 255
     Image.fromarray(m).save(path)
     return path
+
+
+def ddim_on_grid(model, img: Image.Image, sigmas, settings) -> np.ndarray:
+    """Our side of a parity test: the guide encoded and perturbed in diffusers' order (posterior draw, then noise,
+    one generator seeded 0), `ddim` over the given VE sigmas, decoded: HxWx3 in [0, 1]."""
+    import torch
+
+    from sdedit.engine.samplers import SAMPLERS
+    from sdedit.images import image_to_tensor
+
+    gen = torch.Generator().manual_seed(0)
+    z_g = model.encode(image_to_tensor(img), [gen])
+    z = z_g + sigmas[0] * torch.randn(z_g.shape, generator=gen)
+    with torch.inference_mode():
+        z = SAMPLERS["ddim"](model.denoiser(settings), z, sigmas)
+        return ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+
+
+def flow_sigmas(flow):
+    """A flow-matching scheduler's times t (ending at 0, a tensor) as the VE sigmas t / (1 - t)."""
+    flow = flow.double()
+    return (flow / (1 - flow)).float()
+
+
+def transformer_lora(pipe, path: Path, seed: int = 3) -> Path:
+    """A random-weight LoRA (PEFT, rank 4, on the attention projections) for a pipeline's transformer, saved as
+    diffusers does (keys prefixed 'transformer.')."""
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    transformer = type(pipe.transformer).from_config(pipe.transformer.config)
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
+                                       init_lora_weights=False))
+    save_file({f"transformer.{k}": v.contiguous() for k, v in get_peft_model_state_dict(transformer).items()},
+              str(path))
+    return path

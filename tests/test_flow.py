@@ -17,11 +17,10 @@ from sdedit.engine.editing import edit_tensors
 from sdedit.engine.samplers import SAMPLERS
 from sdedit.engine.schedules import FlowSchedule
 from sdedit.families.stable_diffusion_3 import StableDiffusion3Model
-from sdedit.images import image_to_tensor
 from sdedit.settings import RunSettings
 
 from .test_samplers import GUIDE, MU, S0, SIGMA0, TARGET
-from .helpers import random_image as photo
+from .helpers import ddim_on_grid, flow_sigmas, random_image as photo, transformer_lora
 from .tiny_sd import make_tiny_sd3
 
 
@@ -81,14 +80,8 @@ def test_matches_diffusers_sd3_img2img_where_euler_on_the_flow_is_ddim(sd3_folde
     ref = theirs(prompt)
     pipe.scheduler.set_timesteps(n)
     start = n - int(n * strength)
-    flow = pipe.scheduler.sigmas[start:].double()  # shifted flow times, ending at 0
-    sigmas = (flow / (1 - flow)).float()
-    gen = torch.Generator().manual_seed(0)
-    z_g = model.encode(image_to_tensor(img), [gen])
-    z = z_g + sigmas[0] * torch.randn(z_g.shape, generator=gen)
-    with torch.inference_mode():
-        z = SAMPLERS["ddim"](model.denoiser(RunSettings(prompt=prompt, guidance=w)), z, sigmas)
-        ours = ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    sigmas = flow_sigmas(pipe.scheduler.sigmas[start:])  # shifted flow times, ending at 0
+    ours = ddim_on_grid(model, img, sigmas, RunSettings(prompt=prompt, guidance=w))
     diff = np.abs(ours - ref).max()
     assert diff < 2e-3, diff
     assert np.abs(theirs("a snowy mountain") - ref).max() > 20 * diff
@@ -142,14 +135,8 @@ def test_matches_diffusers_flux_img2img_with_packed_latents_and_its_shift(flux_f
 
     ref = theirs(prompt)
     start = n - int(n * strength)
-    flow = pipe.scheduler.sigmas[start:].double()  # the last call's grid: shifted for this image's 12 tokens
-    sigmas = (flow / (1 - flow)).float()
-    gen = torch.Generator().manual_seed(0)
-    z_g = model.encode(image_to_tensor(img), [gen])
-    z = z_g + sigmas[0] * torch.randn(z_g.shape, generator=gen)
-    with torch.inference_mode():
-        z = SAMPLERS["ddim"](model.denoiser(RunSettings(prompt=prompt, guidance=w)), z, sigmas)
-        ours = ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    sigmas = flow_sigmas(pipe.scheduler.sigmas[start:])  # the last call's grid: shifted for this image's 12 tokens
+    ours = ddim_on_grid(model, img, sigmas, RunSettings(prompt=prompt, guidance=w))
     diff = np.abs(ours - ref).max()
     assert diff < 2e-3, diff
     assert np.abs(theirs("a snowy mountain") - ref).max() > 20 * diff
@@ -182,17 +169,8 @@ def test_flux_masked_cli_edit_keeps_pixels(flux_folder, tmp_path):
 
 
 def test_a_flux_lora_made_here_changes_the_output_and_scale_zero_does_not(flux_folder, tmp_path):
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
     folder, pipe = flux_folder
-    torch.manual_seed(3)
-    transformer = type(pipe.transformer).from_config(pipe.transformer.config)
-    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
-                                       init_lora_weights=False))
-    save_file({f"transformer.{k}": v.contiguous() for k, v in get_peft_model_state_dict(transformer).items()},
-              str(tmp_path / "flux-lora.safetensors"))
+    transformer_lora(pipe, tmp_path / "flux-lora.safetensors")
     img = photo((64, 48), seed=1)
 
     def run(loras: list[str]) -> np.ndarray:

@@ -13,12 +13,12 @@ from PIL import Image
 
 from sdedit import edit, load_model
 from sdedit.errors import InputError
-from sdedit.images import image_to_tensor, read_settings
+from sdedit.images import read_settings
 from sdedit.settings import RunSettings
 from sdedit.families.stable_diffusion import GuidedDenoiser, StableDiffusionModel, TextCondition, latent_mask, snap8
-from sdedit.engine.samplers import SAMPLERS
 from sdedit.engine.schedules import DiscreteVPSchedule
 
+from .helpers import ddim_on_grid
 from .tiny_sd import make_tiny_sd
 
 
@@ -148,12 +148,7 @@ def test_matches_diffusers_img2img_on_its_own_step_grid(sd_folder):
     ts = sched.timesteps[start:].long()
     sigmas = torch.cat([model.schedule.sigmas[ts], model.schedule.sigmas[:1]]).float()
 
-    gen = torch.Generator().manual_seed(0)
-    z_g = model.encode(image_to_tensor(img), [gen])  # posterior draw, then the perturbation: diffusers' order
-    z = z_g + sigmas[0] * torch.randn(z_g.shape, generator=gen)
-    with torch.inference_mode():
-        z = SAMPLERS["ddim"](model.denoiser(RunSettings(prompt=prompt, guidance=w)), z, sigmas)
-        ours = ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    ours = ddim_on_grid(model, img, sigmas, RunSettings(prompt=prompt, guidance=w))  # posterior draw, then noise
     assert np.abs(ours - ref).max() < 2e-3, np.abs(ours - ref).max()
 
 

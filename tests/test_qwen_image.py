@@ -11,12 +11,10 @@ import torch
 from PIL import Image
 
 from sdedit import edit, load_model
-from sdedit.engine.samplers import SAMPLERS
 from sdedit.families.qwen_image import QwenImageModel
-from sdedit.images import image_to_tensor
 from sdedit.settings import RunSettings
 
-from .helpers import random_image as photo
+from .helpers import ddim_on_grid, flow_sigmas, random_image as photo, transformer_lora
 from .tiny_sd import make_tiny_qwen_image
 
 
@@ -40,15 +38,8 @@ def test_matches_diffusers_qwen_image_img2img_with_true_cfg(qwen_folder):
 
     ref = theirs(prompt)
     start = int(n - n * strength)  # the pipeline's first step (get_timesteps)
-    flow = pipe.scheduler.sigmas[start:].double()  # the last call's grid: shifted for 12 tokens, stretched to 0.02
-    sigmas = (flow / (1 - flow)).float()
-    gen = torch.Generator().manual_seed(0)
-    z_g = model.encode(image_to_tensor(img), [gen])
-    z = z_g + sigmas[0] * torch.randn(z_g.shape, generator=gen)
-    with torch.inference_mode():
-        z = SAMPLERS["ddim"](model.denoiser(RunSettings(prompt=prompt, negative_prompt=negative, guidance=w)), z,
-                             sigmas)
-        ours = ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    sigmas = flow_sigmas(pipe.scheduler.sigmas[start:])  # the last call's grid: shifted for 12 tokens, to 0.02
+    ours = ddim_on_grid(model, img, sigmas, RunSettings(prompt=prompt, negative_prompt=negative, guidance=w))
     diff = np.abs(ours - ref).max()
     other_prompt, other_seed = (np.abs(x - ref).max() for x in (theirs("a snowy mountain"), theirs(prompt, seed=1)))
     print(f"Qwen-Image parity: {diff:.2e}; another prompt {other_prompt:.2e}, another seed {other_seed:.2e}")
@@ -115,17 +106,8 @@ def test_edit_variants_are_refused_with_one_line(qwen_folder, tmp_path):
 
 
 def test_a_qwen_image_lora_made_here_changes_the_output_and_scale_zero_does_not(qwen_folder, tmp_path):
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
     folder, pipe = qwen_folder
-    torch.manual_seed(3)
-    transformer = type(pipe.transformer).from_config(pipe.transformer.config)
-    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
-                                       init_lora_weights=False))
-    save_file({f"transformer.{k}": v.contiguous() for k, v in get_peft_model_state_dict(transformer).items()},
-              str(tmp_path / "qwen-lora.safetensors"))
+    transformer_lora(pipe, tmp_path / "qwen-lora.safetensors")
     img = photo((64, 48), seed=1)
 
     def run(loras: list[str]) -> np.ndarray:

@@ -11,12 +11,10 @@ import torch
 from PIL import Image
 
 from sdedit import edit, load_model, read_settings
-from sdedit.engine.samplers import SAMPLERS
 from sdedit.families.stable_diffusion import StableDiffusionModel
-from sdedit.images import image_to_tensor
 from sdedit.settings import RunSettings
 
-from .helpers import random_image as photo
+from .helpers import ddim_on_grid, random_image as photo
 from .tiny_sd import make_tiny_sdxl
 
 
@@ -51,13 +49,7 @@ def test_matches_diffusers_sdxl_img2img_on_its_own_step_grid(sdxl_folder, negati
     start = n_steps - int(n_steps * strength)
     ts = sched.timesteps[start:].long()
     sigmas = torch.cat([model.schedule.sigmas[ts], model.schedule.sigmas[:1]]).float()
-    gen = torch.Generator().manual_seed(0)
-    z_g = model.encode(image_to_tensor(img), [gen])
-    z = z_g + sigmas[0] * torch.randn(z_g.shape, generator=gen)
-    with torch.inference_mode():
-        z = SAMPLERS["ddim"](model.denoiser(RunSettings(prompt=prompt, negative_prompt=negative, guidance=w)), z,
-                             sigmas)
-        ours = ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    ours = ddim_on_grid(model, img, sigmas, RunSettings(prompt=prompt, negative_prompt=negative, guidance=w))
     assert np.abs(ours - ref).max() < 2e-3, np.abs(ours - ref).max()
     other = pipe("a snowy mountain", image=img, strength=strength, num_inference_steps=n_steps, guidance_scale=w,
                  negative_prompt=negative or None, generator=torch.Generator().manual_seed(0), output_type="np",
