@@ -14,6 +14,10 @@ against the model cards' headline counts:
            cards: "2.5B" (medium) and "8.1B" (large)
   FLUX.1   black-forest-labs/FLUX.1-dev and -schnell: transformer/ (19 double + 38 single blocks, 24 heads of 128,
            guidance embedding in dev only), vae/ (16 channels), CLIP-L, T5 v1.1 XXL encoder; card: "12 billion"
+  Qwen-Image  Qwen/Qwen-Image: transformer/ (diffusers' QwenImageTransformer2DModel defaults: 60 layers, 24 heads of
+           128, joint dim 3584), vae/ (AutoencoderKLQwenImage defaults, base 96, z 16), text_encoder/ (Qwen2.5-VL-7B:
+           28 layers of 3584, 4 KV heads, vocabulary 152064, untied head, 32-block vision tower of 1280); card "20B
+           MMDiT"; Qwen2.5-VL-7B's card 8.29B
 """
 
 from __future__ import annotations
@@ -106,6 +110,29 @@ def flux(guidance: bool) -> nn.Module:
                                   pooled_projection_dim=768, guidance_embeds=guidance)
 
 
+def qwen_image() -> nn.Module:
+    from diffusers import QwenImageTransformer2DModel
+
+    return QwenImageTransformer2DModel()  # the defaults are the released 20B configuration
+
+
+def qwen_vae() -> nn.Module:
+    from diffusers import AutoencoderKLQwenImage
+
+    return AutoencoderKLQwenImage()
+
+
+def qwen25_vl_7b() -> nn.Module:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False)
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision,
+                                                               tie_word_embeddings=False))
+
+
 # family -> (network name -> builder), the main network first; text encoders in the order they run
 FAMILIES: dict[str, dict[str, Builder]] = {
     "SD 1.5": {"unet": lambda: unet("sd15"), "vae": lambda: vae(4), "text_encoder": clip_l},
@@ -119,6 +146,7 @@ FAMILIES: dict[str, dict[str, Builder]] = {
                    "text_encoder_2": t5_xxl},
     "FLUX.1 schnell": {"transformer": lambda: flux(False), "vae": lambda: vae(16), "text_encoder": clip_l,
                        "text_encoder_2": t5_xxl},
+    "Qwen-Image": {"transformer": qwen_image, "vae": qwen_vae, "text_encoder": qwen25_vl_7b},
 }
 
 
@@ -136,11 +164,13 @@ def count(builder: Builder) -> dict[str, int]:
 
 # family -> (side in pixels, tokens x width of the main network's widest activations, guidance branches per call):
 # UNets at their first stage (latent side^2 positions x 320 channels), transformers over image (side/16)^2 plus
-# text tokens (SD3 333 = 77 CLIP + 256 T5; FLUX T5 512 dev / 256 schnell) x hidden size (heads x head dim)
+# text tokens (SD3 333 = 77 CLIP + 256 T5; FLUX T5 512 dev / 256 schnell; Qwen-Image at most 1024 prompt tokens, its
+# true CFG runs the two branches one after the other) x hidden size (heads x head dim)
 SHAPES: dict[str, tuple[int, int, int]] = {
     "SD 1.5": (512, 64 * 64 * 320, 2), "SD 2.1": (768, 96 * 96 * 320, 2), "SDXL base": (1024, 128 * 128 * 320, 2),
     "SD3.5 medium": (1024, (4096 + 333) * 1536, 2), "SD3.5 large": (1024, (4096 + 333) * 2432, 2),
     "FLUX.1 dev": (1024, (4096 + 512) * 3072, 1), "FLUX.1 schnell": (1024, (4096 + 256) * 3072, 1),
+    "Qwen-Image": (1024, (4096 + 1024) * 3072, 1),
 }
 
 

@@ -19,8 +19,8 @@ TINY = ["--model", str(DATA / "tiny.ckpt"), "--config", str(DATA / "tiny.yml")]
 
 def test_eval_writes_tables(tmp_path, capsys):
     out = tmp_path / "ev"
-    args = ["eval", *TINY, "--n", "6", "--t0", "0.2", "0.6", "--sampler", "ddim", "dpm++2m", "--steps", "3",
-            "-o", str(out)]
+    args = ["eval", *TINY, "--n", "6", "--t0", "0.2", "0.6", "0.20", "--sampler", "ddim", "dpm++2m", "--steps", "3",
+            "-o", str(out)]  # 0.2 twice: one row
     assert main(args) == 0
     rows = json.loads((out / "eval.json").read_text())
     assert [r["what"] for r in rows[:2]] == ["stroke inputs", "originals of the strokes"]
@@ -118,6 +118,8 @@ def test_layout_sharpness_and_seam_metrics_on_known_images():
     flipped = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     assert layout_correlation([flipped], [img])[0] < 0.5  # sky below, ground above: the layout is gone
     assert sharpness([img.filter(ImageFilter.GaussianBlur(2))])[0] < 0.6 * sharpness([img])[0]
+    with pytest.raises(ValueError, match="3x3"):
+        sharpness([img.resize((2, 5))])  # no interior pixel: no Laplacian
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
     assert seam_metrics(img, img, mask) == (0.0, 0.0)

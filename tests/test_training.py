@@ -91,3 +91,23 @@ def test_refuses_to_train_over_a_folder(folder, tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nothing"), "-o", str(tmp_path / "o"), "-q"]) == 2
     assert main(["train", "-o", str(tmp_path / "o2"), "--resume", "-q"]) == 2
     assert (out / "mine.txt").read_text() == "x"
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero(folder, tmp_path, capsys):
+    from sdedit.research.training import learning_rate
+
+    const = small_cfg(folder, lr=1e-3, warmup=10)
+    cos = small_cfg(folder, lr=1e-3, warmup=10, lr_schedule="cosine", max_steps=110)
+    assert learning_rate(const, 4) == pytest.approx(5e-4) and learning_rate(const, 100) == pytest.approx(1e-3)
+    assert learning_rate(cos, 4) == pytest.approx(5e-4 * 0.5 * (1 + np.cos(np.pi * 4 / 110)))
+    assert learning_rate(cos, 55) == pytest.approx(5e-4)  # half-way down the cosine
+    assert learning_rate(cos, 109) < 1e-6 and learning_rate(cos, 110) == 0.0
+    lrs = [learning_rate(cos, s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    # The optimizer really runs at that rate, and a cosine run without an end is refused before any work.
+    train(small_cfg(folder, lr=1e-3, warmup=2, lr_schedule="cosine", max_steps=4), tmp_path / "run", progress=False)
+    meta = read_training_meta(tmp_path / "run" / "training" / "state.safetensors")
+    assert meta["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 3 / 4)))
+    assert main(["train", "--data", str(folder), "-o", str(tmp_path / "o"), *SMALL, "--lr-schedule", "cosine",
+                 "-q"]) == 2
+    assert "--max-steps" in capsys.readouterr().err and not (tmp_path / "o").exists()

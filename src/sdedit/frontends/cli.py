@@ -175,6 +175,8 @@ def _parser() -> Parser:
     t.add_argument("--layers-per-block", type=int, help="residual blocks per level (2)")
     t.add_argument("--batch-size", type=int, help="images per step (32)")
     t.add_argument("--lr", type=float, help="peak learning rate (5e-4)")
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                   help="after warm-up: constant (the default) or cosine decay to 0 at --max-steps")
     t.add_argument("--ema-decay", type=float, help="EMA decay of the weights (0.999)")
     t.add_argument("--num-images", type=int, help="synthetic images to train on (20000)")
     t.add_argument("--max-steps", type=int, help="stop at this step count (over all sittings)")
@@ -352,7 +354,7 @@ def _train(a: argparse.Namespace) -> int:
 
     given = {k: getattr(a, k) for k in ("data", "size", "layers_per_block", "batch_size", "lr", "ema_decay",
                                         "num_images", "seed", "max_steps", "minutes", "save_every", "init_from",
-                                        "t_split", "low_t_share", "precision")
+                                        "t_split", "low_t_share", "precision", "lr_schedule")
              if getattr(a, k) is not None}
     if a.widths is not None:
         given["widths"] = _ints(a.widths, "--widths")
@@ -408,6 +410,7 @@ def _eval(a: argparse.Namespace) -> int:
 
     grid = [settings_for_flags(t0=t0, sampler=sampler, steps=steps, repeats=a.repeats, seed=a.seed, prompt=a.prompt)
             for sampler in a.sampler for steps in (a.steps or [None]) for t0 in a.t0]
+    grid = list(dict.fromkeys(grid))  # a setting given twice (e.g. --t0 auto auto) is one row
     if a.n < 2:
         raise InputError("--n must be >= 2")
     for folder in (a.data if a.data != "synthetic" else None, a.real):
@@ -459,6 +462,7 @@ def _sweep(a: argparse.Namespace) -> int:
 
     grid = [settings_for_flags(t0=t0, sampler=sampler, steps=a.steps, num_samples=a.num, seed=a.seed,
                                prompt=a.prompt) for sampler in a.sampler for t0 in a.t0]
+    grid = list(dict.fromkeys(grid))  # a setting given twice is one column
     image = open_image(a.input)
     mask = open_image(a.mask) if a.mask else None
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)

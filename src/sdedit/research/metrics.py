@@ -60,6 +60,8 @@ def sharpness(images: list[Image.Image]) -> np.ndarray:
     """
     out = []
     for img in images:
+        if min(img.size) < 3:
+            raise ValueError(f"sharpness needs images of at least 3x3 pixels, got {img.size[0]}x{img.size[1]}")
         g = _grey(img)
         lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
         out.append(float(np.abs(lap).mean()))

@@ -40,6 +40,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 5e-4  # AdamW peak learning rate
     warmup: int = 200  # linear warm-up steps
+    lr_schedule: str = "constant"  # after warm-up: "constant", or "cosine" to 0 at max_steps (Loshchilov & Hutter 2017)
     ema_decay: float = 0.999  # EMA of the weights (warmed up as (1 + n) / (10 + n))
     low_t_share: float = 0.8  # share of steps drawn from t < t_split ...
     t_split: int = 700  # ... the noise levels SDEdit starts from (t0 <= 0.7)
@@ -87,6 +88,17 @@ def synthetic_data(count: int, size: int, cache: Path | None) -> torch.Tensor:
         if path is not None:
             write_file(path, lambda f: np.save(f, arr, allow_pickle=False), overwrite=True)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of a step: linear warm-up, then constant or cosine-decayed to 0 at max_steps (SGDR, one cycle)."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+    if cfg.lr_schedule == "cosine":
+        lr *= 0.5 * (1 + math.cos(math.pi * min(step, cfg.max_steps) / cfg.max_steps))
+    return lr
 
 
 @dataclass
@@ -153,7 +165,7 @@ class Trainer:
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         for g in self.opt.param_groups:
-            g["lr"] = c.lr * min(1.0, (self.state.step + 1) / c.warmup)
+            g["lr"] = learning_rate(c, self.state.step)
         self.opt.step()
         self.update_ema()
         self.state.step += 1
@@ -404,6 +416,10 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | No
         cfg = replace(resumed, **{k: getattr(cfg, k) for k in BUDGET})
     elif state_path.exists() or (out.exists() and any(out.iterdir())):
         raise InputError(f"{out} is not empty; pass --resume to continue its run, or choose a new folder")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise InputError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {printable(cfg.lr_schedule)}")
+    if cfg.lr_schedule == "cosine" and cfg.max_steps is None:
+        raise InputError("--lr-schedule cosine decays to 0 at --max-steps; give --max-steps")
     network = plan_network(lambda: UNet2DModel(**cfg.unet_config()), "the network settings (--size, --widths, "
                            "--attn-res, --layers-per-block)")
     # The starting weights are checked (and read) before the data is made: a bad --init-from fails at once.  A
