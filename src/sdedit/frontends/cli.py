@@ -360,7 +360,7 @@ def _train(a: argparse.Namespace) -> int:
         given["widths"] = _ints(a.widths, "--widths")
     if a.attn_res is not None:
         given["attn_res"] = _ints(a.attn_res, "--attn-res")
-    for name in ("size", "batch_size", "num_images", "layers_per_block"):
+    for name in ("size", "batch_size", "num_images", "layers_per_block", "max_steps"):
         if given.get(name, 1) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1")
     for name in ("lr", "minutes"):

@@ -76,7 +76,7 @@ def load_folder(folder: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
 
-def synthetic_data(count: int, size: int, cache: Path | None) -> torch.Tensor:
+def synthetic_data(count: int, size: int, cache: Path | None, progress: bool = True) -> torch.Tensor:
     """The first `count` built-in landscapes (seeds 0..count-1), cached as .npy: uint8 (N, 3, size, size)."""
     from .landscapes import landscape
 
@@ -84,7 +84,8 @@ def synthetic_data(count: int, size: int, cache: Path | None) -> torch.Tensor:
     if path is not None and path.is_file():
         arr = np.load(path, allow_pickle=False)
     else:
-        arr = np.stack([np.asarray(landscape(i, size)) for i in tqdm(range(count), desc="landscapes", unit="img")])
+        seeds = tqdm(range(count), desc="landscapes", unit="img", disable=not progress)
+        arr = np.stack([np.asarray(landscape(i, size)) for i in seeds])
         if path is not None:
             write_file(path, lambda f: np.save(f, arr, allow_pickle=False), overwrite=True)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
@@ -426,7 +427,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | No
     # resumed run starts from its own state instead.
     init = initial_weights(cfg.init_from, cfg, network) if cfg.init_from is not None and not resume else None
     dev = pick_device(device)
-    data = synthetic_data(cfg.num_images, cfg.size, cache) if cfg.data == "synthetic" else load_folder(
+    data = synthetic_data(cfg.num_images, cfg.size, cache, progress) if cfg.data == "synthetic" else load_folder(
         Path(cfg.data), cfg.size)
     trainer = Trainer(cfg, data, out, dev, init)
     if resume:
