@@ -111,6 +111,9 @@ def test_cosine_schedule_warms_up_then_decays_to_zero(folder, tmp_path, capsys):
     assert main(["train", "--data", str(folder), "-o", str(tmp_path / "o"), *SMALL, "--lr-schedule", "cosine",
                  "-q"]) == 2
     assert "--max-steps" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(["train", "--data", str(folder), "-o", str(tmp_path / "o"), *SMALL, "--lr-schedule", "linear",
+                 "--max-steps", "3", "-q"]) == 2
+    assert "constant, cosine" in capsys.readouterr().err and not (tmp_path / "o").exists()
     for steps in ("0", "-3"):  # nothing to train is an input error, not an empty model
         assert main(["train", "--data", str(folder), "-o", str(tmp_path / "o"), *SMALL, "--max-steps", steps,
                      "-q"]) == 2

@@ -175,8 +175,7 @@ def _parser() -> Parser:
     t.add_argument("--layers-per-block", type=int, help="residual blocks per level (2)")
     t.add_argument("--batch-size", type=int, help="images per step (32)")
     t.add_argument("--lr", type=float, help="peak learning rate (5e-4)")
-    t.add_argument("--lr-schedule", choices=("constant", "cosine"),
-                   help="after warm-up: constant (the default) or cosine decay to 0 at --max-steps")
+    t.add_argument("--lr-schedule", help="after warm-up: constant (the default) or cosine (decayed to 0 at --max-steps)")
     t.add_argument("--ema-decay", type=float, help="EMA decay of the weights (0.999)")
     t.add_argument("--num-images", type=int, help="synthetic images to train on (20000)")
     t.add_argument("--max-steps", type=int, help="stop at this step count (over all sittings)")
