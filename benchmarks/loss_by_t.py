@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe, label, slug  # noqa: E402
 
-import sdedit  # noqa: E402
+from sdedit.loading.presets import BUNDLED_MODELS, bundled_path  # noqa: E402
 from sdedit.research.evaluation import held_out_landscapes  # noqa: E402
-from sdedit.research.training import SCHEDULER  # noqa: E402
+from sdedit.research.training import alpha_bar  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BANDS = [(0, 25), (25, 100), (100, 200), (200, 300), (300, 500), (500, 1000)]
@@ -46,10 +46,9 @@ def main() -> None:
     print("| model | precision | " + " | ".join(f"t {lo}-{hi}" for lo, hi in BANDS) + " |")
     from diffusers import UNet2DModel
 
-    betas = torch.linspace(SCHEDULER["beta_start"], SCHEDULER["beta_end"], 1000, dtype=torch.float64)
-    abar = torch.cumprod(1 - betas, 0).float()
+    abar = alpha_bar()
     for name in a.models:
-        folder = Path(name) if Path(name).is_dir() else Path(sdedit.__file__).parent / "weights" / name
+        folder = bundled_path(name) if name in BUNDLED_MODELS and not Path(name).exists() else Path(name)
         unet = UNet2DModel.from_pretrained(folder).float().eval()
         for precision in ("fp32", "bf16"):
             losses = []

@@ -519,6 +519,18 @@ def test_nothing_to_edit_in_the_api_composite_and_batch(tmp_path, capsys):
     err = one_line_error(capsys, main(["composite", str(bg), str(tmp_path / "clear.png"), "--at", "5,5", *TINY,
                                        "--steps", "1", "-o", str(tmp_path / "c"), "-q"]))
     assert "transparent" in err and not (tmp_path / "c").exists()
+    # batch: an all-black mask's item is done, and its output is its input, bit for bit
+    (tmp_path / "in").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name, fill in (("a", 0), ("b", 255)):
+        stroke_png(tmp_path / "in" / f"{name}.png", (64, 48))
+        Image.new("L", (64, 48), fill).save(tmp_path / "masks" / f"{name}.png")
+    assert main(["batch", str(tmp_path / "in"), "--masks", str(tmp_path / "masks"), *TINY, "--steps", "1", "-o",
+                 str(tmp_path / "b"), "-q"]) == 0
+    records = {r["input"]: r for r in map(json.loads, (tmp_path / "b" / "manifest.jsonl").read_text().splitlines())}
+    assert records["a.png"]["status"] == "done" and records["b.png"]["status"] == "done"
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b" / "a.png").convert("RGB")),
+                          np.asarray(Image.open(tmp_path / "in" / "a.png").convert("RGB")))
 
 
 @pytest.mark.parametrize("padding", ["-5", "4097", "99999999999999999999"])

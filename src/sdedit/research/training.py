@@ -67,6 +67,12 @@ SCHEDULER = {"_class_name": "DDPMScheduler", "beta_start": 1e-4, "beta_end": 0.0
              "beta_schedule": "linear", "prediction_type": "epsilon", "variance_type": "fixed_small"}
 
 
+def alpha_bar() -> torch.Tensor:
+    """abar_t of SCHEDULER's linear betas (Ho et al. 2020), computed in float64: (1000,) float32."""
+    betas = torch.linspace(SCHEDULER["beta_start"], SCHEDULER["beta_end"], 1000, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0).float()
+
+
 def load_folder(folder: Path, size: int) -> torch.Tensor:
     """All images of a folder (recursively), centre-cropped and resized to size: uint8 (N, 3, size, size)."""
     images = folder_images(folder, None, size)
@@ -132,8 +138,7 @@ class Trainer:
         self.ema = UNet2DModel(**cfg.unet_config()).to(device).requires_grad_(False)
         self.ema.load_state_dict(self.model.state_dict())
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
-        betas = torch.linspace(SCHEDULER["beta_start"], SCHEDULER["beta_end"], 1000, dtype=torch.float64)
-        self.alpha_bar = torch.cumprod(1 - betas, 0).float().to(device)
+        self.alpha_bar = alpha_bar().to(device)
         self.data_gen = torch.Generator().manual_seed(cfg.seed + 1)  # batch indices and flips
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 2)  # timesteps and noise
         self.state = TrainState()
