@@ -91,6 +91,13 @@ def test_refuses_to_train_over_a_folder(folder, tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nothing"), "-o", str(tmp_path / "o"), "-q"]) == 2
     assert main(["train", "-o", str(tmp_path / "o2"), "--resume", "-q"]) == 2
     assert (out / "mine.txt").read_text() == "x"
+    # something else with the output's name: a file, a dangling link; refused at once, left as it was
+    (tmp_path / "afile").write_text("mine")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for name in ("afile", "dangling"):
+        assert main(["train", "--data", str(folder), "-o", str(tmp_path / name), *SMALL, "--max-steps", "1", "-q"]) == 2
+        assert "exists and is not a folder" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "mine" and not (tmp_path / "nowhere").exists()
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero(folder, tmp_path, capsys):

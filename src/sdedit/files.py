@@ -63,10 +63,15 @@ def _taken_by_other_kind(path: Path) -> str | None:
     return "a folder" if stat.S_ISDIR(mode) else "a device or special file"
 
 
-def check_output_folder(folder: Path) -> Path:
-    """Create the folder (and parents) and prove it takes files, before any work is spent; InputError if not."""
+def refuse_non_folder(folder: Path) -> None:
+    """InputError if something other than a folder (a file, a device, a dangling link) has the output folder's name."""
     if os.path.lexists(folder) and not folder.is_dir():
         raise InputError(f"output folder {printable(folder)} exists and is not a folder")
+
+
+def check_output_folder(folder: Path) -> Path:
+    """Create the folder (and parents) and prove it takes files, before any work is spent; InputError if not."""
+    refuse_non_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".sdedit-probe-", dir=folder)

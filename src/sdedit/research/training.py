@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..files import printable
 from ..loading.checkpoints import LOAD_ERRORS, first_line, read_safetensors
-from ..files import write_file
+from ..files import check_output_folder, refuse_non_folder, write_file
 from ..images import IMAGE_SUFFIXES, folder_images, grid, save_png, tensor_to_images
 
 @dataclass(frozen=True)
@@ -420,8 +420,10 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | No
                              f"{getattr(resumed, k)}; a resumed run keeps its settings (only --max-steps, "
                              f"--minutes and --save-every may change)")
         cfg = replace(resumed, **{k: getattr(cfg, k) for k in BUDGET})
-    elif state_path.exists() or (out.exists() and any(out.iterdir())):
-        raise InputError(f"{out} is not empty; pass --resume to continue its run, or choose a new folder")
+    else:
+        refuse_non_folder(out)
+        if out.exists() and any(out.iterdir()):
+            raise InputError(f"{out} is not empty; pass --resume to continue its run, or choose a new folder")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise InputError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {printable(cfg.lr_schedule)}")
     if cfg.lr_schedule == "cosine" and cfg.max_steps is None:
@@ -432,6 +434,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | No
     # resumed run starts from its own state instead.
     init = initial_weights(cfg.init_from, cfg, network) if cfg.init_from is not None and not resume else None
     dev = pick_device(device)
+    check_output_folder(out)  # it takes files: proved before the data is made
     data = synthetic_data(cfg.num_images, cfg.size, cache, progress) if cfg.data == "synthetic" else load_folder(
         Path(cfg.data), cfg.size)
     trainer = Trainer(cfg, data, out, dev, init)
