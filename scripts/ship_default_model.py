@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,8 +39,9 @@ def main() -> None:
     total = TrainState(state.step + int(steps), state.seconds + hours * 3600, state.images + int(images))
     from sdedit.research.training import initial_weights
 
+    cfg, weights = initial_weights(replace(cfg, init_from=str(run)))  # the run folder holds the EMA weights
     unet = UNet2DModel(**cfg.unet_config())
-    unet.load_state_dict(initial_weights(str(run), cfg))  # the run folder holds the EMA weights
+    unet.load_state_dict(weights)
     dest = ROOT / "src" / "sdedit" / "weights" / "landscapes"
     dest.mkdir(parents=True, exist_ok=True)
     export_model(unet, cfg, total, dest, dtype=torch.float16,

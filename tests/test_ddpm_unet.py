@@ -22,6 +22,10 @@ CONFIGS = {
                                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None,
                                       norm_num_groups=8, freq_shift=0, flip_sin_to_cos=True),
+    "a widened run's embedding": dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+                                      down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                      up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None,
+                                      norm_num_groups=8, freq_shift=2, flip_sin_to_cos=False, time_embedding_dim=48),
 }
 
 

@@ -472,8 +472,8 @@ def test_init_from_problems_are_refused_before_the_data_is_made(tmp_path, capsys
         assert time.monotonic() - start < 30 and not out.exists(), case
     monkeypatch.undo()
     # A good source starts the run from its weights; resuming that run needs the source no longer.
-    start_weights = training.initial_weights(str(base), training.TrainConfig(size=16, widths=(16, 16), attn_res=(8,),
-                                                                                layers_per_block=1))
+    _, start_weights = training.initial_weights(training.TrainConfig(size=16, widths=(16, 16), attn_res=(8,),
+                                                                     layers_per_block=1, init_from=str(base)))
     assert all(torch.equal(start_weights[k], weights[k].float()) for k in weights)
     run = tmp_path / "run"
     assert main(["train", "-o", str(run), *small, "--init-from", str(base)]) == 0

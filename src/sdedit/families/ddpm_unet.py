@@ -35,7 +35,7 @@ def fits(config: dict[str, Any]) -> bool:
     return (c["time_embedding_type"] == "positional" and c["act_fn"] == "silu" and not c["center_input_sample"]
             and c["resnet_time_scale_shift"] == "default" and c["class_embed_type"] is None
             and c["num_class_embeds"] is None and c["downsample_type"] == "conv" and c["upsample_type"] == "conv"
-            and c["attn_norm_num_groups"] is None and c["time_embedding_dim"] is None and c["add_attention"]
+            and c["attn_norm_num_groups"] is None and c["add_attention"]
             and c["attention_head_dim"] is None and c["mid_block_scale_factor"] == 1 and len(widths) >= 1
             and set(c.get("down_block_types", [])) | set(c.get("up_block_types", [])) <= _BLOCKS
             and len(c.get("down_block_types", [])) == len(widths) == len(c.get("up_block_types", [])))
@@ -116,7 +116,7 @@ class DDPMUNet(nn.Module):
         self.config = c
         widths = list(c["block_out_channels"])
         groups, eps, layers = c["norm_num_groups"], c["norm_eps"], c["layers_per_block"]
-        temb = widths[0] * 4
+        temb = c["time_embedding_dim"] or widths[0] * 4
         self.time_embedding = nn.Module()
         self.time_embedding.linear_1 = nn.Linear(widths[0], temb)
         self.time_embedding.linear_2 = nn.Linear(temb, temb)

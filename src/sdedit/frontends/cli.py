@@ -182,7 +182,8 @@ def _parser() -> Parser:
     t.add_argument("--minutes", type=float, help="stop after this many minutes in this sitting")
     t.add_argument("--save-every", type=float, help="minutes between checkpoints (5)")
     t.add_argument("--seed", type=int, help="seed of the weights and the data order (0)")
-    t.add_argument("--init-from", help="start from this DDPM folder or bundled model's weights (same network)")
+    t.add_argument("--init-from", help="start from this DDPM folder or bundled model's weights (the same network, "
+                                       "or widened exactly when --widths are a whole multiple of its)")
     t.add_argument("--t-split", type=int, help="timesteps below this get --low-t-share of the steps (700)")
     t.add_argument("--low-t-share", type=float, help="share of steps drawn below --t-split (0.8)")
     t.add_argument("--precision", choices=("auto", "fp32", "bf16"),

@@ -50,7 +50,9 @@ class TrainConfig:
     minutes: float | None = None  # stop after this many minutes in this sitting
     save_every: float = 5.0  # minutes between checkpoints
     precision: str = "auto"  # "auto" (bf16 autocast where the device runs it natively), "fp32" or "bf16"
-    init_from: str | None = None  # a DDPM folder (or bundled name) whose weights start the run (same network)
+    init_from: str | None = None  # a DDPM folder (or bundled name) whose weights start the run (see initial_weights)
+    freq_shift: int = 1  # timestep sinusoids' frequency shift (a widened run keeps its source's frequencies)
+    time_embedding_dim: int | None = None  # None: 4 x widths[0], diffusers' default (a widened run keeps its source's)
 
     def unet_config(self) -> dict[str, Any]:
         attn = [self.size // 2**i in self.attn_res for i in range(len(self.widths))]
@@ -59,7 +61,8 @@ class TrainConfig:
             layers_per_block=self.layers_per_block, norm_num_groups=self.norm_groups, attention_head_dim=None,
             down_block_types=["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
             up_block_types=["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-            flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, downsample_padding=0,
+            flip_sin_to_cos=False, freq_shift=self.freq_shift, norm_eps=1e-6, downsample_padding=0,
+            **({} if self.time_embedding_dim is None else {"time_embedding_dim": self.time_embedding_dim}),
         )
 
 
@@ -346,16 +349,19 @@ def sample_grid(out: Path, path: Path, n: int = 16, steps: int = 100, seed: int 
 BUDGET = ("max_steps", "minutes", "save_every", "precision")  # what a resumed run may change
 
 
-def initial_weights(source: str, cfg: TrainConfig, network: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """The fp32 weights of a DDPM folder or bundled model to start from; InputError unless its network is cfg's.
+def initial_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
+    """The run's settings and fp32 starting weights from cfg.init_from; InputError unless the networks agree.
 
-    network: cfg's network (on the meta device, as plan_network builds it); every tensor's name and shape in
-    the file's header is checked against it before any tensor is read."""
+    The source's network must be cfg's, or the same with every width k times the source's: then the weights
+    are widened exactly (research.widening) and the run keeps the source's timestep embedding. Every tensor's
+    name and shape in the file's header is checked against the source's network before any tensor is read."""
     from diffusers import UNet2DModel
 
     from ..loading.checkpoints import plan_network, read_json, safetensors_shapes
     from ..loading.presets import BUNDLED_MODELS, bundled_path
+    from .widening import SAME_LAYOUT, time_embedding, widen_weights, widened_config, widening_factor
 
+    source = cfg.init_from
     label = f"--init-from {printable(source)}"
     folder = bundled_path(source) if source in BUNDLED_MODELS and not Path(source).exists() else Path(source)
     if not folder.is_dir():
@@ -364,16 +370,20 @@ def initial_weights(source: str, cfg: TrainConfig, network: nn.Module | None = N
         config = read_json(folder / "config.json")
     except InputError as e:
         raise InputError(f"{label}: {e}") from None
-    want = cfg.unet_config()
-    differ = [k for k in ("sample_size", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types")
-              if config.get(k) != want[k]]
+    k = widening_factor(config, list(cfg.widths))
+    shift, dim = time_embedding(config)  # the run embeds t as its source does
+    cfg = replace(cfg, freq_shift=shift, time_embedding_dim=config.get("time_embedding_dim")) if k is None else \
+        replace(cfg, freq_shift=k * shift, time_embedding_dim=dim)
+    want, have = cfg.unet_config(), widened_config(config, k) if k else config
+    differ = [key for key in ("sample_size", "block_out_channels", *SAME_LAYOUT) if have.get(key) != want[key]]
     if differ:
-        raise InputError(f"{label}: its network differs from this run's ({', '.join(differ)});"
-                         f" give the same --size/--widths/--attn-res/--layers-per-block")
+        raise InputError(f"{label}: its network differs from this run's ({', '.join(differ)}); give the same"
+                         f" --size/--attn-res/--layers-per-block and the same --widths or an integer multiple")
     weights = folder / "diffusion_pytorch_model.safetensors"
-    if network is None:
-        network = plan_network(lambda: UNet2DModel(**want), label)
-    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    source_cfg = cfg if k is None else replace(cfg, widths=tuple(config["block_out_channels"]), freq_shift=shift,
+                                                time_embedding_dim=config.get("time_embedding_dim"))
+    network = plan_network(lambda: UNet2DModel(**source_cfg.unet_config()), label)
+    expected = {name: tuple(v.shape) for name, v in network.state_dict().items()}
     if not weights.is_file():
         raise InputError(f"{label}: no {weights.name} in the folder")
     try:
@@ -381,16 +391,21 @@ def initial_weights(source: str, cfg: TrainConfig, network: nn.Module | None = N
     except InputError as e:
         raise InputError(f"{label}: {e}") from None
     missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
-    wrong = [k for k in sorted(expected.keys() & found.keys()) if expected[k] != found[k]]
+    wrong = [name for name in sorted(expected.keys() & found.keys()) if expected[name] != found[name]]
     if missing or extra or wrong:
         what = (f"tensor {printable(wrong[0])} is {found[wrong[0]]}, not {expected[wrong[0]]}" if wrong else
                 f"no tensor {printable(missing[0])}" if missing else f"an unknown tensor {printable(extra[0])}")
-        raise InputError(f"{label}: {printable(weights)} does not hold this run's network: {what}")
+        raise InputError(f"{label}: {printable(weights)} does not hold its config's network: {what}")
     try:
         tensors, _ = read_safetensors(weights)
     except InputError as e:
         raise InputError(f"{label}: {e}") from None
-    return {k: v.float() for k, v in tensors.items()}
+    tensors = {name: v.float() for name, v in tensors.items()}
+    if k is None:
+        return cfg, tensors
+    wide = plan_network(lambda: UNet2DModel(**cfg.unet_config()), label)
+    shapes = {name: tuple(v.shape) for name, v in wide.state_dict().items()}
+    return cfg, widen_weights(tensors, shapes, k, seed=cfg.seed)
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | None = None, progress: bool = True,
@@ -428,11 +443,13 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | No
         raise InputError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {printable(cfg.lr_schedule)}")
     if cfg.lr_schedule == "cosine" and cfg.max_steps is None:
         raise InputError("--lr-schedule cosine decays to 0 at --max-steps; give --max-steps")
-    network = plan_network(lambda: UNet2DModel(**cfg.unet_config()), "the network settings (--size, --widths, "
-                           "--attn-res, --layers-per-block)")
+    plan_network(lambda: UNet2DModel(**cfg.unet_config()), "the network settings (--size, --widths, --attn-res, "
+                 "--layers-per-block)")
     # The starting weights are checked (and read) before the data is made: a bad --init-from fails at once.  A
-    # resumed run starts from its own state instead.
-    init = initial_weights(cfg.init_from, cfg, network) if cfg.init_from is not None and not resume else None
+    # resumed run starts from its own state instead (its saved settings already hold a widened embedding).
+    init = None
+    if cfg.init_from is not None and not resume:
+        cfg, init = initial_weights(cfg)
     dev = pick_device(device)
     check_output_folder(out)  # it takes files: proved before the data is made
     data = synthetic_data(cfg.num_images, cfg.size, cache, progress) if cfg.data == "synthetic" else load_folder(
