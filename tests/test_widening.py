@@ -4,6 +4,7 @@ function, its copies are not symmetric, and a widened run trains, resumes and is
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -130,3 +131,14 @@ def test_a_widened_run_trains_resumes_and_edits(tmp_path, capsys):
     assert main(["train", "-o", str(tmp_path / "bad"), *common, "--widths", "32,48", "--max-steps", "1",
                  "--init-from", str(base)]) == 2
     assert "differs" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    # A source whose config is not a network: one line, exit 2, nothing made, no traceback.
+    for i, change in enumerate([{"block_out_channels": ["a", 16]}, {"block_out_channels": [0, 0]},
+                                {"freq_shift": "x"}, {"freq_shift": True}, {"time_embedding_dim": -3}]):
+        source = tmp_path / f"source{i}"
+        shutil.copytree(base, source)
+        config = json.loads((source / "config.json").read_text())
+        (source / "config.json").write_text(json.dumps({**config, **change}))
+        assert main(["train", "-o", str(tmp_path / "bad"), *common, "--widths", "32,32", "--max-steps", "1",
+                     "--init-from", str(source)]) == 2, change
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--init-from" in err and not (tmp_path / "bad").exists(), (change, err)

@@ -359,7 +359,7 @@ def initial_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, torch.Tens
 
     from ..loading.checkpoints import plan_network, read_json, safetensors_shapes
     from ..loading.presets import BUNDLED_MODELS, bundled_path
-    from .widening import SAME_LAYOUT, time_embedding, widen_weights, widened_config, widening_factor
+    from .widening import SAME_LAYOUT, time_embedding, widen_weights, widening_factor
 
     source = cfg.init_from
     label = f"--init-from {printable(source)}"
@@ -371,14 +371,18 @@ def initial_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, torch.Tens
     except InputError as e:
         raise InputError(f"{label}: {e}") from None
     k = widening_factor(config, list(cfg.widths))
-    shift, dim = time_embedding(config)  # the run embeds t as its source does
-    cfg = replace(cfg, freq_shift=shift, time_embedding_dim=config.get("time_embedding_dim")) if k is None else \
-        replace(cfg, freq_shift=k * shift, time_embedding_dim=dim)
-    want, have = cfg.unet_config(), widened_config(config, k) if k else config
-    differ = [key for key in ("sample_size", "block_out_channels", *SAME_LAYOUT) if have.get(key) != want[key]]
+    want = cfg.unet_config()
+    differ = [key for key in ("sample_size", "block_out_channels", *SAME_LAYOUT) if config.get(key) != want[key]
+              and not (key == "block_out_channels" and k is not None)]
     if differ:
         raise InputError(f"{label}: its network differs from this run's ({', '.join(differ)}); give the same"
-                         f" --size/--attn-res/--layers-per-block and the same --widths or an integer multiple")
+                         f" --size/--attn-res/--layers-per-block and the same --widths or a whole multiple")
+    try:
+        shift, dim = time_embedding(config)  # the run embeds t as its source does
+    except ValueError as e:
+        raise InputError(f"{label}: {printable(str(e))}") from None
+    cfg = replace(cfg, freq_shift=shift, time_embedding_dim=config.get("time_embedding_dim")) if k is None else \
+        replace(cfg, freq_shift=k * shift, time_embedding_dim=dim)
     weights = folder / "diffusion_pytorch_model.safetensors"
     source_cfg = cfg if k is None else replace(cfg, widths=tuple(config["block_out_channels"]), freq_shift=shift,
                                                 time_embedding_dim=config.get("time_embedding_dim"))

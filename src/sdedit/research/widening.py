@@ -22,19 +22,29 @@ SAME_LAYOUT = ("sample_size", "in_channels", "out_channels", "layers_per_block",
                "norm_num_groups", "attention_head_dim", "flip_sin_to_cos")
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def widening_factor(source: dict[str, Any], widths: list[int]) -> int | None:
     """k where widths are k times the source config's block_out_channels (k >= 2), else None."""
-    old = list(source.get("block_out_channels") or [])
-    if len(old) != len(widths) or not old or any(w <= 0 for w in old) or widths[0] % old[0]:
+    old = source.get("block_out_channels")
+    if not isinstance(old, list) or len(old) != len(widths) or not old or not all(_whole(w) and w > 0 for w in old) \
+            or widths[0] % old[0]:
         return None
     k = widths[0] // old[0]
     return k if k >= 2 and all(w == k * o for w, o in zip(widths, old)) else None
 
 
 def time_embedding(source: dict[str, Any]) -> tuple[int, int]:
-    """(freq_shift, time_embedding_dim) that give a k-times wider network the source's timestep embedding."""
-    dim = source.get("time_embedding_dim") or 4 * source["block_out_channels"][0]
-    return int(source.get("freq_shift", 0)), int(dim)
+    """(freq_shift, time_embedding_dim) of the source's timestep embedding; ValueError if they are not whole numbers."""
+    shift, dim = source.get("freq_shift", 0), source.get("time_embedding_dim")
+    widths = source.get("block_out_channels")
+    if dim is None and isinstance(widths, list) and widths:
+        dim = 4 * widths[0]  # diffusers' default
+    if not (_whole(shift) and shift >= 0 and _whole(dim) and dim > 0):
+        raise ValueError(f"its freq_shift ({shift!r}) and time embedding width ({dim!r}) must be whole numbers (>= 0 and > 0)")
+    return shift, dim
 
 
 def widened_config(source: dict[str, Any], k: int) -> dict[str, Any]:
