@@ -359,7 +359,7 @@ def initial_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, torch.Tens
 
     from ..loading.checkpoints import plan_network, read_json, safetensors_shapes
     from ..loading.presets import BUNDLED_MODELS, bundled_path
-    from .widening import SAME_LAYOUT, time_embedding, widen_weights, widening_factor
+    from .widening import SAME_LAYOUT, time_embedding, widen_weights, widened_config, widening_factor
 
     source = cfg.init_from
     label = f"--init-from {printable(source)}"
@@ -377,15 +377,15 @@ def initial_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, torch.Tens
     if differ:
         raise InputError(f"{label}: its network differs from this run's ({', '.join(differ)}); give the same"
                          f" --size/--attn-res/--layers-per-block and the same --widths or a whole multiple")
-    try:
-        shift, dim = time_embedding(config)  # the run embeds t as its source does
+    try:  # the run embeds t as its source does (widened: through the same frequencies, research.widening)
+        time_embedding(config)
+        adopted = widened_config(config, k) if k is not None else config
     except ValueError as e:
         raise InputError(f"{label}: {printable(str(e))}") from None
-    cfg = replace(cfg, freq_shift=shift, time_embedding_dim=config.get("time_embedding_dim")) if k is None else \
-        replace(cfg, freq_shift=k * shift, time_embedding_dim=dim)
+    source_cfg = replace(cfg, widths=tuple(config["block_out_channels"]), freq_shift=config.get("freq_shift", 0),
+                         time_embedding_dim=config.get("time_embedding_dim"))
+    cfg = replace(cfg, freq_shift=adopted.get("freq_shift", 0), time_embedding_dim=adopted.get("time_embedding_dim"))
     weights = folder / "diffusion_pytorch_model.safetensors"
-    source_cfg = cfg if k is None else replace(cfg, widths=tuple(config["block_out_channels"]), freq_shift=shift,
-                                                time_embedding_dim=config.get("time_embedding_dim"))
     network = plan_network(lambda: UNet2DModel(**source_cfg.unet_config()), label)
     expected = {name: tuple(v.shape) for name, v in network.state_dict().items()}
     if not weights.is_file():
