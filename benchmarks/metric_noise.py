@@ -1,0 +1,67 @@
+"""Do the model card's realism and sharpness scores reward invisible pixel noise?
+
+    python benchmarks/metric_noise.py [MODEL ...] [--n 200] [--sigma 2 4]
+
+SDEdit at the recommended t0 = 0.3 (default sampler and steps, seed 0 + i) of 200 held-out stroke paintings, as
+benchmarks/recommended_t0.py runs it; then the same outputs with Gaussian noise of std sigma/255 added to every
+pixel (about 1 grey level: not visible), scored again.  A sharpness score for "sharper edges and textures"
+should not rise with noise that adds neither; a realism score should not fall.  Writes
+docs/benchmarks/metric-noise-<cpu>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe, label, slug  # noqa: E402
+
+from sdedit import load_model  # noqa: E402
+from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes  # noqa: E402
+from sdedit.settings import RunSettings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def add_noise(images: list[Image.Image], sigma: float, rng: np.random.Generator) -> list[Image.Image]:
+    """Each image plus N(0, sigma) per pixel and channel (on the 0-255 scale), rounded and clipped."""
+    return [Image.fromarray(np.clip(np.rint(np.asarray(im, np.float64) + rng.normal(0.0, sigma, (*im.size[::-1], 3))),
+                                    0, 255).astype(np.uint8)) for im in images]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="*", default=["landscapes"])
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--sigma", type=float, nargs="+", default=[2.0, 4.0])
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    reals = held_out_landscapes(a.n, 64, offset=100_000)
+    bench = StrokeBenchmark(held_out_landscapes(a.n, 64), reals)
+    result = {"machine": describe(), "n": a.n, "t0": 0.3, "real_sharpness": bench.score("reals", reals).sharpness,
+              "models": {}}
+    print(label(), flush=True)
+    print("| model | added noise (std, of 255) | KID | sharpness |\n| --- | --- | --- | --- |")
+    for name in a.models:
+        _, outs = bench.run(load_model(name), RunSettings(t0=0.3, seed=0))
+        rows = []
+        for sigma in [0.0, *a.sigma]:
+            images = outs if sigma == 0 else add_noise(outs, sigma, np.random.default_rng(0))
+            row = bench.score(f"+ noise {sigma}", images)
+            rows.append({"sigma": sigma, "kid_mean": row.kid_mean, "kid_std": row.kid_std, "sharpness": row.sharpness})
+            print(f"| {name} | {sigma:g} | {row.kid_mean:.4f} +- {row.kid_std:.4f} | {row.sharpness:.2f} |", flush=True)
+        result["models"][name] = rows
+    print(f"real held-out landscapes' sharpness: {result['real_sharpness']:.2f}")
+    out = a.out or ROOT / "docs" / "benchmarks" / f"metric-noise-{slug()}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
