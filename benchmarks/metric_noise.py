@@ -1,12 +1,13 @@
-"""Do the model card's realism and sharpness scores reward invisible pixel noise?
+"""Do the model card's realism and sharpness scores reward invisible pixel noise, and does blur lower them?
 
     python benchmarks/metric_noise.py [MODEL ...] [--n 200] [--sigma 2 4]
 
 SDEdit at the recommended t0 = 0.3 (default sampler and steps, seed 0 + i) of 200 held-out stroke paintings, as
 benchmarks/recommended_t0.py runs it; then the same outputs with Gaussian noise of std sigma/255 added to every
-pixel (about 1 grey level: not visible), scored again.  A sharpness score for "sharper edges and textures"
-should not rise with noise that adds neither; a realism score should not fall.  Writes
-docs/benchmarks/metric-noise-<cpu>.json.
+pixel (a grey level or two: not visible), and blurred by a 0.5 px Gaussian, scored again: KID, the Laplacian
+`sharpness` and the Sobel `edge_sharpness` (sdedit.research.metrics).  A score for "sharper edges and textures"
+should not rise with noise that adds neither, and should fall with blur; a realism score should not improve with
+noise.  Writes docs/benchmarks/metric-noise-<cpu>.json.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe, label, slug  # noqa: E402
 
 from sdedit import load_model  # noqa: E402
 from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes  # noqa: E402
+from sdedit.research.metrics import edge_sharpness  # noqa: E402
 from sdedit.settings import RunSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,19 +47,24 @@ def main() -> None:
     reals = held_out_landscapes(a.n, 64, offset=100_000)
     bench = StrokeBenchmark(held_out_landscapes(a.n, 64), reals)
     result = {"machine": describe(), "n": a.n, "t0": 0.3, "real_sharpness": bench.score("reals", reals).sharpness,
-              "models": {}}
+              "real_edge_sharpness": float(edge_sharpness(reals).mean()), "models": {}}
     print(label(), flush=True)
-    print("| model | added noise (std, of 255) | KID | sharpness |\n| --- | --- | --- | --- |")
+    print("| model | changed | KID | sharpness | edge sharpness |\n| --- | --- | --- | --- | --- |")
     for name in a.models:
         _, outs = bench.run(load_model(name), RunSettings(t0=0.3, seed=0))
+        variants = {"as is": outs, **{f"noise {s:g}": add_noise(outs, s, np.random.default_rng(0)) for s in a.sigma},
+                    "blur 0.5 px": [im.filter(ImageFilter.GaussianBlur(0.5)) for im in outs]}
         rows = []
-        for sigma in [0.0, *a.sigma]:
-            images = outs if sigma == 0 else add_noise(outs, sigma, np.random.default_rng(0))
-            row = bench.score(f"+ noise {sigma}", images)
-            rows.append({"sigma": sigma, "kid_mean": row.kid_mean, "kid_std": row.kid_std, "sharpness": row.sharpness})
-            print(f"| {name} | {sigma:g} | {row.kid_mean:.4f} +- {row.kid_std:.4f} | {row.sharpness:.2f} |", flush=True)
+        for what, images in variants.items():
+            row = bench.score(what, images)
+            edge = float(edge_sharpness(images).mean())
+            rows.append({"changed": what, "kid_mean": row.kid_mean, "kid_std": row.kid_std,
+                         "sharpness": row.sharpness, "edge_sharpness": edge})
+            print(f"| {name} | {what} | {row.kid_mean:.4f} +- {row.kid_std:.4f} | {row.sharpness:.2f} | {edge:.2f} |",
+                  flush=True)
         result["models"][name] = rows
-    print(f"real held-out landscapes' sharpness: {result['real_sharpness']:.2f}")
+    print(f"real held-out landscapes: sharpness {result['real_sharpness']:.2f}, "
+          f"edge sharpness {result['real_edge_sharpness']:.2f}")
     out = a.out or ROOT / "docs" / "benchmarks" / f"metric-noise-{slug()}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -120,6 +120,7 @@ def test_layout_sharpness_and_seam_metrics_on_known_images():
     assert sharpness([img.filter(ImageFilter.GaussianBlur(2))])[0] < 0.6 * sharpness([img])[0]
     with pytest.raises(ValueError, match="3x3"):
         sharpness([img.resize((2, 5))])  # no interior pixel: no Laplacian
+
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
     assert seam_metrics(img, img, mask) == (0.0, 0.0)
@@ -130,3 +131,25 @@ def test_layout_sharpness_and_seam_metrics_on_known_images():
     tinted = Image.fromarray(np.clip(np.asarray(img, np.int16) + [10, 0, 0], 0, 255).astype(np.uint8))
     _, shift = seam_metrics(tinted, img, mask)  # everything 10 redder (where not clipped)
     assert 5 < shift <= 10
+
+
+def test_edge_sharpness_scores_edges_not_noise():
+    import numpy as np
+    from PIL import ImageFilter
+
+    from sdedit.research.metrics import edge_sharpness, sharpness
+
+    # Known answer: a vertical step of height h in a 64x64 grey image has Sobel magnitude h/2 in the two columns
+    # beside it (128 pixels) and 0 elsewhere; the strongest 5% are 205 pixels.
+    step = np.zeros((64, 64), np.uint8)
+    step[:, 32:] = 100
+    assert edge_sharpness([Image.fromarray(step)])[0] == pytest.approx(128 / 205 * 50)
+    img = landscape(10_000_123, 64)
+    noisy = Image.fromarray(np.clip(np.rint(np.asarray(img, np.float64) + np.random.default_rng(0).normal(
+        0, 2, (64, 64, 3))), 0, 255).astype(np.uint8))
+    # Two grey levels of noise: the Laplacian score jumps, the edge score hardly moves; blur lowers both.
+    assert sharpness([noisy])[0] > 1.15 * sharpness([img])[0]
+    assert edge_sharpness([noisy])[0] == pytest.approx(edge_sharpness([img])[0], rel=0.02)
+    assert edge_sharpness([img.filter(ImageFilter.GaussianBlur(0.7))])[0] < 0.9 * edge_sharpness([img])[0]
+    with pytest.raises(ValueError, match="3x3"):
+        edge_sharpness([img.resize((2, 5))])
