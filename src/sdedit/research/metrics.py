@@ -12,7 +12,6 @@ numbers are comparable only with each other.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from typing import Literal
 

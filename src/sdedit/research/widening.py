@@ -43,7 +43,8 @@ def time_embedding(source: dict[str, Any]) -> tuple[int, int]:
     if dim is None and isinstance(widths, list) and widths:
         dim = 4 * widths[0]  # diffusers' default
     if not (_whole(shift) and shift >= 0 and _whole(dim) and dim > 0):
-        raise ValueError(f"its freq_shift ({shift!r}) and time embedding width ({dim!r}) must be whole numbers (>= 0 and > 0)")
+        raise ValueError(f"its freq_shift ({shift!r}) and time embedding width ({dim!r}) must be whole numbers"
+                         " (>= 0 and > 0)")
     return shift, dim
 
 
