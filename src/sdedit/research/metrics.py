@@ -37,6 +37,13 @@ def _grey(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), np.float64)
 
 
+def _grey_3x3(img: Image.Image, score: str) -> np.ndarray:
+    """The greyscale image for a 3x3-stencil score; ValueError when it is smaller than 3x3."""
+    if min(img.size) < 3:
+        raise ValueError(f"{score} needs images of at least 3x3 pixels, got {img.size[0]}x{img.size[1]}")
+    return _grey(img)
+
+
 def layout_correlation(outputs: list[Image.Image], guides: list[Image.Image], cells: int = 8) -> np.ndarray:
     """Per image: Pearson correlation of the cells x cells greyscale layouts (box averages) of output and guide.
 
@@ -61,9 +68,7 @@ def sharpness(images: list[Image.Image]) -> np.ndarray:
     """
     out = []
     for img in images:
-        if min(img.size) < 3:
-            raise ValueError(f"sharpness needs images of at least 3x3 pixels, got {img.size[0]}x{img.size[1]}")
-        g = _grey(img)
+        g = _grey_3x3(img, "sharpness")
         lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
         out.append(float(np.abs(lap).mean()))
     return np.array(out)
@@ -81,9 +86,7 @@ def edge_sharpness(images: list[Image.Image]) -> np.ndarray:
     """
     out = []
     for img in images:
-        if min(img.size) < 3:
-            raise ValueError(f"edge_sharpness needs images of at least 3x3 pixels, got {img.size[0]}x{img.size[1]}")
-        p = np.pad(_grey(img), 1, mode="edge")
+        p = np.pad(_grey_3x3(img, "edge_sharpness"), 1, mode="edge")
         gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
         gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
         magnitude = np.sort(np.hypot(gx, gy).ravel() / 8)  # /8: a unit-per-pixel ramp has gradient 1
