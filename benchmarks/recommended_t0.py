@@ -9,7 +9,8 @@ For each model and each t0 on a grid, SDEdit (default sampler and steps, seed 0 
   model or by any tuning.
 Scores (sdedit.research.metrics): layout = Pearson correlation of the 8x8 greyscale layouts of output and
 guide; KID against 200 other held-out landscapes (offline random-CNN features); L2 to the guide; sharpness =
-mean |Laplacian| (real landscapes' own value is printed beside it).
+mean |Laplacian| (which invisible noise also raises) and edge sharpness = mean Sobel gradient of the strongest
+5% of pixels (which it does not; benchmarks/metric_noise.py); real landscapes' own values are printed beside them.
 
 Rule: the recommended t0 is the largest t0 (the most realistic, KID falls with t0) whose mean layout
 correlation on the strokes stays at or above LAYOUT_KEPT = 0.9, i.e. the painting's 8x8 layout explains at
@@ -36,7 +37,7 @@ from machine import describe, label, slug  # noqa: E402
 
 from sdedit import load_model  # noqa: E402
 from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, markdown_table  # noqa: E402
-from sdedit.research.metrics import sharpness  # noqa: E402
+from sdedit.research.metrics import edge_sharpness, sharpness  # noqa: E402
 from sdedit.settings import RunSettings  # noqa: E402
 from sdedit.engine.editing import edit_tensors  # noqa: E402
 from sdedit.images import tensor_to_images  # noqa: E402
@@ -65,9 +66,11 @@ def main() -> None:
     threshold = LAYOUT_KEPT
     result = {"machine": describe(), "n": a.n, "t0": a.t0, "layout_threshold": threshold,
               "originals_layout": base[1].layout,
-              "real_sharpness": float(sharpness(reals).mean()), "baselines": [asdict(r) for r in base], "models": {}}
+              "real_sharpness": float(sharpness(reals).mean()),
+              "real_edge_sharpness": float(edge_sharpness(reals).mean()), "baselines": [asdict(r) for r in base], "models": {}}
     print(f"{label()}\nbaselines:\n{markdown_table(base)}\nlayout kept at >= {threshold}; the originals have "
-          f"{base[1].layout:.3f}; real landscapes' sharpness {result['real_sharpness']:.2f}", flush=True)
+          f"{base[1].layout:.3f}; real landscapes' sharpness {result['real_sharpness']:.2f}, edge sharpness "
+          f"{result['real_edge_sharpness']:.2f}", flush=True)
     for name in a.models:
         model = load_model(name, device="cpu")
         rows: dict[str, list] = {}
@@ -84,7 +87,7 @@ def main() -> None:
             "saturated_share": saturated(samples), "real_saturated_share": saturated(reals),
             "mean_colour_distance_to_nearest_real": float(np.mean(
                 [np.linalg.norm(real_colour - c, axis=1).min() for c in colour])),
-            "sharpness": float(sharpness(samples).mean())}
+            "sharpness": float(sharpness(samples).mean()), "edge_sharpness": float(edge_sharpness(samples).mean())}
         print(f"{name}: from pure noise {result['unconditional'][name]}", flush=True)
         kept = [r.t0 for r in rows["strokes"] if r.layout is not None and r.layout >= threshold]
         recommended = max(kept) if kept else min(a.t0)
@@ -116,7 +119,8 @@ def unconditional(model, count: int, seed: int = 0) -> list:
 
 def card_table(result: dict) -> str:
     """Markdown: each model at its recommended t0 (and at the others'), on both guide sets."""
-    lines = ["| model | t0 | guides | layout corr. | KID | L2 to guide | sharpness |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| model | t0 | guides | layout corr. | KID | L2 to guide | sharpness | edge sharpness |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     picks = sorted({m["recommended_t0"] for m in result["models"].values()})
     for name, m in result["models"].items():
         for t0 in picks:
@@ -124,7 +128,7 @@ def card_table(result: dict) -> str:
                 r = next(r for r in rows if abs(r["t0"] - t0) < 1e-9)
                 kid = "undefined" if r["kid_mean"] is None else f"{r['kid_mean']:.4f} +- {r['kid_std']:.4f}"
                 lines.append(f"| {name} | {t0:.2f} | {set_name} | {r['layout']:.3f} | {kid} | {r['l2_mean']:.2f} | "
-                             f"{r['sharpness']:.2f} |")
+                             f"{r['sharpness']:.2f} | {r['edge_sharpness']:.2f} |")
     return "\n".join(lines)
 
 

@@ -20,8 +20,8 @@ from ..families.base import Model
 from ..images import grow_and_feather
 from ..settings import RunSettings
 from .landscapes import HELD_OUT_START, landscape
-from .metrics import FeatureKind, feature_extractor, image_features, kid, l2_distance, layout_correlation, \
-    seam_metrics, sharpness, standardize
+from .metrics import FeatureKind, edge_sharpness, feature_extractor, image_features, kid, l2_distance, \
+    layout_correlation, seam_metrics, sharpness, standardize
 from .strokes import simulate_strokes
 
 def held_out_landscapes(count: int, size: int, offset: int = 0) -> list[Image.Image]:
@@ -43,7 +43,8 @@ class Row:
     kid_mean: float | None  # realism: KID to real images (lower is better); None: undefined for these sets
     kid_std: float | None  # std over KID subsets
     layout: float | None = None  # mean 8x8 layout correlation with the guide (metrics.layout_correlation)
-    sharpness: float | None = None  # mean |Laplacian| (metrics.sharpness); real images' own is the target
+    sharpness: float | None = None  # mean |Laplacian| (metrics.sharpness); rises with invisible noise too
+    edge_sharpness: float | None = None  # mean Sobel gradient of the strongest edges (metrics.edge_sharpness)
     seam_jump: float | None = None  # masked edits: extra gradient on the mask's border (metrics.seam_metrics)
     colour_shift: float | None = None  # masked edits: mean colour change just outside the mask
 
@@ -96,7 +97,7 @@ class StrokeBenchmark:
         l2 = l2_distance(images, self.strokes)
         return Row(what, t0, nfe, seconds / max(len(images), 1), _peak_rss_mb(), float(l2.mean()), float(l2.std()),
                    k_mean, k_std, float(layout_correlation(images, self.strokes).mean()),
-                   float(sharpness(images).mean()))
+                   float(sharpness(images).mean()), float(edge_sharpness(images).mean()))
 
     def run_guides(self, model: Model, settings: RunSettings, guides: list[Guide]) -> tuple[list[Image.Image], float]:
         """SDEdit of prepared guides (guide i seeded settings.seed + i), one output each; and the seconds taken."""
@@ -181,8 +182,8 @@ def _kid_text(r: Row) -> str:
     return "undefined" if r.kid_mean is None or r.kid_std is None else f"{r.kid_mean:.4f} +- {r.kid_std:.4f}"
 
 
-EXTRA_COLUMNS = (("layout", "layout corr."), ("sharpness", "sharpness"), ("seam_jump", "seam jump"),
-                 ("colour_shift", "colour shift"))
+EXTRA_COLUMNS = (("layout", "layout corr."), ("sharpness", "sharpness"), ("edge_sharpness", "edge sharpness"),
+                 ("seam_jump", "seam jump"), ("colour_shift", "colour shift"))
 
 
 def markdown_table(rows: list[Row]) -> str:
