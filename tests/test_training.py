@@ -125,3 +125,32 @@ def test_cosine_schedule_warms_up_then_decays_to_zero(folder, tmp_path, capsys):
         assert main(["train", "--data", str(folder), "-o", str(tmp_path / "o"), *SMALL, "--max-steps", steps,
                      "-q"]) == 2
         assert "--max-steps must be >= 1" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_ema_warms_up_from_random_weights_and_keeps_trained_ones(folder, tmp_path):
+    """From random weights the EMA forgets its start ((1 + n) / (10 + n) caps the decay: after one step it is
+    0.1 start + 0.9 weights); from trained weights (--init-from) it keeps them at the full decay."""
+    import json
+
+    def one_step(out: Path, **kw) -> tuple[dict, dict]:
+        train(small_cfg(folder, max_steps=1, ema_decay=0.75, lr=1e-2, **kw), out, progress=False)
+        return load_file(str(out / "training" / "state.safetensors")), load_file(
+            str(out / "diffusion_pytorch_model.safetensors"))
+
+    first, _ = one_step(tmp_path / "random")
+    # the random start, re-made from the same seed (initial weights do not touch the global RNG)
+    from diffusers import UNet2DModel
+    torch.manual_seed(0)
+    start = UNet2DModel(**small_cfg(folder).unet_config()).state_dict()
+    key = "conv_in.weight"
+    moved = first[f"model.{key}"]
+    assert not torch.equal(moved, start[key])
+    torch.testing.assert_close(first[f"ema.{key}"], 0.1 * start[key] + 0.9 * moved)
+
+    source = tmp_path / "random"
+    assert json.loads((source / "config.json").read_text())["_sdedit"]["trained_steps"] == 1
+    cont, _ = one_step(tmp_path / "continued", init_from=str(source))
+    src = load_file(str(source / "diffusion_pytorch_model.safetensors"))
+    moved = cont[f"model.{key}"]
+    assert not torch.equal(moved, src[key].float())
+    torch.testing.assert_close(cont[f"ema.{key}"], 0.75 * src[key].float() + 0.25 * moved)

@@ -41,7 +41,7 @@ class TrainConfig:
     lr: float = 5e-4  # AdamW peak learning rate
     warmup: int = 200  # linear warm-up steps
     lr_schedule: str = "constant"  # after warm-up: "constant", or "cosine" to 0 at max_steps (Loshchilov & Hutter 2017)
-    ema_decay: float = 0.999  # EMA of the weights (warmed up as (1 + n) / (10 + n))
+    ema_decay: float = 0.999  # EMA of the weights (from random weights warmed up as (1 + n) / (10 + n))
     low_t_share: float = 0.8  # share of steps drawn from t < t_split ...
     t_split: int = 700  # ... the noise levels SDEdit starts from (t0 <= 0.7)
     num_images: int = 20000  # synthetic images generated (and cached) for training
@@ -183,8 +183,10 @@ class Trainer:
 
     @torch.no_grad()
     def update_ema(self) -> None:
+        """EMA of the weights.  From random weights the decay warms up as (1 + n) / (10 + n), so that the average
+        forgets the random start; a run from trained weights (--init-from) keeps them as its starting average."""
         n = self.state.step
-        decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        decay = self.cfg.ema_decay if self.cfg.init_from is not None else min(self.cfg.ema_decay, (1 + n) / (10 + n))
         for e, p in zip(self.ema.parameters(), self.model.parameters()):
             e.lerp_(p, 1 - decay)
 
