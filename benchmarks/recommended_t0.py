@@ -67,7 +67,8 @@ def main() -> None:
     result = {"machine": describe(), "n": a.n, "t0": a.t0, "layout_threshold": threshold,
               "originals_layout": base[1].layout,
               "real_sharpness": float(sharpness(reals).mean()),
-              "real_edge_sharpness": float(edge_sharpness(reals).mean()), "baselines": [asdict(r) for r in base], "models": {}}
+              "real_edge_sharpness": float(edge_sharpness(reals).mean()), "baselines": [asdict(r) for r in base],
+              "models": {}}
     print(f"{label()}\nbaselines:\n{markdown_table(base)}\nlayout kept at >= {threshold}; the originals have "
           f"{base[1].layout:.3f}; real landscapes' sharpness {result['real_sharpness']:.2f}, edge sharpness "
           f"{result['real_edge_sharpness']:.2f}", flush=True)
