@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe, label, slug  # noqa: E402
 
 from sdedit import load_model  # noqa: E402
-from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes  # noqa: E402
+from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, held_out_reals  # noqa: E402
 from sdedit.settings import RunSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def main() -> None:
     if a.n < 20:
         ap.error("--n must be at least 20 (KID scales its features by the real images' statistics)")
     start = time.perf_counter()
-    bench = StrokeBenchmark(held_out_landscapes(a.n, 64), held_out_landscapes(a.n, 64, offset=100_000))
+    bench = StrokeBenchmark(held_out_landscapes(a.n, 64), held_out_reals(a.n, 64))
     print(label(), flush=True)
     per_seed: dict[str, list[dict]] = {}
     for spec in a.models:

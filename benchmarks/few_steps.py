@@ -31,7 +31,7 @@ from machine import describe, label, slug  # noqa: E402
 
 from sdedit import load_model  # noqa: E402
 from sdedit.engine.samplers import SAMPLERS, evaluations  # noqa: E402
-from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes  # noqa: E402
+from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, held_out_reals  # noqa: E402
 from sdedit.settings import RunSettings  # noqa: E402
 
 BUDGETS = (5, 10, 20)
@@ -100,7 +100,7 @@ def main() -> None:
     print(label(), flush=True)
     model = load_model("landscapes")
     r = model.resolution
-    reals = held_out_landscapes(a.n, r, offset=100_000)
+    reals = held_out_reals(a.n, r)
     sets = {"strokes": StrokeBenchmark(held_out_landscapes(a.n, r), reals)}
     other = StrokeBenchmark([painting(i, r) for i in range(a.n)], reals)
     other.strokes = list(other.originals)  # the paintings are the guides themselves

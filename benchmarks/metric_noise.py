@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe, label, slug  # noqa: E402
 
 from sdedit import load_model  # noqa: E402
-from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes  # noqa: E402
+from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, held_out_reals  # noqa: E402
 from sdedit.research.metrics import edge_sharpness  # noqa: E402
 from sdedit.settings import RunSettings  # noqa: E402
 
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, nargs="+", default=[2.0, 4.0])
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
-    reals = held_out_landscapes(a.n, 64, offset=100_000)
+    reals = held_out_reals(a.n, 64)
     bench = StrokeBenchmark(held_out_landscapes(a.n, 64), reals)
     result = {"machine": describe(), "n": a.n, "t0": 0.3, "real_sharpness": bench.score("reals", reals).sharpness,
               "real_edge_sharpness": float(edge_sharpness(reals).mean()), "models": {}}

@@ -30,14 +30,15 @@ from sdedit.families.pixel import EpsDenoiser  # noqa: E402
 from sdedit.engine.schedules import DiscreteVPSchedule  # noqa: E402
 from sdedit.loader import load_model  # noqa: E402
 from sdedit.loading.presets import PRESETS  # noqa: E402
-from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, markdown_table  # noqa: E402
+from sdedit.research.evaluation import (StrokeBenchmark, held_out_landscapes, held_out_reals,  # noqa: E402
+                                       markdown_table)
 from sdedit.settings import RunSettings  # noqa: E402
 
 
 def quality(n: int) -> list[dict]:
     model = load_model("landscapes", device="cpu")
     r = model.resolution
-    bench = StrokeBenchmark(held_out_landscapes(n, r), held_out_landscapes(n, r, offset=100_000))
+    bench = StrokeBenchmark(held_out_landscapes(n, r), held_out_reals(n, r))
     rows = []
     for t0 in (0.3, 0.5):
         outs = {}

@@ -16,8 +16,8 @@ import torch
 
 from sdedit import load_model
 from sdedit.settings import DEFAULT_SAMPLER, RunSettings, default_steps
-from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, markdown_table, side_by_side, \
-    write_tables
+from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, held_out_reals, markdown_table, \
+    side_by_side, write_tables
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     start = time.perf_counter()
     model = load_model(a.model, device="cpu")
     r = model.resolution
-    bench = StrokeBenchmark(held_out_landscapes(a.n, r), held_out_landscapes(a.n, r, offset=100_000))
+    bench = StrokeBenchmark(held_out_landscapes(a.n, r), held_out_reals(a.n, r))
     rows = bench.baselines()
     outs = {}
     for t0 in a.t0:

@@ -19,7 +19,8 @@ import torch
 
 from sdedit import load_model
 from sdedit.settings import DEFAULT_SAMPLER, RunSettings, default_steps
-from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, markdown_table, write_tables
+from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, held_out_reals, markdown_table, \
+    write_tables
 from sdedit.engine.samplers import SAMPLERS
 
 
@@ -41,7 +42,7 @@ def main() -> None:
     start = time.perf_counter()
     model = load_model(a.model).optimize(precision=a.precision)
     r = model.resolution
-    bench = StrokeBenchmark(held_out_landscapes(a.n, r), held_out_landscapes(a.n, r, offset=100_000))
+    bench = StrokeBenchmark(held_out_landscapes(a.n, r), held_out_reals(a.n, r))
     rows = bench.baselines()
     released = round(1000 * a.t0)
     settings = [] if a.no_released else \

@@ -36,7 +36,8 @@ from few_steps import painting  # noqa: E402
 from machine import describe, label, slug  # noqa: E402
 
 from sdedit import load_model  # noqa: E402
-from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, markdown_table  # noqa: E402
+from sdedit.research.evaluation import (StrokeBenchmark, held_out_landscapes, held_out_reals,  # noqa: E402
+                                       markdown_table)
 from sdedit.research.metrics import edge_sharpness, sharpness  # noqa: E402
 from sdedit.settings import RunSettings  # noqa: E402
 from sdedit.engine.editing import edit_tensors  # noqa: E402
@@ -57,7 +58,7 @@ def main() -> None:
     ap.add_argument("--unconditional", type=int, default=64, help="samples from pure noise per model (64)")
     a = ap.parse_args()
     start = time.perf_counter()
-    reals = held_out_landscapes(a.n, 64, offset=100_000)
+    reals = held_out_reals(a.n, 64)
     sets = {"strokes": StrokeBenchmark(held_out_landscapes(a.n, 64), reals)}
     other = StrokeBenchmark([painting(i, 64) for i in range(a.n)], reals)
     other.strokes = list(other.originals)  # the paintings are the guides themselves

@@ -405,7 +405,7 @@ def _eval(a: argparse.Namespace) -> int:
     from ..images import folder_images
     from ..loader import load_model
     from ..research.evaluation import MASK_VARIANTS, MaskedBenchmark, StrokeBenchmark, held_out_landscapes, \
-        markdown_table, write_tables
+        held_out_reals, markdown_table, write_tables
     from ..research.metrics import InceptionUnavailable
 
     grid = [settings_for_flags(t0=t0, sampler=sampler, steps=steps, repeats=a.repeats, seed=a.seed, prompt=a.prompt)
@@ -422,7 +422,7 @@ def _eval(a: argparse.Namespace) -> int:
     r = model.resolution
     if a.data == "synthetic":
         originals = held_out_landscapes(a.n, r)
-        reals = folder_images(Path(a.real), a.n, r) if a.real else held_out_landscapes(a.n, r, offset=100_000)
+        reals = folder_images(Path(a.real), a.n, r) if a.real else held_out_reals(a.n, r)
     else:
         originals = folder_images(Path(a.data), a.n, r)
         reals = folder_images(Path(a.real), None, r) if a.real else originals
@@ -457,7 +457,7 @@ def _sweep(a: argparse.Namespace) -> int:
     from ..files import check_output_folder
     from ..images import folder_images, open_image, save_png
     from ..loader import load_model
-    from ..research.evaluation import held_out_landscapes
+    from ..research.evaluation import held_out_reals
     from .sweep import run_sweep, sweep_grid, sweep_plot
 
     grid = [settings_for_flags(t0=t0, sampler=sampler, steps=a.steps, num_samples=a.num, seed=a.seed,
@@ -473,7 +473,7 @@ def _sweep(a: argparse.Namespace) -> int:
     elif a.real:
         reals = folder_images(Path(a.real), 200, model.resolution)
     elif (a.model or DEFAULT_MODEL) == DEFAULT_MODEL:
-        reals = held_out_landscapes(100, model.resolution, offset=100_000)
+        reals = held_out_reals(100, model.resolution)
     guide, points = run_sweep(model, image, grid, mask=mask, reals=reals, progress=not a.quiet)
     check_output_folder(a.outdir)
     grid_path = save_png(sweep_grid(guide, points), a.outdir / f"{a.input.stem}-sweep-grid.png")

@@ -24,9 +24,17 @@ from .metrics import FeatureKind, edge_sharpness, feature_extractor, image_featu
     layout_correlation, seam_metrics, sharpness, standardize
 from .strokes import simulate_strokes
 
+REALS_OFFSET = 100_000  # the held-out block that KID's real images come from, disjoint from the painted originals
+
+
 def held_out_landscapes(count: int, size: int, offset: int = 0) -> list[Image.Image]:
     """Landscapes from the held-out seed range (never trained on); offset picks a disjoint block."""
     return [landscape(HELD_OUT_START + offset + i, size) for i in range(count)]
+
+
+def held_out_reals(count: int, size: int) -> list[Image.Image]:
+    """The real images KID compares against: held-out landscapes disjoint from those the paintings are made of."""
+    return held_out_landscapes(count, size, offset=REALS_OFFSET)
 
 
 @dataclass(frozen=True)
