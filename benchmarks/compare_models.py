@@ -11,6 +11,8 @@ differences paired, so their mean and spread over seeds say whether a gap is lar
 (offline random-CNN features), edge sharpness = mean Sobel gradient of each image's strongest 5% of pixels (which
 invisible noise does not move; benchmarks/metric_noise.py), L2 to the painting.
 
+Any model may end in `@T0` to run it at its own t0 instead of --t0 (e.g. `runs/a@0.28`), so that a model
+more faithful to the painting at the same t0 can be compared with the baseline at equal layout.
 A MODEL may also be `autoguide:GOOD,BAD,W`: GOOD's network guided by BAD's, eps = eps_BAD + W (eps_GOOD - eps_BAD)
 (autoguidance, Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"; two network
 evaluations per step).  It is a research probe that wraps the loaded network, not a feature of the package.
@@ -52,6 +54,15 @@ class Autoguided(torch.nn.Module):
         return types.SimpleNamespace(sample=bad + self.w * (self.good(x, t).sample - bad))
 
 
+def split_t0(spec: str, default: float) -> tuple[str, float]:
+    """`MODEL@T0` -> (MODEL, T0); a spec without a numeric `@` suffix runs at the default t0."""
+    name, _, suffix = spec.rpartition("@")
+    try:
+        return (name, float(suffix)) if name else (spec, default)
+    except ValueError:
+        return spec, default
+
+
 def load(spec: str):
     """A model by name or folder, or `autoguide:GOOD,BAD,W`."""
     if not spec.startswith("autoguide:"):
@@ -78,27 +89,31 @@ def main() -> None:
     print(label(), flush=True)
     per_seed: dict[str, list[dict]] = {}
     for spec in a.models:
-        model = load(spec)
+        name, t0 = split_t0(spec, a.t0)
+        model = load(name)
         per_seed[spec] = []
         for seed in a.seeds:
-            row, _ = bench.run(model, RunSettings(t0=a.t0, seed=seed))
+            row, _ = bench.run(model, RunSettings(t0=t0, seed=seed))
             per_seed[spec].append({k: getattr(row, k) for k in SCORES} | {"seed": seed,
+                                                                           "t0": t0,
                                                                            "seconds_per_image": row.seconds_per_image})
             print(f"{spec} seed {seed}: " + ", ".join(f"{k} {getattr(row, k):.4f}" for k in SCORES), flush=True)
     base = per_seed[a.models[0]]
     summary = {}
-    lines = [f"t0 {a.t0}, {a.n} stroke paintings, seeds {a.seeds}; differences paired with {a.models[0]} "
-             "(mean +- std over seeds)", "",
-             "| model | layout corr. | KID | edge sharpness | L2 to guide | s / image | KID - baseline's | "
-             "edge - baseline's |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"t0 {a.t0} unless a model names its own, {a.n} stroke paintings, seeds {a.seeds}; "
+             f"differences paired with {a.models[0]} (mean +- std over seeds)", "",
+             "| model | t0 | layout corr. | KID | edge sharpness | L2 to guide | s / image | layout - baseline's | "
+             "KID - baseline's | edge - baseline's |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for spec, rows in per_seed.items():
         mean = {k: statistics.fmean(r[k] for r in rows) for k in (*SCORES, "seconds_per_image")}
         diff = {k: [r[k] - b[k] for r, b in zip(rows, base, strict=True)] for k in SCORES}
         spread = {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in diff.items()}
         summary[spec] = {"mean": mean, "difference": spread}
-        d_kid, d_edge = spread["kid_mean"], spread["edge_sharpness"]
-        lines.append(f"| {spec} | {mean['layout']:.3f} | {mean['kid_mean']:.4f} | {mean['edge_sharpness']:.2f} | "
-                     f"{mean['l2_mean']:.2f} | {mean['seconds_per_image']:.3f} | {d_kid[0]:+.4f} +- {d_kid[1]:.4f} | "
+        d_layout, d_kid, d_edge = spread["layout"], spread["kid_mean"], spread["edge_sharpness"]
+        lines.append(f"| {spec} | {rows[0]['t0']:g} | {mean['layout']:.3f} | {mean['kid_mean']:.4f} | "
+                     f"{mean['edge_sharpness']:.2f} | "
+                     f"{mean['l2_mean']:.2f} | {mean['seconds_per_image']:.3f} | {d_layout[0]:+.4f} +- {d_layout[1]:.4f} | "
+                     f"{d_kid[0]:+.4f} +- {d_kid[1]:.4f} | "
                      f"{d_edge[0]:+.2f} +- {d_edge[1]:.2f} |")
     result = {"machine": describe(), "n": a.n, "t0": a.t0, "seeds": a.seeds, "baseline": a.models[0],
               "per_seed": per_seed, "summary": summary, "seconds": time.perf_counter() - start}
