@@ -84,12 +84,15 @@ def main() -> None:
     a = ap.parse_args()
     if a.n < 20:
         ap.error("--n must be at least 20 (KID scales its features by the real images' statistics)")
+    runs = [(spec, *split_t0(spec, a.t0)) for spec in a.models]
+    for spec, _, t0 in runs:
+        if not 0 < t0 <= 1:
+            ap.error(f"{spec}: t0 must be in (0, 1]")
     start = time.perf_counter()
     bench = StrokeBenchmark(held_out_landscapes(a.n, 64), held_out_reals(a.n, 64))
     print(label(), flush=True)
     per_seed: dict[str, list[dict]] = {}
-    for spec in a.models:
-        name, t0 = split_t0(spec, a.t0)
+    for spec, name, t0 in runs:
         model = load(name)
         per_seed[spec] = []
         for seed in a.seeds:
@@ -111,9 +114,8 @@ def main() -> None:
         summary[spec] = {"mean": mean, "difference": spread}
         d_layout, d_kid, d_edge = spread["layout"], spread["kid_mean"], spread["edge_sharpness"]
         lines.append(f"| {spec} | {rows[0]['t0']:g} | {mean['layout']:.3f} | {mean['kid_mean']:.4f} | "
-                     f"{mean['edge_sharpness']:.2f} | "
-                     f"{mean['l2_mean']:.2f} | {mean['seconds_per_image']:.3f} | {d_layout[0]:+.4f} +- {d_layout[1]:.4f} | "
-                     f"{d_kid[0]:+.4f} +- {d_kid[1]:.4f} | "
+                     f"{mean['edge_sharpness']:.2f} | {mean['l2_mean']:.2f} | {mean['seconds_per_image']:.3f} | "
+                     f"{d_layout[0]:+.4f} +- {d_layout[1]:.4f} | {d_kid[0]:+.4f} +- {d_kid[1]:.4f} | "
                      f"{d_edge[0]:+.2f} +- {d_edge[1]:.2f} |")
     result = {"machine": describe(), "n": a.n, "t0": a.t0, "seeds": a.seeds, "baseline": a.models[0],
               "per_seed": per_seed, "summary": summary, "seconds": time.perf_counter() - start}
