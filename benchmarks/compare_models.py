@@ -36,7 +36,7 @@ from machine import describe, label, slug  # noqa: E402
 
 from sdedit import load_model  # noqa: E402
 from sdedit.research.evaluation import StrokeBenchmark, held_out_landscapes, held_out_reals  # noqa: E402
-from sdedit.settings import RunSettings  # noqa: E402
+from sdedit.settings import RunSettings, SettingError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORES = ("layout", "kid_mean", "edge_sharpness", "l2_mean")
@@ -86,8 +86,10 @@ def main() -> None:
         ap.error("--n must be at least 20 (KID scales its features by the real images' statistics)")
     runs = [(spec, *split_t0(spec, a.t0)) for spec in a.models]
     for spec, _, t0 in runs:
-        if not 0 < t0 <= 1:
-            ap.error(f"{spec}: t0 must be in (0, 1]")
+        try:
+            RunSettings(t0=t0)  # the package's own t0 rule, checked before the benchmark is built
+        except SettingError as e:
+            ap.error(f"{spec}: {e}")
     start = time.perf_counter()
     bench = StrokeBenchmark(held_out_landscapes(a.n, 64), held_out_reals(a.n, 64))
     print(label(), flush=True)
