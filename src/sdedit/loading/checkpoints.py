@@ -197,10 +197,19 @@ def check_materialized(net: nn.Module, source: str) -> None:
         raise InputError(f"{source}: no tensor for {left[0]!r}")
 
 
+WEIGHT_ALIGNMENT = 64  # bytes; CPU kernels choose their code path (and so their rounding) by the weights' alignment
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """The tensor in storage of its own at an aligned address (a safetensors file's tensors may sit at any offset),
+    so that the same weights give the same outputs however they were stored."""
+    return t.clone() if t.data_ptr() % WEIGHT_ALIGNMENT else t
+
+
 def materialize(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
     """A meta-device network with the checked tensors of a state dict as its own (strict; nothing else allocated)."""
     dtypes = {k: t.dtype for k, t in net.state_dict().items()}
-    state = {k: v.to(dtypes[k]) if k in dtypes and v.is_floating_point() else v for k, v in state.items()}
+    state = {k: _aligned(v.to(dtypes[k]) if k in dtypes and v.is_floating_point() else v) for k, v in state.items()}
     strict_load(net, state, source, assign=True)
     check_materialized(net, source)
     return net
