@@ -105,7 +105,7 @@ def main() -> None:
     other = StrokeBenchmark([painting(i, r) for i in range(a.n)], reals)
     other.strokes = list(other.originals)  # the paintings are the guides themselves
     sets["other generator"] = other
-    result: dict = {"machine": describe(), "precision": model.precision, "t0": a.t0, "n": a.n, "sets": {}}
+    result: dict = {"machine": describe(), "precision": model.default_precision, "t0": a.t0, "n": a.n, "sets": {}}
     start = time.perf_counter()
     for name, bench in sets.items():
         rows = []

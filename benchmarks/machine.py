@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import os
-import platform
-import re
 
 import torch
 
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (or platform.processor() elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        if m:
-            return m.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from sdedit.devices import cpu_name
 
 
 def describe() -> dict:

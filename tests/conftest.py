@@ -10,11 +10,21 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="sdedit-test-hf-")
 os.environ.pop("SDEDIT_DEBUG", None)
+# Precision 'auto' times fp32 against bf16 and caches the choice: the suite keeps its cache to itself, and runs
+# fp32 unless a test asks otherwise (its outputs must not depend on which precision this CPU finds faster).
+os.environ["SDEDIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="sdedit-test-cache-")
+os.environ["SDEDIT_PRECISION"] = "fp32"
+# Threads pinned for the session: the cores shared out among pytest-xdist's workers (-n), one thread each on a
+# 2-core machine, so that no worker's torch oversubscribes the cores; subprocesses (CLI tests) inherit it.
+THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS)
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+torch.set_num_threads(THREADS)
 
 from sdedit.families.pixel import PixelModel
 from sdedit.engine.schedules import VESchedule

@@ -221,7 +221,7 @@ def test_tiled_vae_for_large_images_keeps_size_and_kept_pixels(sd_folder):
 
 def test_reduced_precision_runs_the_unet_under_autocast_and_keeps_the_vae_fp32(sd_folder):
     folder, _ = sd_folder
-    model = load_model(folder, device="cpu").optimize(precision="bf16")  # on a GPU: fp16 or bf16, same path
+    model = load_model(folder, device="cpu", precision="bf16")  # on a GPU: fp16 or bf16, same path
     img = photo((64, 64))
     low = edit(model, img, prompt="a red barn", t0=0.5, steps=3, seed=0, progress=False)[0]
     full = edit(load_model(folder, device="cpu", precision="fp32"), img, prompt="a red barn", t0=0.5, steps=3, seed=0,

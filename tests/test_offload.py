@@ -3,6 +3,8 @@ model's, at most one network is resident at a time, and every weight is back hom
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -65,13 +67,14 @@ def test_sequential_offload_leaves_weights_in_the_cpu_state_dict(folders):
 
 def test_bf16_weights_when_offloaded_at_bf16(folders):
     model = load_model(folders["flux"], device="cpu", precision="fp32").offload("model", CPU, torch.bfloat16)
-    model.optimize(precision="bf16")
     assert next(model.transformer.parameters()).dtype == torch.bfloat16
     assert next(model.vae.parameters()).dtype == torch.float32
     out = edit(model, random_image((64, 64), seed=3), t0=0.6, steps=3, seed=7, prompt="a red barn", progress=False)
     assert np.asarray(out[0]).std() > 0
+    assert json.loads(out[0].info["sdedit"])["precision"] == "bf16"
     with pytest.raises(InputError, match="stored in bf16"):
-        model.optimize(precision="fp32")
+        edit(model, random_image((64, 64), seed=3), t0=0.6, steps=3, seed=7, prompt="a red barn", progress=False,
+             precision="fp32")
 
 
 def test_offloaded_models_refuse_to_move_compile_or_offload_again(folders):
@@ -81,7 +84,7 @@ def test_offloaded_models_refuse_to_move_compile_or_offload_again(folders):
     with pytest.raises(InputError, match="already offloaded"):
         model.offload("sequential", CPU)
     with pytest.raises(InputError, match="--compile"):
-        model.optimize(precision="fp32", compile=True)
+        model.optimize(compile=True)
 
 
 def test_pixel_models_refuse_offload():

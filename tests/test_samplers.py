@@ -144,3 +144,63 @@ def test_ddpm_sampler_is_the_released_algorithm_step_for_step(tiny_model, t):
         ours = edit_tensors(tiny_model.denoise, tiny_model.schedule, x0, mask=None, t0=t / 1000, steps=t, repeats=1,
                             sampler="ddpm", generator=[torch.Generator().manual_seed(s) for s in (5, 6)])
     assert (ours - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("schedule", [DiscreteVPSchedule(), VESchedule(0.01, 380.0, data_range=1.0)])
+def test_the_karras_grid_starts_at_exactly_sigma_t0_and_is_rho_spaced(schedule):
+    from sdedit.engine.schedules import KARRAS_RHO, KARRAS_T_MIN
+
+    sig = sigma_grid(schedule, 0.4567, 8, "karras")
+    assert len(sig) == 9 and sig[-1] == 0.0 and torch.all(sig[:-1] > sig[1:])
+    assert sig[0].item() == schedule.sigma(0.4567)  # t0 exact, not snapped
+    assert sig[-2].item() == pytest.approx(schedule.sigma(KARRAS_T_MIN), rel=1e-9)
+    roots = sig[:-1] ** (1.0 / KARRAS_RHO)
+    assert torch.allclose(roots[1:] - roots[:-1], (roots[1:] - roots[:-1]).mean().expand(7), rtol=1e-6)
+    assert not torch.allclose(sig, sigma_grid(schedule, 0.4567, 8, "uniform"))
+    assert sigma_grid(schedule, 0.4567, 1, "karras").tolist() == [schedule.sigma(0.4567), 0.0]
+
+
+@pytest.mark.parametrize("sampler", ["dpm++2m-sde", "dpm++2m", "heun"])
+def test_the_karras_grid_keeps_the_analytic_answers(sampler):
+    mean, var, steps = TARGET[sampler]
+    model = gaussian_model(MU, S0)
+    t0 = t_for_sigma(model.schedule, SIGMA0)
+    gens = [torch.Generator().manual_seed(i) for i in range(16)]
+    out = edit_tensors(model.denoise, model.schedule, torch.full((16, 3, 32, 32), GUIDE), mask=None, t0=t0,
+                       steps=steps, repeats=1, sampler=sampler, generator=gens, grid="karras")
+    assert out.mean().item() == pytest.approx(mean, abs=0.01)
+    assert out.var().item() == pytest.approx(var, rel=0.05)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_divergence_is_reported_once_with_the_first_bad_step(sampler):
+    calls = []
+
+    def breaks_at_third(x, sigma):
+        calls.append(1)
+        return x * float("nan") if len(calls) == 3 else x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+    sigmas = sigma_grid(VESchedule(0.01, 50.0, data_range=2.0), 0.5, 6)
+    with pytest.raises(FloatingPointError, match="NaN or inf at sigma=") as e:
+        SAMPLERS[sampler](breaks_at_third, torch.zeros(2, 3, 8, 8), sigmas,
+                          generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    first = 3 if sampler != "heun" else 2  # heun's third evaluation is step 2's first
+    assert f"(step {first})" in str(e.value)
+
+
+def test_the_driver_reads_the_device_once_per_pass(monkeypatch):
+    """No per-step host synchronisation: besides reading the sigma grid once, the only read of a tensor's value is
+    the divergence check after the loop, however many steps."""
+    reads: dict[str, int] = {}
+    for name in ("__int__", "__float__", "__bool__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _name=name, _original=original):
+            reads[_name] = reads.get(_name, 0) + 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    sigmas = sigma_grid(VESchedule(0.01, 50.0, data_range=2.0), 0.5, 20)
+    SAMPLERS["dpm++2m-sde"](lambda x, s: x / (1 + s.reshape(-1, 1, 1, 1) ** 2), torch.zeros(2, 3, 8, 8), sigmas,
+                            generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    assert reads == {"__float__": len(sigmas), "__int__": 1}

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sdedit"
 LAYERS = [
     ["version", "errors", "files"],
     ["engine"],
-    ["settings", "images", "devices", "crops"],
+    ["settings", "images", "devices", "crops", "precision"],
     ["loading"],
     ["families"],
     ["loader"],

@@ -23,6 +23,7 @@ from .crops import DEFAULT_CROP_PADDING, check_padding, mask_box
 from .engine.editing import edit_tensors
 from .errors import InputError, SamplingError
 from .families.base import Frame, Model
+from .precision import Choice, RunPrecision
 from .images import Fit, ImageLike, check_grow, grow_and_feather, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
     tensor_to_images
 from .settings import AUTO_T0, RunSettings
@@ -173,8 +174,7 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
     Unset t0 and guidance take the model's recommended values; t0 'auto' is chosen per guide (choose_t0).
     """
     model.check_conditioning(settings)
-    if settings.precision is not None:
-        model.optimize(precision=settings.precision)
+    precision = model.run_precision(settings.precision)  # one precision for the whole run, decided on its first batch
     settings = model.run_settings(settings)
     bar = None
     try:
@@ -183,7 +183,7 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
         for i, guide in enumerate(guides):
             run, auto = settings, None
             if settings.t0 == AUTO_T0:
-                t0, l2 = choose_t0(model, denoiser, guide, seeds[i], settings)
+                t0, l2 = choose_t0(model, denoiser, guide, seeds[i], settings, precision)
                 run, auto = settings.with_(t0=t0, steps=settings.steps), {"budget": settings.budget(guide.frame.size),
                                                                           "l2": l2}
             rows.extend(Row(guide, seeds[i] + j, j, run, auto) for j in range(settings.num_samples))
@@ -198,9 +198,10 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
                 callback(i, sigma, x, denoised)
 
         for batch in batches:
-            x = _run_batch(model, denoiser, batch, on_step)
+            x = _run_batch(model, denoiser, batch, on_step, precision)
+            assert precision.choice is not None
             for row, out in zip(batch, tensor_to_images(x), strict=True):
-                yield _finish(model, row, out, fit)
+                yield _finish(model, row, out, fit, precision.choice)
     finally:
         if bar is not None:
             bar.close()
@@ -213,23 +214,25 @@ T0_BISECTIONS = 6  # the chosen t0 is within (1 - 0.05) / 2^6 = 0.015 of the bud
 
 
 def probe_l2(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], guide: Guide, seed: int,
-             settings: RunSettings, t0: float) -> float:
+             settings: RunSettings, t0: float, precision: RunPrecision | None = None) -> float:
     """t0 auto's measure: L2 between a few-step SDEdit of the guide at t0 and the guide, at the frame's size,
     pixels in [0, 1] (the paper's faithfulness score)."""
     probe = settings.with_(t0=t0, sampler=PROBE_SAMPLER, steps=PROBE_STEPS, repeats=1)
-    x = _run_batch(model, denoiser, [Row(guide, seed, 0, probe)], lambda *_: None)
+    x = _run_batch(model, denoiser, [Row(guide, seed, 0, probe)], lambda *_: None,
+                   precision or model.run_precision(settings.precision))
     reference = (image_to_tensor(guide.image).to(x.device) + 1) / 2
     return float((((x[:1].float().clamp(-1, 1) + 1) / 2 - reference) ** 2).sum().sqrt())
 
 
 def choose_t0(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], guide: Guide, seed: int,
-              settings: RunSettings) -> tuple[float, float]:
+              settings: RunSettings, precision: RunPrecision | None = None) -> tuple[float, float]:
     """The largest t0 whose probe_l2 stays within settings.budget, by bisection on T0_RANGE (L2 grows with t0);
     and its L2.  If even the smallest t0 breaks the budget, that smallest t0 (the most faithful there is)."""
     budget = settings.budget(guide.frame.size)
+    precision = precision or model.run_precision(settings.precision)  # one precision for every probe
 
     def l2(t0: float) -> float:
-        return probe_l2(model, denoiser, guide, seed, settings, t0)
+        return probe_l2(model, denoiser, guide, seed, settings, t0, precision)
 
     lo, hi = T0_RANGE
     at_hi = l2(hi)
@@ -265,10 +268,12 @@ def _batches(rows: list[Row], size: int) -> list[list[Row]]:
 
 
 def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: list[Row],
-               on_step: StepCallback) -> torch.Tensor:
-    """Encode each row's guide with its generator, SDEdit the batch in the sampler's space, decode, check."""
+               on_step: StepCallback, precision: RunPrecision) -> torch.Tensor:
+    """Encode each row's guide with its generator, SDEdit the batch in the sampler's space under the run's
+    precision (the network only; encoding and decoding stay fp32), decode, check."""
     settings = batch[0].run
-    generators = [torch.Generator().manual_seed(row.seed) for row in batch]
+    # one generator per row, on the model's device: noise is drawn where it is used (the CPU's stream on a CPU)
+    generators = [torch.Generator(device=model.device).manual_seed(row.seed) for row in batch]
     parts, masks, maps, conditions = [], [], [], []
     start = 0
     while start < len(batch):
@@ -291,13 +296,14 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
     mask = torch.cat(masks) if masks else None
     strength = torch.cat(maps) if maps else None
     assert isinstance(settings.t0, float) and settings.steps is not None
-    if conditions[0] is not None:
-        denoiser = functools.partial(denoiser, condition=torch.cat(conditions))
+    condition = torch.cat(conditions) if conditions[0] is not None else None
+    schedule = model.schedule_for(batch[0].guide.frame.size)
+    precision.resolve(denoiser, z_g, schedule.sigma(settings.t0), condition)
+    denoiser = precision.wrap(denoiser if condition is None else functools.partial(denoiser, condition=condition))
     try:
-        schedule = model.schedule_for(batch[0].guide.frame.size)
         z = edit_tensors(denoiser, schedule, z_g, mask=mask, t0=settings.t0, steps=settings.steps,
                          repeats=settings.repeats, sampler=settings.sampler, generator=generators, callback=on_step,
-                         strength=strength)
+                         strength=strength, grid=settings.grid)
     except FloatingPointError as e:
         raise SamplingError(f"sampling diverged: {e}; no image written") from None
     x = model.decode(z)
@@ -306,7 +312,7 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
     return x
 
 
-def _finish(model: Model, row: Row, out: Image.Image, fit: Fit) -> Image.Image:
+def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choice) -> Image.Image:
     """Back to the input's size when the frame says so, the exact kept pixels pasted, the settings attached."""
     guide, settings = row.guide, row.run
     frame = guide.frame
@@ -323,7 +329,8 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit) -> Image.Image:
             out = whole
     elif guide.keep is not None:
         out = paste_kept(out, guide.image, guide.keep, blend=guide.strength is None)
-    meta = {"model": model.name, **settings.metadata(text_conditioned=model.text_conditioned), "precision": model.precision,
+    meta = {"model": model.name, **settings.metadata(text_conditioned=model.text_conditioned),
+            "precision": precision.precision, "precision_reason": precision.reason,
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
             "fit": fit, "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
             **({"strength_map": True} if guide.strength is not None else {}),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+import re
 from typing import Literal
 
 import torch
@@ -31,29 +33,31 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device runs bf16 matrix products natively: CUDA compute capability >= 8.0 (Ampere and later),
-    or a CPU with AMX or AVX-512 BF16, detected at run time (CPUs differ between machines of one kind)."""
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (or platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+        if m:
+            return m.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(device: torch.device) -> str:
+    """What a device is, for keys of measured decisions and for metadata: the GPU's or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name() if device.type == "cpu" else device.type
+
+
+def bf16_runs(device: torch.device) -> bool:
+    """Whether bf16 autocast runs on the device at all (it is timed against fp32 before it is chosen)."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
-    if device.type == "cpu":
-        probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-        if any(p is not None for p in probes):
-            return any(bool(p()) for p in probes if p is not None)
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = f.read()
-        except OSError:
-            return False
-        return "amx_bf16" in flags or "avx512_bf16" in flags
-    return False
+    return device.type == "cpu"
 
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' where the hardware runs it natively, else 'fp32'; other names stay as they are."""
-    if precision != "auto":
-        return precision
-    return "bf16" if native_bf16(device) else "fp32"
 
 def offload_device(offload: str, device: str | torch.device | None) -> torch.device:
     """The execution device of an offloaded model: the requested accelerator; the CPU is refused (nothing to save)."""

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .devices import Offload, offload_device, resolve_precision
+from .devices import Offload, offload_device
 from .errors import InputError, ModelUnavailableError
-from .families.base import AUTOCAST_DTYPES, Model
+from .families.base import Model
 from .families.pixel import load_diffusers_unet, load_original, recommended_t0
 from .families.stable_diffusion import is_sd_folder, load_stable_diffusion
 from .families.flux import is_flux_folder, load_flux
@@ -26,6 +26,7 @@ from .loading.single_file import check_parts, ldm_version
 from .loading.lora import LoraSpec
 from .loading.hub import hub_config_snapshot, hub_pipeline_snapshot, hub_snapshot, is_repo_id
 from .loading.presets import BUNDLED_MODELS, PIPELINE_PRESETS, PRESETS, bundled_path
+from .precision import autocast_dtype, offload_storage
 from .settings import DEFAULT_PRECISION, DEFAULT_T0, PRECISIONS
 
 def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str] | None = None,
@@ -33,23 +34,25 @@ def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str]
                loras: Sequence[LoraSpec | str] = (), offload: Offload = "none") -> Model:
     """Load a model by preset name, local checkpoint file, diffusers folder or Hub id; see README 'Models'.
 
-    precision: 'auto' (bf16 autocast where the hardware runs it natively, else fp32), 'fp32', 'bf16' or 'fp16'.
+    precision: the default of the model's runs (a run's own setting wins): 'auto' (the faster of fp32 and bf16,
+    measured once per machine, network and shape; sdedit.precision), 'fp32', 'bf16' or 'fp16'.
     loras: LoRA files, folders or Hub ids, each with its scale ('path:0.7' or LoraSpec).
     offload: 'model' or 'sequential' keeps a latent model's networks in CPU memory and runs them on the (GPU)
     device, whole networks or layer by layer; at bf16/fp16 their weights (the VAE's aside) are stored in it.
     """
     specs = [s if isinstance(s, LoraSpec) else LoraSpec.parse(s) for s in loras]
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if offload == "none":
         model = _load(source, config, device)
         model.add_loras(specs)
-        return model.optimize(precision=precision)
-    run_on = offload_device(offload, device)  # checked before anything loads: an unknown mode, or no accelerator
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    model = _load(source, config, "cpu")
-    model.add_loras(specs)
-    model.offload(offload, run_on, AUTOCAST_DTYPES[resolve_precision(precision, run_on)])
-    return model.optimize(precision=precision)
+    else:
+        run_on = offload_device(offload, device)  # checked before anything loads: an unknown mode, or no accelerator
+        model = _load(source, config, "cpu")
+        model.add_loras(specs)
+        model.offload(offload, run_on, autocast_dtype(offload_storage(precision, run_on)))
+    model.info["precision"] = precision
+    return model
 
 
 def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .engine.samplers import SAMPLERS, evaluations
+from .engine.schedules import GRIDS
 from .errors import InputError
 
 DEFAULT_T0 = 0.5  # the paper's choice for its 256 px models; a model may recommend its own (Model.recommended_t0)
@@ -24,11 +25,13 @@ AUTO_T0 = "auto"  # t0 chosen per image: the largest within the faithfulness bud
 # from.
 DEFAULT_FAITHFULNESS_RMS = 0.0762
 DEFAULT_SAMPLER = "dpm++2m-sde"
+DEFAULT_GRID = "uniform"  # the step grid from t0 (engine.schedules.GRIDS); karras did not beat it, see README
 DEFAULT_GUIDANCE = 7.5  # classifier-free guidance weight of text-conditioned models
 DEFAULT_BATCH_SIZE = 8  # samples per network call
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# 'auto': bf16 autocast where the hardware runs it natively (devices.native_bf16), else fp32.  Measured on the
-# bundled model (benchmarks/precision.py): the same L2 and KID as fp32 within their noise, 2.5-4x faster.
+# 'auto': the faster of fp32 and bf16 autocast, timed once per machine, network, input shape and batch bucket and
+# cached (sdedit/precision.py); bf16 has the same L2 and KID as fp32 within their noise on the bundled model
+# (benchmarks/precision.py), and its speed against fp32 ranges from 5-8x slower (AVX2 only) to 4x faster (AMX).
 DEFAULT_PRECISION = "auto"
 MAX_SEED = 2**63 - 1
 
@@ -90,11 +93,12 @@ class RunSettings:
     num_samples: int = 1  # outputs per guide
     seed: int | None = None  # sample j of a guide uses seed + j; None = a random seed, recorded in the output
     batch_size: int = DEFAULT_BATCH_SIZE  # samples per network call
-    precision: str | None = None  # auto, fp32, or bf16/fp16 autocast; None = as the model is set (load_model: auto)
+    precision: str | None = None  # auto, fp32, or bf16/fp16 autocast; None = the model's default (load_model)
     prompt: str = ""  # text-conditioned models: what the result should show
     negative_prompt: str = ""  # ... and what it should not (the unconditional branch)
     guidance: float | None = None  # classifier-free guidance weight (1 = none); None = the model's recommended
     faithfulness: float | None = None  # t0 auto: L2 budget at the model's resolution; None = DEFAULT_FAITHFULNESS_RMS
+    grid: str = DEFAULT_GRID  # spacing of the steps from t0: "uniform" in t or "karras" (rho = 7) in sigma
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -114,6 +118,8 @@ class RunSettings:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
                 not 0 <= self.seed <= MAX_SEED - self.num_samples:
             raise SettingError("seed", "seed", f"must be an integer from 0 to 2^63 - 1 - samples, got {self.seed!r}")
+        if self.grid not in GRIDS:
+            raise SettingError("grid", "schedule", f"must be one of {', '.join(GRIDS)}, got {self.grid!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise SettingError("precision", "precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for what in ("prompt", "negative_prompt"):
@@ -170,10 +176,11 @@ class RunSettings:
         return bool(self.prompt or self.negative_prompt)
 
     def label(self) -> str:
-        """Short description for tables: sampler, steps and K."""
+        """Short description for tables: sampler, steps, grid (if not uniform) and K."""
         steps = f"{self.steps} steps" if self.steps is not None else "default steps"
         auto = ", t0 auto" if self.t0 == AUTO_T0 else ""
-        return f"{self.sampler}, {steps}{auto}" + (f", K={self.repeats}" if self.repeats > 1 else "")
+        grid = f", {self.grid} grid" if self.grid != DEFAULT_GRID else ""
+        return f"{self.sampler}, {steps}{grid}{auto}" + (f", K={self.repeats}" if self.repeats > 1 else "")
 
     def with_(self, **changes: Any) -> RunSettings:
         """A copy with some fields changed; steps are recomputed unless given (or kept when t0 and sampler are)."""
@@ -188,6 +195,8 @@ class RunSettings:
         meta: dict[str, Any] = {"t0": self.t0, "steps": self.steps, "sampler": self.sampler, "repeats": self.repeats}
         if self.faithfulness is not None:
             meta["faithfulness"] = self.faithfulness
+        if self.grid != DEFAULT_GRID:  # older outputs (and every uniform run) carry none: uniform
+            meta["grid"] = self.grid
         if text_conditioned:
             meta.update(prompt=self.prompt, negative_prompt=self.negative_prompt, guidance=self.guidance)
         return meta

@@ -8,8 +8,6 @@ scaling and time conditioning live in its module under `sdedit.families`.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-
 import torch
 
 
@@ -32,11 +30,6 @@ def eps_from_v(v: torch.Tensor, x_vp: torch.Tensor, s: torch.Tensor) -> torch.Te
 def x0_from_eps(x: torch.Tensor, s: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Tweedie in VE form for an epsilon prediction: D = x - sigma eps."""
     return x - s * eps.to(x.dtype)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[None]:
-    """bf16/fp16 autocast on the device, or nothing (dtype None: the network's own precision)."""
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def flow_input(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,22 +7,22 @@ from collections.abc import Callable
 import torch
 
 from .samplers import Callback, Denoiser, Generators, get_sampler, randn_like
-from .schedules import Schedule, sigma_grid
+from .schedules import Schedule, sigma_grid, sigma_levels
 
 
-def release_grid(schedule: Schedule, t0: float, steps: int, strength: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sigmas for a strength map: N steps uniform in t from t0 * max(g), with every level t0 * g inserted.
+def release_grid(schedule: Schedule, t0: float, steps: int, strength: torch.Tensor,
+                 grid: str = "uniform") -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmas for a strength map: the N-step grid from t0 * max(g), with every level sigma(t0 * g) inserted.
 
     Pixel p is released at exactly t0 * g_p: it is a grid point, so it is clamped to x_g + sigma z
     down to its own level and free from there on, never snapped to a neighbouring step.  Returns
     the decreasing sigmas (ending at 0) and each pixel's release sigma.
     """
     levels = sorted({round(float(v), 12) for v in (strength.flatten() * t0).unique().tolist()}, reverse=True)
-    top = levels[0]
-    times = [top * (n / steps) for n in range(steps, 0, -1)]  # the uniform grid, as sigma_grid makes it
-    times += [t for t in levels if t > 0.0 and min(abs(t - u) for u in times) > 1e-12]
-    ordered = sorted(times, reverse=True)
-    sigmas = torch.tensor([schedule.sigma(t) for t in ordered] + [0.0], dtype=torch.float64)
+    base = sigma_levels(schedule, levels[0], steps, grid)
+    inserted = [schedule.sigma(t) for t in levels if t > 0.0]
+    inserted = [s for s in inserted if min(abs(s - u) for u in base) > 1e-12 * max(1.0, s)]
+    sigmas = torch.tensor(sorted(base + inserted, reverse=True) + [0.0], dtype=torch.float64)
     release = torch.zeros_like(strength, dtype=torch.float64)
     for t in levels:
         release[(strength * t0 - t).abs() < 1e-9] = schedule.sigma(t) if t > 0.0 else 0.0
@@ -53,7 +53,8 @@ def keep_projection(x_g: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> C
 @torch.inference_mode()
 def edit_tensors(denoiser: Denoiser, schedule: Schedule, x_g: torch.Tensor, *, mask: torch.Tensor | None,
                  t0: float, steps: int, repeats: int, sampler: str, generator: Generators = None,
-                 callback: Callback | None = None, strength: torch.Tensor | None = None) -> torch.Tensor:
+                 callback: Callback | None = None, strength: torch.Tensor | None = None,
+                 grid: str = "uniform") -> torch.Tensor:
     """SDEdit (Meng et al. 2022, Alg. 1-5) on a batch of guides in the sampler's space (settings already valid).
 
     mask: 1 = edit, 0 = keep (the paper's Omega), soft values blend; broadcastable to x_g.
@@ -67,11 +68,11 @@ def edit_tensors(denoiser: Denoiser, schedule: Schedule, x_g: torch.Tensor, *, m
         strength = strength.to(x_g.device, torch.float64).expand_as(x_g)
         if float(strength.max()) <= 0.0:
             return x_g
-        sigmas, release = release_grid(schedule, float(t0), steps, strength)
+        sigmas, release = release_grid(schedule, float(t0), steps, strength, grid)
         release = release.to(x_g.dtype)
         mask = (release > 0).to(x_g.dtype)  # what the final paste-back keeps: g = 0
     else:
-        sigmas = sigma_grid(schedule, float(t0), steps)
+        sigmas = sigma_grid(schedule, float(t0), steps, grid)
     if mask is not None:
         mask = mask.to(x_g.device, x_g.dtype).expand_as(x_g)
     x = x_g

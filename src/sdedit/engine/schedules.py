@@ -58,14 +58,16 @@ class DiscreteVPSchedule:
         w = s - lo
         return math.exp((1.0 - w) * self.log_sigmas[lo].item() + w * self.log_sigmas[lo + 1].item())
 
-    def step(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Fractional training step for each sigma (inverse of the grid), clamped to [0, T - 1]."""
-        log_sigma = sigma.double().clamp_min(1e-30).log().cpu()
-        grid = self.log_sigmas
+    def step(self, sigma: torch.Tensor, log_sigmas: torch.Tensor | None = None) -> torch.Tensor:
+        """Fractional training step for each sigma (inverse of the grid), clamped to [0, T - 1], computed where sigma
+        is; log_sigmas: a copy of the grid already there (a denoiser's buffer), else it is copied over each call."""
+        dtype = torch.float32 if sigma.device.type == "mps" else torch.float64  # MPS has no float64
+        grid = (self.log_sigmas if log_sigmas is None else log_sigmas).to(sigma.device, dtype)
+        log_sigma = sigma.to(dtype).clamp_min(1e-30).log()
         hi = torch.searchsorted(grid, log_sigma).clamp(1, self.num_steps - 1)
         lo = hi - 1
         w = (log_sigma - grid[lo]) / (grid[hi] - grid[lo])
-        return (lo.double() + w).clamp(0.0, self.num_steps - 1.0).to(sigma.device)
+        return (lo.to(dtype) + w).clamp(0.0, self.num_steps - 1.0)
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,28 @@ def _betas(kind: str, start: float, end: float, n: int) -> torch.Tensor:
     raise ValueError(f"unsupported beta schedule {kind!r} (linear, scaled_linear, squaredcos_cap_v2)")
 
 
-def sigma_grid(schedule: Schedule, t0: float, steps: int) -> torch.Tensor:
-    """Decreasing sigmas sigma(t0 n / N) for n = N..1, then 0: N steps from exactly t0 (never snapped)."""
-    levels = [schedule.sigma(t0 * (n / steps)) for n in range(steps, 0, -1)]  # n / steps: t0 itself is exact
-    return torch.tensor(levels + [0.0], dtype=torch.float64)
+GRIDS = ("uniform", "karras")  # how the N steps from t0 are spaced
+KARRAS_RHO = 7.0  # Karras et al. 2022's rho
+KARRAS_T_MIN = 1e-3  # the karras grid's smallest nonzero level is sigma(min(t0, this))
+
+
+def sigma_levels(schedule: Schedule, t0: float, steps: int, grid: str = "uniform") -> list[float]:
+    """The N decreasing nonzero sigmas of a grid that starts at exactly sigma(t0) (never snapped).
+
+    uniform: sigma(t0 n / N) for n = N..1.  karras: rho-spaced in sigma (Karras et al. 2022, eq. 5,
+    rho = 7) from sigma(t0) down to sigma(min(t0, KARRAS_T_MIN)), its first level sigma(t0) itself.
+    """
+    if grid == "uniform":
+        return [schedule.sigma(t0 * (n / steps)) for n in range(steps, 0, -1)]  # n / steps: t0 itself is exact
+    if grid != "karras":
+        raise ValueError(f"unknown grid {grid!r}; choose one of: {', '.join(GRIDS)}")
+    top, bottom = schedule.sigma(t0), schedule.sigma(min(t0, KARRAS_T_MIN))
+    if steps == 1 or bottom <= 0.0 or bottom >= top:
+        return [top] + [schedule.sigma(t0 * (n / steps)) for n in range(steps - 1, 0, -1)]
+    a, b = top ** (1.0 / KARRAS_RHO), bottom ** (1.0 / KARRAS_RHO)
+    return [top] + [(a + i / (steps - 1) * (b - a)) ** KARRAS_RHO for i in range(1, steps)]
+
+
+def sigma_grid(schedule: Schedule, t0: float, steps: int, grid: str = "uniform") -> torch.Tensor:
+    """Decreasing sigmas for N steps from exactly sigma(t0) (sigma_levels), then 0."""
+    return torch.tensor(sigma_levels(schedule, t0, steps, grid) + [0.0], dtype=torch.float64)

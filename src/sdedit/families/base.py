@@ -13,22 +13,23 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..engine.samplers import Denoiser
 from ..engine.schedules import Schedule
 from ..errors import InputError
 from ..images import Fit
-from ..devices import Offload, resolve_precision
+from ..devices import Offload
 from ..loading.lora import LoraSpec
-from ..settings import DEFAULT_GUIDANCE, DEFAULT_PRECISION, DEFAULT_T0, PRECISIONS, RunSettings
-
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from ..precision import RunPrecision, requested
+from ..settings import DEFAULT_GUIDANCE, DEFAULT_PRECISION, DEFAULT_T0, RunSettings
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,13 @@ class Model(ABC):
         """Move every network (in place) and return self."""
 
     @abstractmethod
-    def set_autocast(self, dtype: torch.dtype | None) -> None:
-        """Run the main network under this autocast dtype (None: its own precision)."""
+    def main_network(self) -> nn.Module:
+        """The network D runs at every step (UNet or transformer): what a run's precision is measured on."""
+
+    @property
+    @abstractmethod
+    def size_multiple(self) -> int:
+        """The main network takes inputs whose sides (in the sampler's space) are multiples of this."""
 
     @abstractmethod
     def compile(self) -> None:
@@ -102,21 +108,25 @@ class Model(ABC):
         return Frame(box, size, True, whole_input=True)
 
     @property
-    def precision(self) -> str:
-        """The precision the network runs at (fp32, bf16 or fp16)."""
-        return str(self.info.get("precision", "fp32"))
+    def default_precision(self) -> str:
+        """The precision of runs that name none, as given to load_model: auto, fp32, bf16 or fp16."""
+        return str(self.info.get("precision", DEFAULT_PRECISION))
 
-    def optimize(self, *, precision: str = DEFAULT_PRECISION, compile: bool = False) -> Model:
-        """Autocast the main network ('auto': bf16 where the hardware runs it natively, else fp32) and/or compile it."""
-        if precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        precision = resolve_precision(precision, self.device)
-        stored = self.info.get("weights")
-        if stored is not None and stored != precision:
-            raise InputError(f"{self.name} was offloaded with its weights stored in {stored}: it runs in {stored} "
-                             f"only; load it again for {precision}")
-        self.set_autocast(AUTOCAST_DTYPES[precision])
-        self.info["precision"] = precision
+    def run_precision(self, asked: str | None) -> RunPrecision:
+        """The precision of one run (decided on its first batch; the model is not changed)."""
+        return RunPrecision(requested(asked, self.default_precision), self.device, self.network_signature(),
+                            self.size_multiple, stored=self.info.get("weights"))
+
+    def network_signature(self) -> str:
+        """A short hash of the main network's class and parameter shapes and dtypes (a key of measured decisions)."""
+        net = self.main_network()
+        h = hashlib.sha256(type(getattr(net, "_orig_mod", net)).__name__.encode())
+        for name, p in net.named_parameters():
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+        return h.hexdigest()[:16]
+
+    def optimize(self, *, compile: bool = False) -> Model:
+        """torch.compile the main network once (precision is a run's setting, see sdedit.precision)."""
         if compile and self.info.get("offload", "none") != "none":
             raise InputError("--compile does not combine with --offload (the offload hooks move weights mid-graph)")
         if compile and not self.info.get("compiled"):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..devices import pick_device
-from ..engine.denoisers import autocast, flow_input, x0_from_velocity
+from ..engine.denoisers import flow_input, x0_from_velocity
 from ..engine.samplers import Denoiser
 from ..engine.schedules import FlowSchedule
 from ..errors import InputError
@@ -74,11 +74,10 @@ class FluxDenoiser(nn.Module):
     """D(z, sigma) of the FLUX transformer for one prompt: pack, predict the velocity, unpack, x0 = x_t - t v."""
 
     def __init__(self, transformer: nn.Module, context: torch.Tensor, pooled: torch.Tensor, guidance: float | None,
-                 autocast_dtype: torch.dtype | None = None, extra_channels: int = 0):
+                 extra_channels: int = 0):
         super().__init__()
         self.extra_channels = extra_channels  # FLUX Fill's masked-image latents and mask per latent cell, else 0
         self.transformer, self.context, self.pooled, self.guidance = transformer, context, pooled, guidance
-        self.autocast_dtype = autocast_dtype
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """condition: FLUX Fill's masked-image latents and space-to-depth mask on the latent grid, one row per row."""
@@ -93,12 +92,11 @@ class FluxDenoiser(nn.Module):
         # packing channel-major: pack([x_t, cond]) is the tokens of x_t, then of the masked image, then of the mask
         tokens = pack(x_t if condition is None else torch.cat([x_t, condition.to(x_t)], dim=1))
         guidance = None if self.guidance is None else torch.full((b,), self.guidance, device=x.device)
-        with autocast(x.device, self.autocast_dtype):
-            v = self.transformer(hidden_states=tokens, timestep=t.reshape(-1).expand(b), guidance=guidance,
-                                 pooled_projections=self.pooled.expand(b, -1).to(x.device),
-                                 encoder_hidden_states=self.context.expand(b, -1, -1).to(x.device),
-                                 txt_ids=torch.zeros(self.context.shape[1], 3, device=x.device),
-                                 img_ids=patch_ids(h, w, x.device), return_dict=False)[0]
+        v = self.transformer(hidden_states=tokens, timestep=t.reshape(-1).expand(b), guidance=guidance,
+                             pooled_projections=self.pooled.expand(b, -1).to(x.device),
+                             encoder_hidden_states=self.context.expand(b, -1, -1).to(x.device),
+                             txt_ids=torch.zeros(self.context.shape[1], 3, device=x.device),
+                             img_ids=patch_ids(h, w, x.device), return_dict=False)[0]
         return x0_from_velocity(x_t, t, unpack(v.float(), h, w))
 
 
@@ -117,7 +115,6 @@ class FluxModel(LatentSpace, Model):
     shift_settings: dict[str, Any]  # use_dynamic_shifting, base/max_image_seq_len, base/max_shift
     name: str
     info: dict[str, Any] = field(default_factory=dict)
-    autocast_dtype: torch.dtype | None = None
     t5_tokens: int = 512  # max_sequence_length of T5 (512 for dev, 256 for schnell in diffusers' examples)
     text_conditioned = True
 
@@ -144,6 +141,11 @@ class FluxModel(LatentSpace, Model):
     def compile(self) -> None:
         self.transformer = torch.compile(self.transformer)
 
+    @property
+    def size_multiple(self) -> int:
+        """Latent sides are even: the latents are packed into 2x2 patches."""
+        return 2
+
     def schedule_for(self, size: tuple[int, int]) -> FlowSchedule:
         """FLUX's resolution-dependent shift: s = exp(mu), mu linear in the number of packed latent tokens."""
         return packed_shift(self.shift_settings, size, self.latent_factor, self.schedule)
@@ -167,7 +169,7 @@ class FluxModel(LatentSpace, Model):
         context, pooled = self.encode_prompt(settings.prompt)
         embedded = settings.guidance if self.transformer.config.guidance_embeds else None
         extra = int(self.transformer.config.in_channels) // 4 - int(self.vae.config.latent_channels)
-        return FluxDenoiser(self.transformer, context, pooled, embedded, self.autocast_dtype, extra)
+        return FluxDenoiser(self.transformer, context, pooled, embedded, extra)
 
     @property
     def inpainting(self) -> bool:

@@ -1,5 +1,5 @@
 """What every latent family shares: the VAE's latent space (encode with one posterior draw per generator, decode),
-masks on the latent grid, UNet/transformer autocast, LoRA on the main network and text encoders, and CPU offload of
+masks on the latent grid, LoRA on the main network and text encoders, and CPU offload of
 its networks."""
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ def repaint_mask(mask: torch.Tensor | None, x_g: torch.Tensor) -> torch.Tensor:
 
 
 class LatentSpace:
-    """Mixin for models with a `vae` (AutoencoderKL), an `autocast_dtype` and an `info` dict."""
+    """Mixin for models with a `vae` (AutoencoderKL) and an `info` dict."""
 
     vae: nn.Module
-    autocast_dtype: torch.dtype | None
     info: dict[str, Any]
     name: str
     execution_device: torch.device | None = None  # set when offloaded: where the networks run
@@ -70,7 +69,7 @@ class LatentSpace:
             for name, net in nets.items():
                 if name != "vae":  # the VAE runs in fp32, as without offload
                     net.to(weights_dtype)
-            self.info["weights"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}[weights_dtype]
+            self.info["weights"] = self.info["precision"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}[weights_dtype]
         if mode == "model":
             self.offloader = ModelOffload(nets, device)
         elif mode == "sequential":
@@ -91,14 +90,16 @@ class LatentSpace:
         """Pixels per latent cell: the VAE halves the size at each level but the last."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def set_autocast(self, dtype: torch.dtype | None) -> None:
-        self.autocast_dtype = dtype  # the main network's; the VAE always runs in fp32
+    def main_network(self) -> nn.Module:
+        """The UNet or transformer (named first by networks())."""
+        return next(iter(self.networks().values()))
 
     @torch.inference_mode()
     def encode(self, x_g: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """(z - shift) * scale of one guide, one draw from the VAE's posterior per generator (as diffusers draws it)."""
         dist = self.vae.encode(x_g.to(self.device, torch.float32)).latent_dist
-        draws = [torch.randn(dist.mean.shape, generator=g, dtype=torch.float32).to(self.device) for g in generators]
+        draws = [torch.randn(dist.mean.shape, generator=g, dtype=torch.float32, device=g.device).to(self.device)
+                 for g in generators]
         z = torch.cat([dist.mean + dist.std * d for d in draws])
         cfg = self.vae.config
         return (z - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor

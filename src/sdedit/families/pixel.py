@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.denoisers import autocast, expand, vp_input, x0_from_eps
+from ..engine.denoisers import expand, vp_input, x0_from_eps
 from ..engine.schedules import DiscreteVPSchedule, Schedule, VESchedule
 from ..devices import pick_device
 from ..errors import InputError
@@ -29,15 +29,12 @@ from .ddpm_unet import DDPMUNet, fits
 
 
 class NetworkDenoiser(nn.Module):
-    """Base of the pixel adapters: runs the wrapped network, optionally under bf16/fp16 autocast, returning float32."""
+    """Base of the pixel adapters: runs the wrapped network (under whatever autocast the run set), returning float32."""
 
     unet: nn.Module
-    autocast_dtype: torch.dtype | None = None  # None: the network's own precision (fp32)
 
     def run(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        with autocast(x.device, self.autocast_dtype):
-            out = self.unet(x, cond).sample
-        return out.float()
+        return self.unet(x, cond).sample.float()
 
 
 class EpsDenoiser(NetworkDenoiser):
@@ -47,6 +44,8 @@ class EpsDenoiser(NetworkDenoiser):
         super().__init__()
         self.unet = unet  # eps-prediction network taking (x_vp, step)
         self.schedule = schedule  # maps sigma to the (fractional) training step
+        # the schedule's grid as a buffer: it moves with the network, so no step copies it to the device
+        self.register_buffer("log_sigmas", schedule.log_sigmas.clone(), persistent=False)
 
     def eps(self, x_vp: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """The network's noise prediction in VP form at a (fractional) step."""
@@ -54,7 +53,7 @@ class EpsDenoiser(NetworkDenoiser):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = expand(sigma, x)
-        eps = self.eps(vp_input(x, s), self.schedule.step(sigma.reshape(-1)))
+        eps = self.eps(vp_input(x, s), self.schedule.step(sigma.reshape(-1), self.log_sigmas))
         return x0_from_eps(x, s, eps)
 
 
@@ -107,8 +106,14 @@ class PixelModel(Model):
         self.denoiser_net.to(device)
         return self
 
-    def set_autocast(self, dtype: torch.dtype | None) -> None:
-        self.denoiser_net.autocast_dtype = dtype
+    def main_network(self) -> nn.Module:
+        return self.denoiser_net
+
+    @property
+    def size_multiple(self) -> int:
+        """The UNet halves its input at each down block but the last (a denoiser without a UNet takes any size)."""
+        unet = getattr(self.denoiser_net, "unet", None)
+        return 1 if unet is None else 2 ** (len(unet.config["down_block_types"]) - 1)
 
     def compile(self) -> None:
         self.denoiser_net.unet = torch.compile(self.denoiser_net.unet)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..devices import pick_device
-from ..engine.denoisers import autocast, flow_input, x0_from_velocity
+from ..engine.denoisers import flow_input, x0_from_velocity
 from ..engine.samplers import Denoiser
 from ..engine.schedules import FlowSchedule
 from ..errors import InputError
@@ -50,22 +50,19 @@ RUNNABLE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImag
 class QwenImageDenoiser(nn.Module):
     """D(z, sigma) of the Qwen-Image transformer: pack, velocity with norm-rescaled true CFG, unpack, x_t - t v."""
 
-    def __init__(self, transformer: nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float,
-                 autocast_dtype: torch.dtype | None = None):
+    def __init__(self, transformer: nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float):
         super().__init__()
         self.transformer = transformer
         self.cond, self.uncond = cond, uncond  # (1, L, D) prompt embeddings; uncond None: no guidance
         self.guidance = guidance  # w of true CFG
-        self.autocast_dtype = autocast_dtype
 
     def velocity(self, tokens: torch.Tensor, t: torch.Tensor, text: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """The transformer's velocity on packed tokens for one prompt's embeddings (one sequence, no padding)."""
         b = tokens.shape[0]
-        with autocast(tokens.device, self.autocast_dtype):
-            v = self.transformer(hidden_states=tokens, timestep=t.reshape(-1).expand(b),
-                                 encoder_hidden_states=text.expand(b, -1, -1).to(tokens.device),
-                                 encoder_hidden_states_mask=None, img_shapes=[[(1, h // 2, w // 2)]] * b,
-                                 return_dict=False)[0]
+        v = self.transformer(hidden_states=tokens, timestep=t.reshape(-1).expand(b),
+                             encoder_hidden_states=text.expand(b, -1, -1).to(tokens.device),
+                             encoder_hidden_states_mask=None, img_shapes=[[(1, h // 2, w // 2)]] * b,
+                             return_dict=False)[0]
         return v.float()
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -92,7 +89,6 @@ class QwenImageModel(LatentSpace, Model):
     shift_settings: dict[str, Any]  # use_dynamic_shifting, base/max_image_seq_len, base/max_shift, time_shift_type
     name: str
     info: dict[str, Any] = field(default_factory=dict)
-    autocast_dtype: torch.dtype | None = None
     prompt_tokens: int = PROMPT_TOKENS
     text_conditioned = True
     recommended_guidance = TRUE_CFG
@@ -119,6 +115,11 @@ class QwenImageModel(LatentSpace, Model):
     def compile(self) -> None:
         self.transformer = torch.compile(self.transformer)
 
+    @property
+    def size_multiple(self) -> int:
+        """Latent sides are even: the latents are packed into 2x2 patches."""
+        return 2
+
     def schedule_for(self, size: tuple[int, int]) -> FlowSchedule:
         """The resolution-dependent shift: mu linear in the number of packed tokens, s = exp(mu) (or mu if linear)."""
         return packed_shift(self.shift_settings, size, self.latent_factor, self.schedule)
@@ -137,7 +138,7 @@ class QwenImageModel(LatentSpace, Model):
         w = 1.0 if settings.guidance is None else settings.guidance
         cond = self.encode_prompt(settings.prompt)
         uncond = self.encode_prompt(settings.negative_prompt) if w != 1.0 else None
-        return QwenImageDenoiser(self.transformer, cond, uncond, w, self.autocast_dtype)
+        return QwenImageDenoiser(self.transformer, cond, uncond, w)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self.denoiser(RunSettings(guidance=1.0, seed=0))(x, sigma)
@@ -157,7 +158,8 @@ class QwenImageModel(LatentSpace, Model):
     def encode(self, x_g: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """(z - mean) / std per channel of one guide as a one-frame video, one posterior draw per generator."""
         dist = self.vae.encode(x_g.to(self.device, torch.float32)[:, :, None]).latent_dist
-        draws = [torch.randn(dist.mean.shape, generator=g, dtype=torch.float32).to(self.device) for g in generators]
+        draws = [torch.randn(dist.mean.shape, generator=g, dtype=torch.float32, device=g.device).to(self.device)
+                 for g in generators]
         z = torch.cat([dist.mean + dist.std * d for d in draws])
         mean, std = self._latent_stats(z)
         return ((z - mean) / std)[:, :, 0]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..devices import pick_device
-from ..engine.denoisers import autocast, eps_from_v, vp_input, x0_from_eps
+from ..engine.denoisers import eps_from_v, vp_input, x0_from_eps
 from ..engine.samplers import Denoiser
 from ..engine.schedules import DiscreteVPSchedule
 from ..errors import InputError
@@ -56,13 +56,14 @@ class GuidedDenoiser(nn.Module):
     """D(z, sigma) of a latent eps/v network with classifier-free guidance: eps_u + w (eps_c - eps_u)."""
 
     def __init__(self, unet: nn.Module, schedule: DiscreteVPSchedule, prediction_type: str, cond: TextCondition,
-                 uncond: TextCondition | None, guidance: float, autocast_dtype: torch.dtype | None = None,
-                 latent_factor: int = LATENT_FACTOR, extra_channels: int = 0):
+                 uncond: TextCondition | None, guidance: float, latent_factor: int = LATENT_FACTOR,
+                 extra_channels: int = 0, device: torch.device | str = "cpu"):
         super().__init__()
         self.extra_channels = extra_channels  # an inpainting UNet's mask and masked-image latents (5), else 0
         self.unet, self.schedule, self.prediction_type = unet, schedule, prediction_type
         self.cond, self.uncond, self.guidance = cond, uncond, guidance
-        self.autocast_dtype = autocast_dtype
+        # the schedule's grid where the UNet is, once per run (no copy to the device at every step)
+        self.register_buffer("log_sigmas", schedule.log_sigmas.to(device), persistent=False)
         self.latent_factor = latent_factor
 
     def _extra(self, branches: list[TextCondition], b: int, x: torch.Tensor) -> dict[str, Any]:
@@ -86,14 +87,12 @@ class GuidedDenoiser(nn.Module):
                              f"image: model.edit_condition); got {0 if condition is None else condition.shape[1]}")
         if condition is not None:
             x_vp = torch.cat([x_vp, condition.to(x_vp)], dim=1)  # beside the noisy latents, unscaled
-        step = self.schedule.step(sigma.reshape(-1)).to(x.device, torch.float32)
+        step = self.schedule.step(sigma.reshape(-1), self.log_sigmas).to(torch.float32)
         guided = self.uncond is not None and self.guidance != 1.0
         branches = [self.uncond, self.cond] if guided and self.uncond is not None else [self.cond]
         ctx = torch.cat([c.context.expand(b, -1, -1) for c in branches])
         x_in, t_in = (torch.cat([x_vp, x_vp]), torch.cat([step, step])) if guided else (x_vp, step)
-        with autocast(x.device, self.autocast_dtype):
-            out = self.unet(x_in, t_in, encoder_hidden_states=ctx.to(x.device),
-                            **self._extra(branches, b, x)).sample
+        out = self.unet(x_in, t_in, encoder_hidden_states=ctx.to(x.device), **self._extra(branches, b, x)).sample
         out = out.float()
         if guided:
             out_u, out_c = out.chunk(2)
@@ -121,7 +120,6 @@ class StableDiffusionModel(LatentSpace, Model):
     prediction_type: str  # "epsilon" or "v_prediction"
     name: str
     info: dict[str, Any] = field(default_factory=dict)
-    autocast_dtype: torch.dtype | None = None  # the UNet's autocast; the VAE always runs in fp32
     tile_vae: bool | None = None  # None: tiled above 1024 px
     text_encoder_2: nn.Module | None = None  # SDXL: the second (projecting) CLIP text encoder
     tokenizer_2: Any = None
@@ -151,6 +149,11 @@ class StableDiffusionModel(LatentSpace, Model):
     def compile(self) -> None:
         self.unet = torch.compile(self.unet)
 
+    @property
+    def size_multiple(self) -> int:
+        """Latent sides the UNet halves evenly at each down block but the last (it takes others by interpolating)."""
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+
     @torch.inference_mode()
     def encode_prompt(self, prompt: str) -> TextCondition:
         """CLIP text embeddings of one prompt, padded to the tokenizer's length (SDXL: both encoders, and pooled)."""
@@ -176,8 +179,8 @@ class StableDiffusionModel(LatentSpace, Model):
             empty = not settings.negative_prompt and self.zero_empty_negative
             uncond = cond.zeros() if empty else self.encode_prompt(settings.negative_prompt)
         return GuidedDenoiser(self.unet, self.schedule, self.prediction_type, cond, uncond, settings.guidance,
-                              self.autocast_dtype, self.latent_factor,
-                              int(self.unet.config.in_channels) - int(self.vae.config.latent_channels))
+                              self.latent_factor,
+                              int(self.unet.config.in_channels) - int(self.vae.config.latent_channels), self.device)
 
     @property
     def inpainting(self) -> bool:

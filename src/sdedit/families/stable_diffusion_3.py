@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..devices import pick_device
-from ..engine.denoisers import autocast, flow_input, x0_from_velocity
+from ..engine.denoisers import flow_input, x0_from_velocity
 from ..engine.samplers import Denoiser
 from ..engine.schedules import FlowSchedule
 from ..errors import InputError
@@ -39,10 +39,10 @@ class FlowGuidedDenoiser(nn.Module):
     """D(z, sigma) of a velocity transformer with classifier-free guidance on v: v_u + w (v_c - v_u)."""
 
     def __init__(self, transformer: nn.Module, cond: TextCondition, uncond: TextCondition | None, guidance: float,
-                 autocast_dtype: torch.dtype | None = None, timesteps: int = 1000):
+                 timesteps: int = 1000):
         super().__init__()
         self.transformer, self.cond, self.uncond, self.guidance = transformer, cond, uncond, guidance
-        self.autocast_dtype, self.timesteps = autocast_dtype, timesteps
+        self.timesteps = timesteps
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -53,10 +53,8 @@ class FlowGuidedDenoiser(nn.Module):
         ctx = torch.cat([c.context.expand(b, -1, -1) for c in branches]).to(x.device)
         pooled = torch.cat([c.pooled.expand(b, -1) for c in branches if c.pooled is not None]).to(x.device)
         k = len(branches)
-        with autocast(x.device, self.autocast_dtype):
-            v = self.transformer(hidden_states=x_t.repeat(k, 1, 1, 1), timestep=(t.reshape(-1) * self.timesteps)
-                                 .repeat(k), encoder_hidden_states=ctx, pooled_projections=pooled,
-                                 return_dict=False)[0]
+        v = self.transformer(hidden_states=x_t.repeat(k, 1, 1, 1), timestep=(t.reshape(-1) * self.timesteps)
+                             .repeat(k), encoder_hidden_states=ctx, pooled_projections=pooled, return_dict=False)[0]
         v = v.float()
         if guided:
             v_u, v_c = v.chunk(2)
@@ -75,7 +73,6 @@ class StableDiffusion3Model(LatentSpace, Model):
     schedule: FlowSchedule
     name: str
     info: dict[str, Any] = field(default_factory=dict)
-    autocast_dtype: torch.dtype | None = None
     text_conditioned = True
 
     @property
@@ -97,6 +94,11 @@ class StableDiffusion3Model(LatentSpace, Model):
 
     def compile(self) -> None:
         self.transformer = torch.compile(self.transformer)
+
+    @property
+    def size_multiple(self) -> int:
+        """Latent sides are multiples of the transformer's patch size."""
+        return int(self.transformer.config.patch_size)
 
     @torch.inference_mode()
     def encode_prompt(self, prompt: str) -> TextCondition:
@@ -124,7 +126,7 @@ class StableDiffusion3Model(LatentSpace, Model):
         """Velocity guided by the prompt against the negative prompt (encoded, even when empty, as SD3 does)."""
         cond = self.encode_prompt(settings.prompt)
         uncond = self.encode_prompt(settings.negative_prompt) if settings.guidance != 1.0 else None
-        return FlowGuidedDenoiser(self.transformer, cond, uncond, settings.guidance, self.autocast_dtype)
+        return FlowGuidedDenoiser(self.transformer, cond, uncond, settings.guidance)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """D for the empty prompt without guidance."""

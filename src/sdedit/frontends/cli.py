@@ -17,16 +17,18 @@ from typing import Any
 
 from ..crops import DEFAULT_CROP_PADDING
 from ..engine.samplers import SAMPLERS
+from ..engine.schedules import GRIDS
 from ..errors import InputError, ModelUnavailableError
 from ..files import printable
 from ..loading.presets import BUNDLED_MODELS, DEFAULT_MODEL, PIPELINE_PRESETS, PRESETS
 from ..devices import OFFLOADS, offload_device
-from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GUIDANCE, DEFAULT_PRECISION, \
+from ..precision import PRECISION_ENV
+from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GRID, DEFAULT_GUIDANCE, DEFAULT_PRECISION, \
     DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, SettingError, parse_t0
 from .common import Parser, Writer, run_guarded, say
 
 
-def _add_model(p: argparse.ArgumentParser) -> None:
+def _add_model(p: argparse.ArgumentParser, threads: bool = True) -> None:
     p.add_argument("--model", help=f"{DEFAULT_MODEL} (default, bundled), a preset ({', '.join(PRESETS)}), "
                                    "a checkpoint file, a diffusers folder or a Hub id")
     p.add_argument("--config", help="for a checkpoint file: the released YAML config or a preset name (DDPM), or for "
@@ -34,6 +36,23 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present, else CPU)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH_OR_HUB_ID[:SCALE]",
                    help="apply a LoRA (safetensors file, folder or Hub id; scale 1 by default); repeatable")
+    if threads:
+        _add_threads(p)
+
+
+def _add_threads(p: argparse.ArgumentParser, default: int | None = None,
+                 text: str = "CPU threads for the network (default: one per core; on a busy machine fewer can be "
+                             "faster, see README 'Threads')") -> None:
+    """--threads N: the CPU threads torch computes with."""
+    p.add_argument("--threads", type=int, default=default, help=text)
+
+
+def check_threads(n: int) -> int:
+    """The --threads rule: from 1 to this machine's cores."""
+    cores = os.cpu_count() or 1
+    if not 1 <= n <= cores:
+        raise InputError(f"--threads must be from 1 to {cores} (this machine's cores), got {n}")
+    return n
 
 
 def _add_offload(p: argparse.ArgumentParser) -> None:
@@ -55,12 +74,15 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
                                              f"10 for {DEFAULT_SAMPLER} at t0 = 0.5)")
     p.add_argument("--repeats", "-K", type=int, help="K: repeat noise-and-denoise (1)")
     p.add_argument("--sampler", choices=list(SAMPLERS), help=f"reverse sampler ({DEFAULT_SAMPLER})")
+    p.add_argument("--schedule", choices=list(GRIDS),
+                   help=f"spacing of the steps from t0: uniform in t or karras (rho 7) in sigma ({DEFAULT_GRID})")
     p.add_argument("-n", "--num", type=int, help="outputs per input (1)")
     p.add_argument("--seed", type=int, help=seed_help)
     p.add_argument("--batch-size", type=int, help=f"samples per network call ({DEFAULT_BATCH_SIZE})")
     p.add_argument("--precision", choices=list(PRECISIONS),
-                   help="network precision: auto (default: bf16 autocast where the CPU has AMX or AVX-512 BF16 or "
-                        "the GPU is Ampere or newer, else fp32), fp32 to force full precision, bf16 or fp16")
+                   help="network precision: auto (default: the faster of fp32 and bf16 autocast, timed once on this "
+                        "machine for the network and shape, then cached; see 'sdedit models'), fp32, bf16 or fp16; "
+                        f"{PRECISION_ENV} sets the default")
     p.add_argument("--mask-grow", type=int, default=0, help="grow the mask by this many pixels (0)")
     p.add_argument("--mask-feather", type=int, default=0,
                    help="feather the mask outward by this many pixels: the band blends into the photo (0)")
@@ -108,7 +130,7 @@ def _t0_arg(text: str) -> float | str:
         raise argparse.ArgumentTypeError(e.rule) from None
 
 
-FLAGS = {"faithfulness": "--faithfulness", "t0": "--t0", "steps": "--steps", "repeats": "--repeats", "sampler": "--sampler", "num_samples": "-n",
+FLAGS = {"faithfulness": "--faithfulness", "t0": "--t0", "steps": "--steps", "repeats": "--repeats", "sampler": "--sampler", "num_samples": "-n", "grid": "--schedule",
          "seed": "--seed", "batch_size": "--batch-size", "precision": "--precision", "prompt": "--prompt",
          "negative_prompt": "--negative-prompt", "guidance": "--guidance"}
 
@@ -125,7 +147,7 @@ def run_settings(a: argparse.Namespace, **fixed: Any) -> RunSettings:
     """The RunSettings a command line asks for (unset flags take the defaults)."""
     given = dict(t0=a.t0, steps=a.steps, repeats=a.repeats, sampler=a.sampler, num_samples=a.num, seed=a.seed,
                  batch_size=a.batch_size, precision=a.precision, prompt=a.prompt, negative_prompt=a.negative_prompt,
-                 guidance=a.guidance, faithfulness=a.faithfulness)
+                 guidance=a.guidance, faithfulness=a.faithfulness, grid=a.schedule)
     return settings_for_flags(**{**given, **fixed})
 
 
@@ -190,6 +212,7 @@ def _parser() -> Parser:
                    help="auto (bf16 autocast where the device runs it natively), fp32 or bf16")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
+    _add_threads(t)
     t.add_argument("-q", "--quiet", action="store_true")
 
     k = sub.add_parser("strokes", help="simulate a stroke painting (median filter + adaptive palette)")
@@ -241,12 +264,11 @@ def _parser() -> Parser:
     maps.add_argument("--masks", type=Path, help="folder of masks matched by file name stem: white = edit")
     maps.add_argument("--strength-maps", type=Path,
                       help="instead of masks, a folder of strength maps (per-pixel t0) matched by file name stem")
-    _add_model(b)
+    _add_model(b, threads=False)
+    _add_threads(b, 1, "CPU threads per process (1: files identical whatever the process count; "
+                       "use torchrun --nproc_per_node N for N cores)")
     _add_run(b, seed_help="item seeds derive from (seed, file name) (0)")
     _add_offload(b)
-    b.add_argument("--threads", type=int, default=1,
-                   help="CPU threads per process (1: files identical whatever the process count; "
-                        "use torchrun --nproc_per_node N for N cores)")
 
     u = sub.add_parser("ui", help="start the web app: paint strokes or paint on a photo, in the browser")
     u.add_argument("--model", help=f"an extra model to offer and select first (default: {DEFAULT_MODEL}); "
@@ -262,6 +284,7 @@ def _parser() -> Parser:
     u.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
     u.add_argument("--lora", action="append", default=[], metavar="PATH_OR_HUB_ID[:SCALE]",
                    help="LoRA(s) for the --model given here; repeatable")
+    _add_threads(u)
     _add_offload(u)
 
     sub.add_parser("models", help="list the preset models, their sizes and whether they are cached")
@@ -287,7 +310,7 @@ def _edit(a: argparse.Namespace) -> int:
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora, offload=a.offload,
                        precision=settings.precision or DEFAULT_PRECISION)
     model.check_conditioning(settings)
-    model.optimize(precision=settings.precision or model.precision, compile=a.compile)
+    model.optimize(compile=a.compile)
     guide = prepare_guide(model, image, mask, fit=a.fit, original_size=a.original_size, strength_map=strength_map,
                           mask_grow=a.mask_grow, mask_feather=a.mask_feather, crop_to_mask=crop)
     check_output_folder(a.outdir)
@@ -490,9 +513,7 @@ def _batch(a: argparse.Namespace) -> int:
     from .batch import BatchJob, run_folder
 
     settings = run_settings(a, seed=a.seed if a.seed is not None else 0)
-    cores = os.cpu_count() or 1
-    if not 1 <= a.threads <= cores:
-        raise InputError(f"--threads must be from 1 to {cores} (this machine's cores), got {a.threads}")
+    check_threads(a.threads)
     offload_device(a.offload, a.device)
     job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora), a.mask_grow,
                    a.mask_feather, _crop_option(a), strength_maps=a.strength_maps is not None)
@@ -541,15 +562,18 @@ def _models(a: argparse.Namespace) -> int:
     from ..loading.hub import is_cached
     from ..loading.presets import bundled_path
 
-    import torch
-
-    from ..devices import native_bf16, pick_device
+    from ..devices import device_name, pick_device
+    from ..precision import cache_path, decisions
 
     device = pick_device(None)
-    auto = "bf16" if native_bf16(device) else "fp32"
-    print(f"precision: 'auto' (the default) runs the network in {auto} on this machine's {device.type}"
-          + (" (native bf16); force fp32 with --precision fp32" if auto == "bf16" else
-             " (no native bf16 here)") + f"; torch {torch.__version__}")
+    path = cache_path()
+    print(f"precision: 'auto' (the default) times fp32 against bf16 the first time a network runs an input shape on "
+          f"this machine and keeps the faster; decisions in {printable(path)}, for {device_name(device)}:")
+    rows = decisions(path, device)
+    for row in rows:
+        print(f"  {row}")
+    if not rows:
+        print("  (none yet)")
     print("t0: the model's recommended t0, used when --t0 is not given (README 'The default model')")
     print(f"{'name':<12} {'family':<6} {'res':>5} {'t0':>4} {'size':>8}  {'cached':<6} {'source':<30} description")
     for name, text in BUNDLED_MODELS.items():
@@ -603,6 +627,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         args = _parser().parse_args(argv)
+        if args.command != "batch" and getattr(args, "threads", None) is not None:  # batch sets its own per process
+            import torch
+
+            torch.set_num_threads(check_threads(args.threads))
         return COMMANDS[args.command](args)
 
     return run_guarded(body, "sdedit")
