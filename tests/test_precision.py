@@ -166,3 +166,41 @@ def test_the_real_measurement_times_a_network_within_its_budget(tmp_path, monkey
     assert set(timing.seconds) == {"fp32", "bf16"} and all(v > 0 for v in timing.seconds.values())
     assert timing.side[0] * timing.side[1] * 2 >= P.MIN_PROXY_CELLS
     assert timing.difference < P.GUARD and timing.spent < 10 * PROBE_BUDGET_S
+
+
+def test_sdedit_models_lists_the_decisions_made_here(measured, capsys):
+    from sdedit.frontends.cli import main
+
+    choose()
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "network net, input 3x16x16, batch 4+" in out and "bf16 (bf16, fp32 2.00x slower" in out
+
+
+@pytest.mark.parametrize("family", ["sd", "sd-inpainting", "sd3", "flux", "flux-fill", "pixel"])
+def test_auto_measures_on_every_family_and_records_why(family, tmp_path, monkeypatch):
+    """The real measurement on proxies of each family's input (latents, packed tokens, inpainting channels)."""
+    from sdedit import load_model
+
+    from .tiny_sd import make_tiny_flux, make_tiny_sd, make_tiny_sd3
+
+    monkeypatch.setenv(P.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(P.PRECISION_ENV, raising=False)
+    folder = tmp_path / family
+    if family == "pixel":
+        source = "landscapes"
+    else:
+        {"sd": lambda f: make_tiny_sd(f), "sd-inpainting": lambda f: make_tiny_sd(f, in_channels=9),
+         "sd3": make_tiny_sd3, "flux": make_tiny_flux, "flux-fill": lambda f: make_tiny_flux(f, fill=True)}[family](folder)
+        source = folder
+    model = load_model(source, device="cpu")
+    prompt = {} if family == "pixel" else {"prompt": "a red barn"}
+    mask = None if "fill" not in family and "inpainting" not in family else random_image((64, 64), seed=4).convert("L")
+    out = edit(model, random_image((64, 64), seed=3), mask=mask, t0=0.6, steps=2, seed=1, progress=False, **prompt)[0]
+    meta = json.loads(out.info["sdedit"])
+    assert meta["precision"] in ("fp32", "bf16") and meta["precision_reason"].startswith("auto: measured ")
+    entries = json.loads((tmp_path / "cache" / P.CACHE_FILE).read_text())["entries"]
+    assert len(entries) == 1 and next(iter(entries.values()))["precision"] == meta["precision"]
+    again = edit(model, random_image((64, 64), seed=3), mask=mask, t0=0.6, steps=2, seed=1, progress=False, **prompt)[0]
+    assert json.loads(again.info["sdedit"])["precision_reason"].startswith("auto: cached ")
+    assert np.array_equal(np.asarray(out), np.asarray(again))

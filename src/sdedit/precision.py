@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -154,7 +155,10 @@ def measure(denoiser: Denoiser, x: torch.Tensor, sigma: float, names: list[str],
     def run(precision: str, size: tuple[int, int]) -> torch.Tensor:
         h, w = size
         kwargs = {} if condition is None else {"condition": condition[..., :h, :w]}
-        with torch.inference_mode():
+        # the probe's outputs are thrown away: a library's UserWarning about them (e.g. torch's rms_norm dtype
+        # note under bf16) is nothing a user can act on, and would break -q
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             out = wrapped[precision](probe[..., :h, :w], s, **kwargs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

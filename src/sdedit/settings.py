@@ -25,7 +25,7 @@ AUTO_T0 = "auto"  # t0 chosen per image: the largest within the faithfulness bud
 # from.
 DEFAULT_FAITHFULNESS_RMS = 0.0762
 DEFAULT_SAMPLER = "dpm++2m-sde"
-DEFAULT_GRID = "uniform"  # the step grid from t0 (engine.schedules.GRIDS); karras did not beat it, see README
+DEFAULT_GRID = "uniform"  # the step grid from t0 (engine.schedules.GRIDS); karras did not win (README)
 DEFAULT_GUIDANCE = 7.5  # classifier-free guidance weight of text-conditioned models
 DEFAULT_BATCH_SIZE = 8  # samples per network call
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
