@@ -114,14 +114,25 @@ def test_a_decision_is_cached_and_keyed_by_shape_batch_bucket_and_device(measure
     assert len(measured) == 4
 
 
-def test_a_corrupt_cache_is_one_warning_and_then_replaced(measured, tmp_path):
-    (tmp_path / P.CACHE_FILE).write_text("{not json")
+@pytest.mark.parametrize("content", ["{not json", '{"version": 99, "entries": {}}', "[1, 2]", "\udcff"])
+def test_a_corrupt_or_foreign_cache_is_one_warning_and_left_as_it_is(measured, tmp_path, content):
+    (tmp_path / P.CACHE_FILE).write_text(content, errors="surrogateescape")
+    before = (tmp_path / P.CACHE_FILE).read_bytes()
     warnings: list[str] = []
-    assert choose(warn=warnings.append).precision == "bf16"
-    assert len(warnings) == 1 and "corrupt" in warnings[0]
-    assert json.loads((tmp_path / P.CACHE_FILE).read_text())["version"] == P.CACHE_VERSION
+    assert choose(warn=warnings.append) == P.Choice("bf16", "auto: measured bf16, fp32 2.00x slower")
+    assert len(warnings) == 1 and "ignoring the precision cache" in warnings[0] and "delete it" in warnings[0]
+    assert (tmp_path / P.CACHE_FILE).read_bytes() == before  # never written over: it may not be ours
+    (tmp_path / P.CACHE_FILE).unlink()
     warnings.clear()
+    choose(warn=warnings.append)
     assert choose(warn=warnings.append).reason.startswith("auto: cached") and not warnings
+
+
+def test_run_settings_refuse_an_unknown_grid():
+    from sdedit.settings import RunSettings, SettingError
+
+    with pytest.raises(SettingError, match="schedule must be one of uniform, karras"):
+        RunSettings(grid="cosine")
 
 
 def test_an_unwritable_cache_is_one_warning_never_fatal(measured, monkeypatch, tmp_path):

@@ -37,6 +37,7 @@ CACHE_VERSION = 1
 GUARD = 0.02  # bf16's D may differ from fp32's by at most this rms per (1 + sigma), on the data scale
 MIN_PROXY_CELLS = 1024  # the smallest proxy measured: batch x height x width cells of the sampler's space
 MAX_CACHE_ENTRIES = 1000  # decisions kept; older ones are dropped first
+MAX_CACHE_BYTES = 4_000_000  # a cache file larger than this is not one this package wrote
 Warn = Callable[[str], None]
 
 
@@ -83,23 +84,23 @@ def candidates(device: torch.device, stored: str | None) -> list[str]:
     return ["fp32", "bf16"] if bf16_runs(device) else ["fp32"]
 
 
-def read_cache(path: Path, warn: Warn) -> dict[str, Any]:
-    """The cached decisions; a missing file is empty, an unreadable or corrupt one is empty with one warning."""
+def read_cache(path: Path, warn: Warn) -> dict[str, Any] | None:
+    """The cached decisions ({} when there is no file yet); None, with one warning, for a file that cannot be read
+    or is not a cache of this version: measure again, and leave that file as it is (it may not be ours)."""
     try:
+        if path.stat().st_size > MAX_CACHE_BYTES:
+            raise ValueError(f"over {MAX_CACHE_BYTES} bytes")
         with open(path, "rb") as f:
-            raw = f.read(4_000_000)
-    except (FileNotFoundError, NotADirectoryError):
-        return {}  # not written yet (a file in the way of the folder is reported when the decision is saved)
-    except OSError as e:
-        warn(f"cannot read the precision cache {printable(path)} ({e.strerror}); measuring again")
-        return {}
-    try:
-        data = json.loads(raw)
+            data = json.loads(f.read(MAX_CACHE_BYTES))
         if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
             raise ValueError("not a precision cache of this version")
-    except (ValueError, UnicodeDecodeError) as e:
-        warn(f"ignoring the corrupt precision cache {printable(path)} ({str(e).splitlines()[0][:80]}); measuring again")
-        return {}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}  # not written yet (a file in the way of the folder is reported when the decision is saved)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else str(e).splitlines()[0][:80]
+        warn(f"ignoring the precision cache {printable(path)} ({why}); measuring again and leaving it as it is "
+             f"(delete it to let sdedit keep its decisions there)")
+        return None
     return data["entries"]
 
 
@@ -117,7 +118,7 @@ def write_cache(path: Path, entries: dict[str, Any], warn: Warn) -> None:
 def decisions(path: Path, device: torch.device, warn: Warn = warn_stderr) -> list[str]:
     """The cached decisions for this device and torch build, one readable line each."""
     rows = []
-    for key, entry in read_cache(path, warn).items():
+    for key, entry in (read_cache(path, warn) or {}).items():
         try:
             name, version, threads, network, shape, bucket = json.loads(key)
             shown = "x".join(str(int(v)) for v in shape)
@@ -211,11 +212,13 @@ class RunPrecision:
         path = cache_path()
         key = decision_key(self.device, self.network, tuple(x.shape))
         entries = read_cache(path, self.warn)
-        hit = entries.get(key)
+        hit = (entries or {}).get(key)
         if isinstance(hit, dict) and hit.get("precision") in names and isinstance(hit.get("why"), str):
             return Choice(hit["precision"], f"auto: cached {hit['why']}")
         timing = measure(denoiser, x, sigma, names, self.multiple, condition)
         precision, why = decide(timing)
+        if entries is None:  # a file that is not our cache: left alone
+            return Choice(precision, f"auto: measured {why}")
         entries.pop(key, None)
         entries[key] = {"precision": precision, "why": why, "seconds": timing.seconds, "proxy": list(timing.side),
                         "difference": timing.difference, "spent": round(timing.spent, 3),

@@ -22,7 +22,7 @@ from ..errors import InputError, ModelUnavailableError
 from ..files import printable
 from ..loading.presets import BUNDLED_MODELS, DEFAULT_MODEL, PIPELINE_PRESETS, PRESETS
 from ..devices import OFFLOADS, offload_device
-from ..precision import PRECISION_ENV
+from ..precision import PRECISION_ENV, requested
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GRID, DEFAULT_GUIDANCE, DEFAULT_PRECISION, \
     DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, SettingError, parse_t0
 from .common import Parser, Writer, run_guarded, say
@@ -627,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         args = _parser().parse_args(argv)
+        requested(None, DEFAULT_PRECISION)  # a bad SDEDIT_PRECISION is refused before any work
         if args.command != "batch" and getattr(args, "threads", None) is not None:  # batch sets its own per process
             import torch
 
