@@ -216,7 +216,29 @@ def test_tiled_vae_for_large_images_keeps_size_and_kept_pixels(sd_folder):
     out = edit(model, img, mask=mask, prompt="x", t0=0.5, steps=2, seed=0, progress=False)[0]
     keep = np.asarray(mask) == 0
     assert out.size == img.size and (np.asarray(out)[keep] == np.asarray(img)[keep]).all()
-    assert model.vae.use_tiling
+    assert not model.vae.use_tiling  # tiling is decided per VAE call and not left set on the model
+
+
+def test_a_wide_image_gives_the_same_output_alone_and_beside_a_small_one(sd_folder):
+    """Tiling used to be switched by frame() as model state, so the last guide prepared decided it for all."""
+    from sdedit.api import iter_edits, prepare_guide
+    from sdedit.settings import RunSettings
+
+    folder, _ = sd_folder
+    model = load_model(folder, device="cpu")
+    wide, small = photo((1100, 64), seed=1), photo((64, 64), seed=2)
+    settings = RunSettings(prompt="x", t0=0.5, steps=2, seed=0, precision="fp32")
+
+    def run(images):
+        guides = [prepare_guide(model, im) for im in images]  # all prepared before any is decoded
+        return [np.asarray(o) for o in iter_edits(model, guides, [5] * len(guides), settings, progress=False)]
+
+    alone = run([wide])[0]
+    together = run([wide, small])[0]  # the small one is prepared last
+    assert np.array_equal(alone, together)
+    model.tile_vae = False
+    untiled = run([wide])[0]
+    assert not np.array_equal(alone, untiled)  # the wide image really is tiled (> 1024 px)
 
 
 def test_reduced_precision_runs_the_unet_under_autocast_and_keeps_the_vae_fp32(sd_folder):

@@ -4,7 +4,8 @@ its networks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -94,10 +95,28 @@ class LatentSpace:
         """The UNet or transformer (named first by networks())."""
         return next(iter(self.networks().values()))
 
+    def vae_tiling(self, height: int, width: int) -> bool:
+        """Whether the VAE works on an image of this many pixels in tiles (families that tile say when)."""
+        return False
+
+    @contextmanager
+    def _tiling(self, height: int, width: int) -> Iterator[None]:
+        """The VAE tiled or not for one call, by that call's own image size (never left set for the next call, so
+        an image's output does not depend on what else is in its batch or run)."""
+        before = getattr(self.vae, "use_tiling", False)
+        if hasattr(self.vae, "use_tiling"):
+            self.vae.use_tiling = self.vae_tiling(height, width)
+        try:
+            yield
+        finally:
+            if hasattr(self.vae, "use_tiling"):
+                self.vae.use_tiling = before
+
     @torch.inference_mode()
     def encode(self, x_g: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """(z - shift) * scale of one guide, one draw from the VAE's posterior per generator (as diffusers draws it)."""
-        dist = self.vae.encode(x_g.to(self.device, torch.float32)).latent_dist
+        with self._tiling(*x_g.shape[-2:]):
+            dist = self.vae.encode(x_g.to(self.device, torch.float32)).latent_dist
         draws = [torch.randn(dist.mean.shape, generator=g, dtype=torch.float32, device=g.device).to(self.device)
                  for g in generators]
         z = torch.cat([dist.mean + dist.std * d for d in draws])
@@ -113,7 +132,8 @@ class LatentSpace:
         """Images in [-1, 1] from latents (fp32)."""
         cfg = self.vae.config
         shift = getattr(cfg, "shift_factor", None) or 0.0
-        return self.vae.decode(z.float() / cfg.scaling_factor + shift).sample.clamp(-1.0, 1.0)
+        with self._tiling(z.shape[-2] * self.latent_factor, z.shape[-1] * self.latent_factor):
+            return self.vae.decode(z.float() / cfg.scaling_factor + shift).sample.clamp(-1.0, 1.0)
 
     def lora_onto(self, networks: dict[str, nn.Module | None], specs: list[LoraSpec], reader: object) -> None:
         """Apply LoRAs to the main network (named first) and the text encoders, and record them in info."""

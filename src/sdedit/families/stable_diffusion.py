@@ -205,13 +205,11 @@ class StableDiffusionModel(LatentSpace, Model):
 
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
         """The whole input, at the largest multiple-of-8 size inside it; outputs come back at the input's size."""
-        snapped = snap8(size, self.latent_factor)
-        tiled = self.tile_vae if self.tile_vae is not None else max(snapped) > 1024
-        if tiled:
-            self.vae.enable_tiling()
-        else:
-            self.vae.disable_tiling()
-        return Frame((0, 0, *size), snapped, True)
+        return Frame((0, 0, *size), snap8(size, self.latent_factor), True)
+
+    def vae_tiling(self, height: int, width: int) -> bool:
+        """Tiled VAE passes for images over 1024 px (or as tile_vae says), decided per call from its own size."""
+        return self.tile_vae if self.tile_vae is not None else max(height, width) > 1024
 
 def is_sd_folder(root: Path) -> bool:
     """Whether a folder holds a Stable Diffusion-style pipeline (model_index.json with unet/ and vae/)."""
