@@ -206,3 +206,20 @@ def test_items_batched_together_equal_items_edited_one_at_a_time():
     for a, b in zip(together, alone):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(together[0]), np.asarray(together[2]))
+
+
+@pytest.mark.parametrize("plant", ["symlink", "dangling", "fifo", "folder"])
+def test_a_manifest_name_taken_by_a_link_fifo_or_folder_is_refused_and_nothing_written_through_it(tmp_path, plant):
+    """The manifest is appended in place, so it is opened without following links and only as a regular file."""
+    inp, masks = make_folder(tmp_path, 2)
+    out, target = tmp_path / "out", tmp_path / "precious.txt"
+    out.mkdir()
+    target.write_text("line one\nhalf a line")
+    manifest = out / "manifest.jsonl"
+    {"symlink": lambda: manifest.symlink_to(target), "dangling": lambda: manifest.symlink_to(tmp_path / "nowhere"),
+     "fifo": lambda: os.mkfifo(manifest), "folder": lambda: manifest.mkdir()}[plant]()
+    r = subprocess.run(batch_cmd(inp, out, masks), env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "manifest.jsonl" in r.stderr
+    assert target.read_text() == "line one\nhalf a line" and not (tmp_path / "nowhere").exists()
+    assert not list(out.glob("*.png"))

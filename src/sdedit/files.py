@@ -94,6 +94,23 @@ def free_stem(stem: Path, suffixes: tuple[str, ...]) -> Path:
     raise InputError(f"no free name for {printable(stem)} after {MAX_FREE_NAMES} tries; choose another folder")
 
 
+def open_regular(path: Path, flags: int) -> int:
+    """A descriptor of the regular file at path, opened without following a symlink there and without blocking on a
+    FIFO; InputError for a link, folder, FIFO or device (for files appended to in place, such as a manifest)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{printable(path)} is a symbolic link: refusing to read or write through it") from None
+        if e.errno in (errno.ENXIO, errno.EISDIR):
+            raise InputError(f"{printable(path)} is not a regular file") from None
+        raise _os_error(e, f"cannot open {printable(path)}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputError(f"{printable(path)} is not a regular file")
+    return fd
+
+
 def write_file(path: str | os.PathLike[str], write: Callable[[BinaryIO], object], *,
                overwrite: bool = False) -> Path:
     """Write through a temporary file and publish it whole; a taken name gets '-1', '-2', ... unless overwrite.

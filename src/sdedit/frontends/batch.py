@@ -16,7 +16,7 @@ from typing import Any
 
 from ..devices import Offload
 from ..errors import InputError, SdeditError
-from ..files import check_output_folder, printable
+from ..files import check_output_folder, open_regular, printable
 from ..images import IMAGE_SUFFIXES, Fit, open_image, save_png
 from ..settings import DEFAULT_PRECISION, RunSettings
 from .common import say
@@ -139,12 +139,14 @@ class Manifest:
             self._read(p)
 
     def _read(self, path: Path) -> None:
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n") and path == self.path:
-            # a line cut by a kill: drop it, so that the next append starts on a line of its own
-            with open(path, "r+b") as f:
+        # never through a symlink or into a FIFO planted under a manifest's name (files.open_regular)
+        with os.fdopen(open_regular(path, os.O_RDWR if path == self.path else os.O_RDONLY), "r+b" if path == self.path
+                       else "rb") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n") and path == self.path:
+                # a line cut by a kill: drop it, so that the next append starts on a line of its own
                 f.truncate(data.rfind(b"\n") + 1)
-            data = data[: data.rfind(b"\n") + 1]
+                data = data[: data.rfind(b"\n") + 1]
         for line in data.decode("utf-8", "replace").splitlines():
             try:
                 rec = json.loads(line)
@@ -163,7 +165,7 @@ class Manifest:
     def append(self, record: dict[str, Any]) -> None:
         """Add one record durably (flushed and fsynced before returning)."""
         self.records[record["input"]] = record
-        with open(self.path, "a", encoding="utf-8") as f:
+        with os.fdopen(open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
