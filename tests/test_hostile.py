@@ -540,3 +540,40 @@ def test_crop_padding_out_of_range_says_the_range(tmp_path, capsys, padding):
     err = one_line_error(capsys, main(["edit", str(good), "--mask", str(mask), "--crop-to-mask", padding, *TINY, "-o",
                                        str(tmp_path / "o"), "-q"]))
     assert "from 0 to 4096" in err and not (tmp_path / "o").exists()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")) + \
+    "data: {category: *i}\n"
+
+
+@pytest.mark.parametrize("content, message", [
+    (BOMB, "aliases"), ("data: [1, 2]\nmodel: [3]\ndiffusion: {}\n", "not a released SDEdit/DDIM config"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "cannot read config"), ("- just\n- a list\n", "expected a YAML mapping"),
+])
+def test_configs_with_aliases_deep_nesting_or_wrong_types_are_one_line_in_bounded_memory(tmp_path, content, message):
+    """A 700-byte YAML of nested aliases grew to gigabytes when a value was formatted; aliases are refused."""
+    import resource
+
+    from sdedit.loading.released_format import read_config
+
+    path = tmp_path / "cfg.yml"
+    path.write_text(content)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match=message) as e:
+        read_config(path)
+    assert len(str(e.value)) < 500 and "\n" not in str(e.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KB: no expansion
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(path), "--npy_name", "x"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-500:]
+
+
+def test_a_config_that_is_a_fifo_is_refused_without_hanging(tmp_path):
+    from sdedit.loading.released_format import read_config
+
+    fifo = tmp_path / "cfg.yml"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        read_config(fifo)

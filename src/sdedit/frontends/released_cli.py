@@ -23,6 +23,7 @@ import torch
 from ..errors import InputError
 from ..files import MAX_FREE_NAMES, printable
 from ..loading.checkpoints import load_plain
+from ..loading.released_format import read_yaml
 from ..settings import RunSettings, check_t0
 from .common import Parser, run_guarded, say
 
@@ -53,24 +54,15 @@ def _parser() -> Parser:
 def _config_path(name: str) -> tuple[Path, str | None]:
     """The config file and the preset it stands for (bundled name, or by its data category)."""
     if Path(name).is_file():
-        category = _read_yaml(Path(name)).get("data", {}).get("category")
+        data = read_yaml(Path(name)).get("data")
+        category = data.get("category") if isinstance(data, dict) else None
+        if not isinstance(category, (str, type(None))):
+            raise InputError(f"{printable(name)}: data.category must be a name, got a {type(category).__name__}")
         return Path(name), RELEASED_CONFIGS.get(Path(name).name) or CATEGORY_PRESET.get(str(category))
     base = Path(name).name
     if base in RELEASED_CONFIGS:
         return Path(str(resources.files("sdedit") / "configs" / base)), RELEASED_CONFIGS[base]
     raise InputError(f"config not found: {name} (bundled: {', '.join(RELEASED_CONFIGS)})")
-
-
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise InputError(f"cannot read config {path}: {' '.join(str(e).split())}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: not a config (expected a YAML mapping)")
-    return data
 
 
 def find_input(name: str) -> Path:
@@ -148,10 +140,12 @@ def publish(staging: Path, folder: Path) -> Path | None:
 
 def sampling_batch_size(config: Path) -> int:
     """The released config's sampling.batch_size (copies sampled), checked."""
-    sampling = _read_yaml(config).get("sampling", {})
+    sampling = read_yaml(config).get("sampling", {})
     n = sampling.get("batch_size", 1) if isinstance(sampling, dict) else None
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:
-        raise InputError(f"{config}: sampling.batch_size must be a whole number from 1 to 1024, got {n!r}")
+        shown = repr(n) if isinstance(n, (int, float)) else f"a {type(n).__name__}"  # never a whole value from a file
+        raise InputError(f"{printable(config)}: sampling.batch_size must be a whole number from 1 to 1024, "
+                         f"got {shown}")
     return n
 
 

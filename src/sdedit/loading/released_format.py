@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from ..errors import InputError
+from ..files import printable
 from ..engine.schedules import DiscreteVPSchedule
 
 
@@ -56,18 +57,47 @@ class DDPMArch:
         )
 
 
+MAX_CONFIG_BYTES = 1_000_000  # a released config is about 1 KB
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: `*name` is refused, so a few hundred bytes cannot expand to gigabytes
+    (the "billion laughs" file)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a regular file of bounded size, without aliases or runaway nesting; InputError otherwise."""
+    path = Path(path)
+    if not path.is_file():  # a folder, FIFO or device would hang or fail later
+        raise InputError(f"config {printable(path)} is not a regular file")
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise InputError(f"config {printable(path)} is over {MAX_CONFIG_BYTES // 1000} KB; not a config")
+        data = yaml.load(path.read_text(), Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise InputError(f"cannot read config {printable(path)}: {' '.join(str(e).split())[:300]}") from None
+    except RecursionError:
+        raise InputError(f"cannot read config {printable(path)}: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise InputError(f"config {printable(path)} is not a released SDEdit/DDIM config (expected a YAML mapping)")
+    return data
+
+
 def read_config(path: str | Path) -> tuple[DDPMArch, DiscreteVPSchedule]:
     """Architecture and schedule from a released-format YAML config (configs/church.yml and kin)."""
-    try:
-        cfg = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise InputError(f"cannot read config {path}: {' '.join(str(e).split())}") from None
-    if not isinstance(cfg, dict):
-        raise InputError(f"config {path} is not a released SDEdit/DDIM config (expected a YAML mapping)")
+    cfg = read_yaml(path)
     try:
         m, d, data = cfg["model"], cfg["diffusion"], cfg["data"]
         if m.get("type", "simple") != "simple":
-            raise InputError(f"config {path}: model type {m['type']!r} is not the DDPM network ('simple')")
+            raise InputError(f"config {printable(path)}: model type {printable(repr(m['type']))[:80]} is not the DDPM "
+                             f"network ('simple')")
         if not m.get("resamp_with_conv", True):
             raise InputError(f"config {path}: resamp_with_conv: false is not supported")
         arch = DDPMArch(
@@ -86,10 +116,11 @@ def read_config(path: str | Path) -> tuple[DDPMArch, DiscreteVPSchedule]:
             num_steps=int(d["num_diffusion_timesteps"]),
             beta_schedule=str(d.get("beta_schedule", "linear")),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         if isinstance(e, InputError):
             raise
-        raise InputError(f"config {path} is not a released SDEdit/DDIM config: missing or bad {e}") from None
+        raise InputError(f"config {printable(path)} is not a released SDEdit/DDIM config: missing or bad "
+                         f"{printable(e)[:200]}") from None
     return arch, schedule
 
 
