@@ -577,3 +577,17 @@ def test_a_config_that_is_a_fifo_is_refused_without_hanging(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="not a regular file"):
         read_config(fifo)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("-n", "1000000000", "-n must be an integer from 1 to 10000"),
+    ("--steps", "1000000000", "--steps must be an integer from 1 to 10000"),
+    ("--repeats", "1000", "--repeats must be an integer from 1 to 100"),
+    ("--batch-size", "100000", "--batch-size must be an integer from 1 to 4096"),
+])
+def test_counts_are_bounded_before_any_work(tmp_path, capsys, flag, value, message):
+    start = time.monotonic()
+    assert main(["edit", str(ROOT / "examples" / "landscape-strokes.png"), flag, value, "-o", str(tmp_path / "o"),
+                 "-q"]) == 2
+    assert message in capsys.readouterr().err and time.monotonic() - start < 10
+    assert not (tmp_path / "o").exists()

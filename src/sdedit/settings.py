@@ -75,9 +75,16 @@ def parse_t0(text: str) -> float | str:
     return check_t0(value)
 
 
+# Upper bounds of the counts, far above any real use (the released recipe is 1,000 steps, K = 3) and low enough
+# that a typo (-n 1000000000) is refused at once instead of allocating or looping for minutes.
+MAX_COUNTS = {"steps": 10_000, "repeats": 100, "num_samples": 10_000, "batch_size": 4_096}
+
+
 def _count(value: Any, field: str, label: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SettingError(field, label, f"must be an integer >= 1, got {value!r}")
+    top = MAX_COUNTS[field]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        shown = repr(value) if isinstance(value, (int, float, str)) and len(repr(value)) < 40 else type(value).__name__
+        raise SettingError(field, label, f"must be an integer from 1 to {top}, got {shown}")
     return value
 
 
