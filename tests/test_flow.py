@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -193,3 +194,18 @@ def test_flux_dev_defaults_to_its_embedded_guidance_and_others_to_cfg_7_5(tmp_pa
     assert model.run_settings(RunSettings(prompt="x")).guidance == 3.5
     assert model.run_settings(RunSettings(prompt="x", guidance=2.0)).guidance == 2.0  # a given value stays
     assert load_model("landscapes").run_settings(RunSettings()).guidance == 7.5
+
+
+def test_quiet_prints_no_library_noise_on_a_successful_edit_of_a_diffusers_folder(tmp_path):
+    """-q: no transformers 'Loading weights' bars and no torch bf16 rms_norm note on stderr (auto and bf16 runs)."""
+    from .tiny_sd import make_tiny_flux
+
+    folder = tmp_path / "flux"
+    make_tiny_flux(folder)
+    Image.new("RGB", (64, 64), (100, 120, 90)).save(tmp_path / "in.png")
+    env = {k: v for k, v in os.environ.items() if k != "SDEDIT_PRECISION"}
+    for precision in ("auto", "bf16"):
+        r = subprocess.run([sys.executable, "-m", "sdedit", "edit", str(tmp_path / "in.png"), "--model", str(folder),
+                            "--prompt", "a barn", "--steps", "2", "-q", "--precision", precision, "-o",
+                            str(tmp_path / precision)], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0 and r.stderr == "", r.stderr[-500:]

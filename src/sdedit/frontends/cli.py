@@ -25,7 +25,7 @@ from ..devices import OFFLOADS, offload_device
 from ..precision import PRECISION_ENV, requested
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GRID, DEFAULT_GUIDANCE, DEFAULT_PRECISION, \
     DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, SettingError, parse_t0
-from .common import Parser, Writer, run_guarded, say
+from .common import Parser, Writer, quiet_libraries, run_guarded, say
 
 
 def _add_model(p: argparse.ArgumentParser, threads: bool = True) -> None:
@@ -628,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         args = _parser().parse_args(argv)
         requested(None, DEFAULT_PRECISION)  # a bad SDEDIT_PRECISION is refused before any work
+        if getattr(args, "quiet", False):
+            quiet_libraries()
         if args.command != "batch" and getattr(args, "threads", None) is not None:  # batch sets its own per process
             import torch
 

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,19 @@ class Terminated(BaseException):
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
+
+
+def quiet_libraries() -> None:
+    """-q: the libraries' own progress bars and advisory logs off (transformers' "Loading weights" bars, diffusers'
+    and huggingface_hub's), set before they are imported (they read these once) and, if already imported, now."""
+    os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error",
+                      TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    # torch's note that bf16 autocast cannot use its fused rms_norm (FLUX, SD3): about speed, nothing to act on
+    warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight", category=UserWarning)
 
 
 def say(text: object, *, err: bool = False) -> None:
