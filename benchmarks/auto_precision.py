@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe, label, slug  # noqa: E402
+from speed import medians  # noqa: E402
 
 from sdedit.engine.precision import under_precision  # noqa: E402
 from sdedit.engine.schedules import DiscreteVPSchedule  # noqa: E402
@@ -36,19 +37,6 @@ from sdedit.loading.presets import PRESETS  # noqa: E402
 from sdedit.precision import RunPrecision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def alternate(fns: dict, rounds: int) -> dict[str, float]:
-    """Median seconds of each function, called in turn each round (after one untimed call each)."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def per_evaluation(name: str, d_ours, original, x: torch.Tensor, sigma: float, multiple: int, rounds: int) -> dict:
@@ -77,7 +65,7 @@ def per_evaluation(name: str, d_ours, original, x: torch.Tensor, sigma: float, m
     fns["sdedit fp32"] = run(d_ours)
     fns["sdedit bf16"] = run(under_precision(d_ours, x.device, "bf16"))
     fns[f"sdedit default (auto: {choice.precision})"] = run(decided.wrap(d_ours))
-    res = alternate(fns, rounds)
+    res = medians(fns, rounds)
     fastest = min(res["sdedit fp32"], res["sdedit bf16"])
     default = res[f"sdedit default (auto: {choice.precision})"]
     row = {"network": name, "batch": x.shape[0], "seconds_per_eval": res, "auto": choice.precision,
