@@ -223,3 +223,22 @@ def test_a_manifest_name_taken_by_a_link_fifo_or_folder_is_refused_and_nothing_w
     assert len(r.stderr.strip().splitlines()) == 1 and "manifest.jsonl" in r.stderr
     assert target.read_text() == "line one\nhalf a line" and not (tmp_path / "nowhere").exists()
     assert not list(out.glob("*.png"))
+
+
+def test_a_batch_killed_after_publishing_an_output_but_before_recording_it_finishes_on_rerun(tmp_path):
+    """Intent is recorded before a file is published: the state a kill -9 between the two leaves (the file there,
+    its item not 'done') is recognised by the file's hash, and the rerun redoes the item instead of refusing it."""
+    inp, masks = make_folder(tmp_path, 3)
+    out = tmp_path / "out"
+    assert subprocess.run(batch_cmd(inp, out, masks), env=ENV, capture_output=True).returncode == 0
+    want = files(out)
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["status"] for r in records] == ["writing", "done"] * 3
+    (out / "manifest.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # killed before the last 'done'
+    r = subprocess.run(batch_cmd(inp, out, masks), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "| 3 | 3 | 0 | 0 |" in r.stdout
+    assert files(out) == want
+    last = json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])
+    assert last["status"] == "done" and last["input"] == records[-1]["input"]

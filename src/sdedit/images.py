@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -224,9 +225,17 @@ def save_png(img: Image.Image, path: str | os.PathLike[str], *, overwrite: bool 
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise InputError(f"{printable(target)}: PNG files are written; give a name ending in .png")
+    data = png_bytes(img)
+    return write_file(target, lambda f: f.write(data), overwrite=overwrite)
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """The PNG file save_png writes, in memory (its bytes can be hashed before they are published)."""
     settings = img.info.get("sdedit")
     pnginfo = png_info(json.loads(settings)) if isinstance(settings, str) else None
-    return write_file(target, lambda f: img.save(f, format="PNG", pnginfo=pnginfo), overwrite=overwrite)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", pnginfo=pnginfo)
+    return buffer.getvalue()
 
 
 def folder_images(folder: str | os.PathLike[str], count: int | None, size: int) -> list[Image.Image]:

@@ -16,8 +16,8 @@ from typing import Any
 
 from ..devices import Offload
 from ..errors import InputError, SdeditError
-from ..files import check_output_folder, open_regular, printable
-from ..images import IMAGE_SUFFIXES, Fit, open_image, save_png
+from ..files import check_output_folder, open_regular, printable, write_file
+from ..images import IMAGE_SUFFIXES, Fit, open_image, png_bytes
 from ..settings import DEFAULT_PRECISION, RunSettings
 from .common import say
 
@@ -313,11 +313,16 @@ def run_groups(groups: list[list[Item]], job: BatchJob, outdir: Path, manifest: 
                         if os.path.lexists(target) and not manifest.written_by_us(n, outdir):
                             raise InputError(f"{target} exists and was not written by this batch as it is now "
                                              f"(someone else's file, or changed since); not overwriting it")
-                    outputs = []
-                    for n, img in zip(names, outcome, strict=True):
-                        path = save_png(img, outdir / n, overwrite=True)  # atomic: temporary file, then rename
-                        outputs.append({"file": n, "sha256": file_digest(path)})
-                    record.update(status="done", outputs=outputs, seconds=seconds)
+                    encoded = [png_bytes(img) for img in outcome]
+                    outputs = [{"file": n, "sha256": hashlib.sha256(data).hexdigest()}
+                               for n, data in zip(names, encoded, strict=True)]
+                    # Intent first: a kill after a file is published but before "done" is recorded leaves a file
+                    # this batch recognises by its hash, so the rerun redoes the item and replaces it.
+                    record["outputs"] = outputs  # kept by a "failed" record too, if a write fails half-way
+                    manifest.append({**record, "status": "writing"})
+                    for n, data in zip(names, encoded, strict=True):
+                        write_file(outdir / n, lambda f, data=data: f.write(data), overwrite=True)  # atomic
+                    record.update(status="done", seconds=seconds)
                     summary.done += 1
                     manifest.append(record)
                 except SdeditError as e:
