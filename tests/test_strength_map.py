@@ -106,6 +106,8 @@ def test_mask_grow_and_feather_blend_a_band_and_keep_everything_outside_exact():
         inside = np.abs(o[soft == 255] - 200).mean()
         band = np.abs(o[(soft > 0) & (soft < 128)] - 200).mean()
         assert 0 < band < inside  # the band moves less: blended, no seam
+        meta = json.loads(outs[0].info["sdedit"])
+        assert (meta["mask_grow"], meta["mask_feather"]) == (2, 3)  # what acted is recorded
     with pytest.raises(Exception, match="mask grow"):
         edit(model, img, mask=mask, mask_grow=-1, progress=False)
 

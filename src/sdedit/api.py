@@ -46,6 +46,8 @@ class Guide:
     mask: Image.Image | None
     strength: Image.Image | None = None  # per-pixel t0 as a fraction of t0 (L, frame size), instead of a mask
     full_strength: Image.Image | None = None  # the same at the input's size
+    mask_grow: int = 0  # pixels the mask was grown by (recorded in the outputs' metadata)
+    mask_feather: int = 0  # pixels its edge was feathered by
 
     @property
     def keep(self) -> Image.Image | None:
@@ -100,7 +102,7 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
             raise InputError(f"the strength map has {levels} grey levels; each one is an extra network evaluation "
                              f"(exact per-pixel t0): posterize it to at most {MAX_STRENGTH_LEVELS} levels")
         return Guide(full, None, frame, small, None, small_mask, full_mask)
-    return Guide(full, full_mask, frame, small, small_mask)
+    return Guide(full, full_mask, frame, small, small_mask, mask_grow=mask_grow, mask_feather=mask_feather)
 
 
 def _crop_frame(model: Model, full: Image.Image, keep: Image.Image | None, crop_to_mask: CropToMask) -> Frame | None:
@@ -334,6 +336,8 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
             "fit": fit, "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
             **({"strength_map": True} if guide.strength is not None else {}),
+            **({"mask_grow": guide.mask_grow} if guide.mask_grow else {}),
+            **({"mask_feather": guide.mask_feather} if guide.mask_feather else {}),
             **({"crop": list(frame.box)} if frame.whole_input else {}),
             "device": str(model.device), "sdedit_version": __version__, "seed": row.seed, "sample": row.sample,
             **({"t0_auto": row.auto} if row.auto is not None else {})}
