@@ -591,3 +591,16 @@ def test_counts_are_bounded_before_any_work(tmp_path, capsys, flag, value, messa
                  "-q"]) == 2
     assert message in capsys.readouterr().err and time.monotonic() - start < 10
     assert not (tmp_path / "o").exists()
+
+
+def test_an_uncached_preset_without_a_reachable_hub_fails_fast_in_one_line(tmp_path):
+    """Offline without HF_HUB_OFFLINE: one short connection attempt, then the cache only (no minute of retries)."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens on port 9
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "sdedit", "edit", str(ROOT / "examples" / "landscape-strokes.png"),
+                        "--model", "church", "-o", str(tmp_path / "o"), "-q"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-800:]
+    assert "not in the Hugging Face cache" in r.stderr and "no connection to it within 3 s" in r.stderr
+    assert time.monotonic() - start < 30

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from ..errors import InputError, ModelUnavailableError
 from ..files import printable
@@ -24,18 +26,46 @@ def check_repo_id(text: str) -> str:
     return text
 
 
+HUB_PROBE_TIMEOUT_S = 3.0  # one connection attempt; without it an unreachable Hub costs a minute of retries
+
+
+def hub_reachable() -> bool:
+    """Whether one TCP connection to the Hub's endpoint opens within HUB_PROBE_TIMEOUT_S (offline mode: False)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    if not url.hostname:
+        return False
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def offline_note() -> str:
+    """Why the Hub was not asked, for messages."""
+    return " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else \
+        f" (no connection to it within {HUB_PROBE_TIMEOUT_S:g} s)"
+
+
 def hub_snapshot(repo_id: str, *, what: str) -> Path:
     """Download (or find in huggingface_hub's cache) the files of a diffusers UNet2DModel repo; its local folder."""
     check_repo_id(repo_id)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    local = not hub_reachable()  # the cache only: fail at once, not after retries
+
     def fetch(*names: str) -> Path | None:
         # The first of the alternatives that exists; offline, one that is cached.
         unreachable: LocalEntryNotFoundError | None = None
         for n in names:
             try:
-                return Path(hf_hub_download(repo_id, n))
+                return Path(hf_hub_download(repo_id, n, local_files_only=local))
             except LocalEntryNotFoundError as e:
                 unreachable = e
             except EntryNotFoundError:
@@ -53,8 +83,7 @@ def hub_snapshot(repo_id: str, *, what: str) -> Path:
         fetch("scheduler/scheduler_config.json", "scheduler_config.json")
     except LocalEntryNotFoundError:
         raise ModelUnavailableError(
-            f"{what} ({repo_id}) is not in the Hugging Face cache and the Hub cannot be reached"
-            f"{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') else ''}; "
+            f"{what} ({repo_id}) is not in the Hugging Face cache and the Hub cannot be reached{offline_note()}; "
             f"run `sdedit download {what}` once with network access, or use a local checkpoint (sdedit: --model PATH, main.py: --ckpt PATH)"
         ) from None
     except RepositoryNotFoundError:
@@ -73,12 +102,14 @@ def hub_pipeline_snapshot(repo_id: str) -> Path | None:
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
+    local = not hub_reachable()
     try:
-        hf_hub_download(repo_id, "model_index.json")
+        hf_hub_download(repo_id, "model_index.json", local_files_only=local)
     except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError):
         return None  # not a pipeline, or unreachable: hub_snapshot reports which
     # the default-precision weights only: "*.fp16.safetensors" variants beside them would double the download
-    return Path(snapshot_download(repo_id, allow_patterns=PIPELINE_FILES, ignore_patterns=["*.fp16.*", "*.bin"]))
+    return Path(snapshot_download(repo_id, allow_patterns=PIPELINE_FILES, ignore_patterns=["*.fp16.*", "*.bin"],
+                                  local_files_only=local))
 
 
 def is_cached(repo_id: str) -> bool:
@@ -101,9 +132,9 @@ def hub_config_snapshot(repo_id: str) -> Path:
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=CONFIG_FILES))
+        return Path(snapshot_download(repo_id, allow_patterns=CONFIG_FILES, local_files_only=not hub_reachable()))
     except LocalEntryNotFoundError:
         raise ModelUnavailableError(f"the configs of {repo_id} are not in the Hugging Face cache and the Hub cannot be "
-                                    f"reached; give --config a local diffusers folder instead") from None
+                                    f"reached{offline_note()}; give --config a local diffusers folder instead") from None
     except (GatedRepoError, RepositoryNotFoundError):
         raise InputError(f"{repo_id}: no such Hub repository, or it is gated (log in first)") from None

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import InputError, ModelUnavailableError
 from ..files import printable
-from .hub import is_repo_id
+from .hub import hub_reachable, is_repo_id, offline_note
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' training scripts and the Hub use
 
@@ -57,10 +57,10 @@ def lora_file(spec: LoraSpec) -> Path:
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(hf_hub_download(spec.source, LORA_FILE))
+        return Path(hf_hub_download(spec.source, LORA_FILE, local_files_only=not hub_reachable()))
     except LocalEntryNotFoundError:
         raise ModelUnavailableError(f"LoRA {spec.source} is not in the Hugging Face cache and the Hub cannot be "
-                                    f"reached") from None
+                                    f"reached{offline_note()}") from None
     except (EntryNotFoundError, RepositoryNotFoundError):
         raise InputError(f"LoRA {spec.source}: no {LORA_FILE} in that Hub repository") from None
 
