@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -86,3 +87,18 @@ def test_command_line_t0_auto(tmp_path, capsys):
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) <= 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_command_line_says_which_t0_auto_chose_and_quiet_says_nothing(tmp_path, capsys):
+    from sdedit.frontends.cli import main
+    from sdedit.images import read_settings
+
+    strokes = Path(__file__).resolve().parents[1] / "examples" / "landscape-strokes.png"
+    assert main(["edit", str(strokes), "--t0", "auto", "--seed", "0", "-o", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    meta = read_settings(next((tmp_path / "a").glob("*.png")))
+    line = f"t0 auto: {meta['t0']:.4g} (probe L2 {meta['t0_auto']['l2']:.2f} within the budget " \
+           f"{meta['t0_auto']['budget']:.2f})"
+    assert line in out
+    assert main(["edit", str(strokes), "--t0", "auto", "--seed", "0", "-q", "-o", str(tmp_path / "b")]) == 0
+    assert "t0 auto" not in capsys.readouterr().out

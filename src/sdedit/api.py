@@ -182,13 +182,17 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
     try:
         denoiser = model.denoiser(settings)
         rows: list[Row] = []
+        probes = tqdm(total=len(guides) * T0_PROBES, desc="t0 auto", unit="probe",
+                      disable=not progress or settings.t0 != AUTO_T0)
         for i, guide in enumerate(guides):
             run, auto = settings, None
             if settings.t0 == AUTO_T0:
-                t0, l2 = choose_t0(model, denoiser, guide, seeds[i], settings, precision)
+                t0, l2 = choose_t0(model, denoiser, guide, seeds[i], settings, precision,
+                                   on_probe=lambda: probes.update(1))
                 run, auto = settings.with_(t0=t0, steps=settings.steps), {"budget": settings.budget(guide.frame.size),
                                                                           "l2": l2}
             rows.extend(Row(guide, seeds[i] + j, j, run, auto) for j in range(settings.num_samples))
+        probes.close()
         batches = _batches(rows, settings.batch_size)
         bar = tqdm(total=sum(b[0].run.total_steps for b in batches), desc="sdedit", unit="step",
                    disable=not progress)
@@ -213,6 +217,7 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
 PROBE_SAMPLER, PROBE_STEPS = "dpm++2m-sde", 5  # t0 auto's cheap runs (within 5% of the full recipe's L2)
 T0_RANGE = (0.05, 1.0)  # where t0 auto searches
 T0_BISECTIONS = 6  # the chosen t0 is within (1 - 0.05) / 2^6 = 0.015 of the budget's edge
+T0_PROBES = 2 + T0_BISECTIONS  # probe runs per image (the range's two ends, then the halvings) at most
 
 
 def probe_l2(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], guide: Guide, seed: int,
@@ -227,14 +232,18 @@ def probe_l2(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torc
 
 
 def choose_t0(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], guide: Guide, seed: int,
-              settings: RunSettings, precision: RunPrecision | None = None) -> tuple[float, float]:
+              settings: RunSettings, precision: RunPrecision | None = None,
+              on_probe: Callable[[], None] | None = None) -> tuple[float, float]:
     """The largest t0 whose probe_l2 stays within settings.budget, by bisection on T0_RANGE (L2 grows with t0);
     and its L2.  If even the smallest t0 breaks the budget, that smallest t0 (the most faithful there is)."""
     budget = settings.budget(guide.frame.size)
     precision = precision or model.run_precision(settings.precision)  # one precision for every probe
 
     def l2(t0: float) -> float:
-        return probe_l2(model, denoiser, guide, seed, settings, t0, precision)
+        value = probe_l2(model, denoiser, guide, seed, settings, t0, precision)
+        if on_probe is not None:
+            on_probe()
+        return value
 
     lo, hi = T0_RANGE
     at_hi = l2(hi)

@@ -320,6 +320,10 @@ def _edit(a: argparse.Namespace) -> int:
     with Writer() as writer:
         for img in iter_edits(model, [guide], [settings.seed], settings, fit=a.fit, progress=not a.quiet):
             meta = json.loads(img.info["sdedit"])
+            if "t0_auto" in meta and meta["sample"] == 0 and not a.quiet:
+                chosen = meta["t0_auto"]
+                say(f"t0 auto: {meta['t0']:.4g} (probe L2 {chosen['l2']:.2f} within the budget "
+                    f"{chosen['budget']:.2f})")
             name = f"{a.input.stem}_t{meta['t0']:.2f}_{meta['sampler']}_s{meta['seed']}.png"
             writer.submit(lambda img=img, name=name: save_png(img, a.outdir / name, overwrite=a.overwrite))
     return 0
