@@ -242,3 +242,24 @@ def test_a_batch_killed_after_publishing_an_output_but_before_recording_it_finis
     assert files(out) == want
     last = json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])
     assert last["status"] == "done" and last["input"] == records[-1]["input"]
+
+
+def test_masks_folder_with_unmasked_and_corrupt_images(tmp_path):
+    """An image without a mask fails by default (saying --unmasked edit), or is edited whole with it; a corrupt
+    image is reported as unreadable, not as missing its mask."""
+    inp, masks = make_folder(tmp_path, 3)
+    (masks / "item002.png").unlink()  # item002 has no mask
+    (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    r = subprocess.run(batch_cmd(inp, out, masks), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 1
+    records = {json.loads(line)["input"]: json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()}
+    assert records["item002.png"]["status"] == "failed" and "--unmasked edit" in records["item002.png"]["reason"]
+    assert records["broken.png"]["status"] == "failed" and "not a readable image" in records["broken.png"]["reason"]
+    r = subprocess.run(batch_cmd(inp, out, masks, "--unmasked", "edit"), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 1  # broken.png still fails
+    records = {json.loads(line)["input"]: json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()}
+    assert records["item002.png"]["status"] == "done"
+    settings = json.loads(Image.open(out / "item002.png").info["sdedit"])
+    assert settings["masked"] is False
+    assert json.loads(Image.open(out / "item000.png").info["sdedit"])["masked"] is True

@@ -37,6 +37,7 @@ class BatchJob:
     mask_feather: int = 0  # pixels
     crop_to_mask: bool | int | None = None  # api.prepare_guide's: None = when the input is larger than the model
     strength_maps: bool = False  # the matched files are strength maps (per-pixel t0), not masks
+    unmasked: str = "fail"  # an image without a mask in a masks folder: "fail" it, or "edit" it whole
 
     def digest(self) -> str:
         """A stable hash of what decides the outputs (batch size and precision of the arithmetic aside)."""
@@ -51,6 +52,8 @@ class BatchJob:
             key["crop_to_mask"] = self.crop_to_mask
         if self.strength_maps:
             key["strength_maps"] = True
+        if self.unmasked != "fail":
+            key["unmasked"] = self.unmasked
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -98,8 +101,12 @@ def check_folders(input_dir: Path, output_dir: Path, mask_dir: Path | None, what
                              f"folder {d}")
 
 
-def list_items(input_dir: Path, mask_dir: Path | None, what: str = "mask") -> list[Item]:
-    """The images of INPUT_DIR (top level, sorted by name) with their masks matched by file stem."""
+UNMASKED = ("fail", "edit")  # what becomes of an image that has no mask in the masks folder
+
+
+def list_items(input_dir: Path, mask_dir: Path | None, what: str = "mask", unmasked: str = "fail") -> list[Item]:
+    """The images of INPUT_DIR (top level, sorted by name) with their masks matched by file stem; an image without
+    one fails (saying so, or that it is no readable image) or, with unmasked="edit", is edited whole."""
     files = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     masks: dict[str, list[Path]] = {}
     if mask_dir is not None:
@@ -113,13 +120,23 @@ def list_items(input_dir: Path, mask_dir: Path | None, what: str = "mask") -> li
         item = Item(p.name, p, found[0] if len(found) == 1 else None)
         if p.stem in stems:
             item.error = f"same name stem as {stems[p.stem]}: their outputs would collide; rename one"
-        elif mask_dir is not None and not found:
-            item.error = f"no {what} named {p.stem}.* in {mask_dir}"
+        elif mask_dir is not None and not found and unmasked != "edit":
+            item.error = _unreadable(p) or f"no {what} named {p.stem}.* in {mask_dir} (--unmasked edit edits such " \
+                                           f"images whole)"
         elif len(found) > 1:
             item.error = f"several {what}s named {p.stem}.* in {mask_dir}: {', '.join(sorted(m.name for m in found))}"
         stems.setdefault(p.stem, p.name)
         items.append(item)
     return items
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why an input cannot be used as an image (the project's own decoder and checks), or None if it can."""
+    try:
+        open_image(path)
+    except SdeditError as e:
+        return f"not a readable image: {e}"
+    return None
 
 
 def output_names(item: Item, num: int) -> list[str]:
@@ -378,8 +395,10 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
 
     what = "strength map" if job.strength_maps else "mask"
     check_folders(input_dir, output_dir, mask_dir, what)
+    if job.unmasked not in UNMASKED:
+        raise InputError(f"--unmasked must be one of {', '.join(UNMASKED)}, got {job.unmasked!r}")
     dist = distributed(device)
-    items = list_items(input_dir, mask_dir, what)
+    items = list_items(input_dir, mask_dir, what, job.unmasked)
     if not items:
         raise InputError(f"no images in {input_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     model = load_model(job.model, config=config, device=dist.device, loras=job.loras, offload=offload,
@@ -418,8 +437,9 @@ def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, 
                 image = open_image(item.path)
                 matched = open_image(item.mask) if item.mask is not None else None
                 mask, strength = (None, matched) if job.strength_maps else (matched, None)
+                grow = (job.mask_grow, job.mask_feather) if mask is not None else (0, 0)  # nothing to grow unmasked
                 guides.append(prepare_guide(model, image, mask, fit=job.fit, original_size=job.original_size,
-                                            mask_grow=job.mask_grow, mask_feather=job.mask_feather,
+                                            mask_grow=grow[0], mask_feather=grow[1],
                                             crop_to_mask=job.crop_to_mask, strength_map=strength))
                 order.append(item)
             except SdeditError as e:  # an unreadable input fails alone, and is in no batch

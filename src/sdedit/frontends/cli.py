@@ -264,6 +264,8 @@ def _parser() -> Parser:
     maps.add_argument("--masks", type=Path, help="folder of masks matched by file name stem: white = edit")
     maps.add_argument("--strength-maps", type=Path,
                       help="instead of masks, a folder of strength maps (per-pixel t0) matched by file name stem")
+    b.add_argument("--unmasked", choices=["fail", "edit"], default="fail",
+                   help="an image with no mask in the masks folder: record it as failed (default) or edit it whole")
     _add_model(b, threads=False)
     _add_threads(b, 1, "CPU threads per process (1: files identical whatever the process count; "
                        "use torchrun --nproc_per_node N for N cores)")
@@ -520,7 +522,7 @@ def _batch(a: argparse.Namespace) -> int:
     check_threads(a.threads)
     offload_device(a.offload, a.device)
     job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora), a.mask_grow,
-                   a.mask_feather, _crop_option(a), strength_maps=a.strength_maps is not None)
+                   a.mask_feather, _crop_option(a), strength_maps=a.strength_maps is not None, unmasked=a.unmasked)
     return run_folder(a.input_dir, a.outdir, a.masks or a.strength_maps, job, config=a.config, device=a.device,
                       quiet=a.quiet, threads=a.threads, offload=a.offload)
 
