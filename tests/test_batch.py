@@ -263,3 +263,20 @@ def test_masks_folder_with_unmasked_and_corrupt_images(tmp_path):
     settings = json.loads(Image.open(out / "item002.png").info["sdedit"])
     assert settings["masked"] is False
     assert json.loads(Image.open(out / "item000.png").info["sdedit"])["masked"] is True
+
+
+def test_only_this_batchs_own_stray_temporaries_are_swept(tmp_path):
+    """A kill leaves '.NAME.png.XXXXXXXX.tmp'; the next run removes those of its own outputs and nothing else."""
+    inp, masks = make_folder(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    ours = out / ".item000.png.ab12cd_9.tmp"
+    ours.write_bytes(b"half a png")
+    kept = [out / ".draft.png.v2.tmp", out / ".notes.png.ab12cd_9.tmp", out / ".item001.png.ab12cd_9.tmp.bak"]
+    for k in kept:
+        k.write_text("user's")
+    folder_named_so = out / ".item001.png.zz12cd_9.tmp"
+    folder_named_so.mkdir()
+    r = subprocess.run(batch_cmd(inp, out, masks), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not ours.exists() and all(k.read_text() == "user's" for k in kept) and folder_named_so.is_dir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -217,13 +218,19 @@ def folder_lock(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def remove_stray_temporaries(folder: Path) -> int:
-    """Delete temporary files our atomic writes left behind when killed ('.NAME.png.XXXX.tmp'); hold the lock."""
+def remove_stray_temporaries(folder: Path, outputs: set[str]) -> int:
+    """Delete the temporary files our atomic writes of this batch's outputs left behind when killed: regular files
+    named exactly as files.write_file names them ('.NAME.XXXXXXXX.tmp', NAME one of `outputs`); hold the lock."""
     n = 0
-    for p in folder.glob(".*.png.*.tmp"):
-        p.unlink()
-        n += 1
+    for p in folder.iterdir():
+        m = STRAY.match(p.name)
+        if m and m.group(1) in outputs and p.is_file() and not p.is_symlink():
+            p.unlink()
+            n += 1
     return n
+
+
+STRAY = re.compile(r"^\.(.+\.png)\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp's 8 characters between prefix and suffix
 
 
 class StopRequest:
@@ -408,7 +415,8 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
     with ExitStack() as held:
         if dist.rank == 0:
             held.enter_context(folder_lock(output_dir))  # one batch per folder; the ranks of one run share it
-            remove_stray_temporaries(output_dir)
+            remove_stray_temporaries(output_dir, {n for item in items
+                                                  for n in output_names(item, job.settings.num_samples)})
         dist.wait()
         return _run_locked(items, job, output_dir, model, dist, quiet, threads)
 
