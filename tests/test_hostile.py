@@ -604,3 +604,18 @@ def test_an_uncached_preset_without_a_reachable_hub_fails_fast_in_one_line(tmp_p
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-800:]
     assert "not in the Hugging Face cache" in r.stderr and "no connection to it within 3 s" in r.stderr
     assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("fmt", ["PCX", "SGI", "TGA", "EPS"])
+def test_only_the_listed_image_formats_are_decoded_whatever_the_name(tmp_path, fmt):
+    from sdedit.images import open_image
+
+    path = tmp_path / "looks-like.png"
+    if fmt == "EPS":
+        path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    else:
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(path, format=fmt)
+    with pytest.raises(InputError, match="not a readable image"):
+        open_image(path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "real.png")
+    assert open_image(tmp_path / "real.png").size == (8, 8)

@@ -17,6 +17,9 @@ from .errors import InputError
 from .files import printable, write_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+# The decoders an input may reach, whatever its name says: the formats of IMAGE_SUFFIXES and nothing else (no EPS
+# handed to Ghostscript, no PCX, SGI or TGA read because Pillow recognised its bytes).
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")  # MPO: multi-picture JPEGs from phones
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (decompression bombs)
 Fit = Literal["crop", "stretch"]
 ImageLike = str | os.PathLike[str] | Image.Image | torch.Tensor | np.ndarray
@@ -30,7 +33,7 @@ def open_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(path, formats=IMAGE_FORMATS)
             w, h = img.size
             if w * h > max_pixels:
                 raise InputError(f"{path}: {w}x{h} pixels is over the limit of {max_pixels:,} pixels")
