@@ -618,4 +618,8 @@ def test_only_the_listed_image_formats_are_decoded_whatever_the_name(tmp_path, f
     with pytest.raises(InputError, match="not a readable image"):
         open_image(path)
     Image.new("RGB", (8, 8)).save(tmp_path / "real.png")
-    assert open_image(tmp_path / "real.png").size == (8, 8)
+    Image.new("RGB", (8, 8)).save(tmp_path / "phone.jpg", format="MPO")  # a phone's multi-picture JPEG
+    assert open_image(tmp_path / "real.png").size == (8, 8) and open_image(tmp_path / "phone.jpg").size == (8, 8)
+    (tmp_path / "junk.png").write_bytes(b"\x00" * 64)  # no decoder accepts it: every listed one is asked
+    with pytest.raises(InputError, match="not a readable image"):
+        open_image(tmp_path / "junk.png")

@@ -19,7 +19,7 @@ from .files import printable, write_file
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 # The decoders an input may reach, whatever its name says: the formats of IMAGE_SUFFIXES and nothing else (no EPS
 # handed to Ghostscript, no PCX, SGI or TGA read because Pillow recognised its bytes).
-IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")  # MPO: multi-picture JPEGs from phones
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")  # JPEG opens multi-picture (MPO) files too
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (decompression bombs)
 Fit = Literal["crop", "stretch"]
 ImageLike = str | os.PathLike[str] | Image.Image | torch.Tensor | np.ndarray
