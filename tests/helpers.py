@@ -43,7 +43,7 @@ def mask_png(path: Path, size: tuple[int, int] = (40, 32)) -> Path:
 
 def ddim_on_grid(model, img: Image.Image, sigmas, settings) -> np.ndarray:
     """Our side of a parity test: the guide encoded and perturbed in diffusers' order (posterior draw, then noise,
-    one generator seeded 0), `ddim` over the given VE sigmas, decoded: HxWx3 in [0, 1]."""
+    one generator seeded 0), `ddim` over the given VE sigmas, decoded as diffusers decodes: HxWx3 in [0, 1]."""
     import torch
 
     from sdedit.engine.samplers import SAMPLERS
@@ -53,7 +53,25 @@ def ddim_on_grid(model, img: Image.Image, sigmas, settings) -> np.ndarray:
     z_g = model.encode(image_to_tensor(img), [gen])
     z = z_g + sigmas[0] * torch.randn(z_g.shape, generator=gen)
     with torch.inference_mode():
-        z = SAMPLERS["ddim"](model.denoiser(settings), z, sigmas)
+        return decode_as_diffusers(model, SAMPLERS["ddim"](model.denoiser(settings), z, sigmas), sigmas[-1])
+
+
+def decode_as_diffusers(model, z, last_sigma) -> np.ndarray:
+    """A latent sampled down to `last_sigma` (VE), decoded as a diffusers pipeline decodes its own: HxWx3 in [0, 1].
+
+    A pipeline's latent is ours in the model's scale at the grid's last sigma: VP grids end at alphas_cumprod[0]
+    (sigma 0.029 for SD), where diffusers decodes x / sqrt(1 + sigma^2), a latent 0.04 % smaller than the VE x;
+    flow grids end at t = 0, where the two agree."""
+    import torch
+
+    from sdedit.engine.denoisers import flow_input, vp_input
+
+    s = torch.as_tensor(last_sigma, dtype=torch.float64)
+    with torch.inference_mode():
+        if model.schedule.kind == "vp":
+            z = vp_input(z.double(), s).float()
+        elif model.schedule.kind == "flow":
+            z = flow_input(z.double(), s)[0].float()
         return ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
 
 

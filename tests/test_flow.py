@@ -84,7 +84,8 @@ def test_matches_diffusers_sd3_img2img_where_euler_on_the_flow_is_ddim(sd3_folde
     sigmas = flow_sigmas(pipe.scheduler.sigmas[start:])  # shifted flow times, ending at 0
     ours = ddim_on_grid(model, img, sigmas, RunSettings(prompt=prompt, guidance=w))
     diff = np.abs(ours - ref).max()
-    assert diff < 2e-3, diff
+    print(f"SD3 parity: {diff:.2e}")
+    assert diff < 4e-5, diff  # measured 3.3e-6 (fp32, torch 2.13, AMD EPYC CPU): float32 rounding only
     assert np.abs(theirs("a snowy mountain") - ref).max() > 20 * diff
     assert np.abs(theirs(prompt, seed=1) - ref).max() > 20 * diff
 
@@ -139,7 +140,8 @@ def test_matches_diffusers_flux_img2img_with_packed_latents_and_its_shift(flux_f
     sigmas = flow_sigmas(pipe.scheduler.sigmas[start:])  # the last call's grid: shifted for this image's 12 tokens
     ours = ddim_on_grid(model, img, sigmas, RunSettings(prompt=prompt, guidance=w))
     diff = np.abs(ours - ref).max()
-    assert diff < 2e-3, diff
+    print(f"FLUX parity: {diff:.2e}")
+    assert diff < 4e-5, diff  # measured 3.1e-6 (fp32, torch 2.13, AMD EPYC CPU): float32 rounding only
     assert np.abs(theirs("a snowy mountain") - ref).max() > 20 * diff
     assert np.abs(theirs(prompt, seed=1) - ref).max() > 20 * diff
     # the resolution-dependent shift: the same step grid as diffusers' for this size

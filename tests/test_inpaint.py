@@ -17,7 +17,7 @@ from sdedit.errors import InputError
 from sdedit.images import image_to_tensor, mask_to_tensor
 from sdedit.settings import RunSettings
 
-from .helpers import random_image as photo
+from .helpers import decode_as_diffusers, random_image as photo
 from .tiny_sd import make_tiny_sd, make_tiny_sdxl
 
 SIZE = (64, 48)  # (w, h): not square, sides multiples of 8 so no resize on either side
@@ -55,8 +55,7 @@ def ours_on_diffusers_grid(model, pipe, img: Image.Image, mask: Image.Image | No
     condition = model.edit_condition(x_g, None if mask is None else mask_to_tensor(mask), [gen])
     denoiser = functools.partial(model.denoiser(RunSettings(prompt=prompt, guidance=guidance)), condition=condition)
     with torch.inference_mode():
-        z = SAMPLERS["ddim"](denoiser, z, sigmas)
-        return ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+        return decode_as_diffusers(model, SAMPLERS["ddim"](denoiser, z, sigmas), sigmas[-1])
 
 
 def diffusers_inpaint(pipe, img: Image.Image, mask: Image.Image, prompt: str, *, strength: float, n_steps: int,
@@ -95,7 +94,7 @@ def test_matches_diffusers_inpaint_pipeline_on_its_own_step_grid(inpaint_folder,
     other_seed = float(np.abs(diffusers_inpaint(pipe, img, mask, "a red barn", seed=1, **kw) - ref).max())
     print(f"{pipe.__class__.__name__} masked={masked}: ours {diff:.2e}, other prompt {other_prompt:.3f}, "
           f"other seed {other_seed:.3f}")
-    assert diff <= 1e-3, diff
+    assert diff <= 4e-5, diff  # measured 1.9e-6 to 2.9e-6 (fp32, torch 2.13, AMD EPYC CPU): float32 rounding only
     assert other_prompt > 20 * diff and other_seed > 20 * diff  # the prompt and the seed matter: not a coincidence
 
 
@@ -201,14 +200,13 @@ def test_matches_diffusers_flux_fill_on_its_own_step_grid(fill_folder, masked):
     condition = model.edit_condition(x_g, mask_to_tensor(mask) if masked else None, [gen])
     denoiser = functools.partial(model.denoiser(RunSettings(prompt="a red barn", guidance=w)), condition=condition)
     with torch.inference_mode():
-        z = SAMPLERS["ddim"](denoiser, z, sigmas)
-        ours = ((model.decode(z) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+        ours = decode_as_diffusers(model, SAMPLERS["ddim"](denoiser, z, sigmas), sigmas[-1])
     diff = float(np.abs(ours - ref).max())
     other_prompt = float(np.abs(theirs("a snowy mountain") - ref).max())
     other_seed = float(np.abs(theirs("a red barn", seed=1) - ref).max())
     print(f"FluxFillPipeline masked={masked}: ours {diff:.2e}, other prompt {other_prompt:.3f}, "
           f"other seed {other_seed:.3f}")
-    assert diff <= 1e-3, diff
+    assert diff <= 4e-5, diff  # measured 2.9e-6 and 3.7e-6 (fp32, torch 2.13, AMD EPYC CPU): float32 rounding only
     assert other_prompt > 20 * diff and other_seed > 20 * diff
 
 

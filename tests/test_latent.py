@@ -149,7 +149,9 @@ def test_matches_diffusers_img2img_on_its_own_step_grid(sd_folder):
     sigmas = torch.cat([model.schedule.sigmas[ts], model.schedule.sigmas[:1]]).float()
 
     ours = ddim_on_grid(model, img, sigmas, RunSettings(prompt=prompt, guidance=w))  # posterior draw, then noise
-    assert np.abs(ours - ref).max() < 2e-3, np.abs(ours - ref).max()
+    diff = np.abs(ours - ref).max()
+    print(f"SD parity: {diff:.2e}")
+    assert diff < 2.5e-5, diff  # measured 2.4e-6 (fp32, torch 2.13, AMD EPYC CPU): float32 rounding only
 
 
 def test_exact_t0_where_diffusers_snaps_strength(sd_folder):

@@ -43,7 +43,7 @@ def test_matches_diffusers_qwen_image_img2img_with_true_cfg(qwen_folder):
     diff = np.abs(ours - ref).max()
     other_prompt, other_seed = (np.abs(x - ref).max() for x in (theirs("a snowy mountain"), theirs(prompt, seed=1)))
     print(f"Qwen-Image parity: {diff:.2e}; another prompt {other_prompt:.2e}, another seed {other_seed:.2e}")
-    assert diff <= 1e-3, diff
+    assert diff <= 5e-6, diff  # measured 4.2e-7 (fp32, torch 2.13, AMD EPYC CPU): float32 rounding only
     assert other_prompt > 20 * diff and other_seed > 20 * diff
 
 

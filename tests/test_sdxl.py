@@ -50,11 +50,13 @@ def test_matches_diffusers_sdxl_img2img_on_its_own_step_grid(sdxl_folder, negati
     ts = sched.timesteps[start:].long()
     sigmas = torch.cat([model.schedule.sigmas[ts], model.schedule.sigmas[:1]]).float()
     ours = ddim_on_grid(model, img, sigmas, RunSettings(prompt=prompt, negative_prompt=negative, guidance=w))
-    assert np.abs(ours - ref).max() < 2e-3, np.abs(ours - ref).max()
+    diff = np.abs(ours - ref).max()
+    print(f"SDXL parity (negative {negative!r}): {diff:.2e}")
+    assert diff < 2e-5, diff  # measured 1.3e-6 and 1.6e-6 (fp32, torch 2.13, AMD EPYC CPU): float32 rounding only
     other = pipe("a snowy mountain", image=img, strength=strength, num_inference_steps=n_steps, guidance_scale=w,
                  negative_prompt=negative or None, generator=torch.Generator().manual_seed(0), output_type="np",
                  eta=0.0).images[0]
-    assert np.abs(other - ref).max() > 20 * np.abs(ours - ref).max()  # the prompt matters: not a coincidence
+    assert np.abs(other - ref).max() > 20 * diff  # the prompt matters: not a coincidence
 
 
 def test_cli_edit_masked_and_unmasked_keeps_pixels_and_seeds(sdxl_folder, tmp_path):
