@@ -32,6 +32,22 @@ def test_denoise_matches_original_network(tiny_model):
         assert (d - ref["denoised"]).abs().max().item() < 1e-4 * max(1.0, ref["sigma"])
 
 
+def test_the_script_that_made_the_reference_still_makes_it():
+    """tests/data/make_tiny_expected.py rebuilds tiny_expected.pt: the same inputs bit for bit, the original network's
+    outputs to float32 rounding (bit for bit on the CPU that made it; --check compares exactly)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tiny_expected", DATA / "make_tiny_expected.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    made = script.expected(script.load_network(DATA / "tiny.ckpt", DATA / "tiny.yml"))
+    committed = torch.load(DATA / "tiny_expected.pt", weights_only=True)
+    assert sorted(made) == sorted(committed)
+    for t, ref in committed.items():
+        assert made[t]["sigma"] == ref["sigma"] and torch.equal(made[t]["x"], ref["x"])
+        assert (made[t]["eps"] - ref["eps"]).abs().max().item() < 1e-5
+
+
 def test_same_weights_as_safetensors_and_in_wrappers(tmp_path, tiny_model):
     sd = torch.load(DATA / "tiny.ckpt", weights_only=True)
     save_file(dict(sd), str(tmp_path / "tiny.safetensors"))
