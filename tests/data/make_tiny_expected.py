@@ -2,7 +2,7 @@
 
 What it produces: a dict {t: {"sigma", "x", "eps", "denoised"}} for the steps t in {0, 99, 499, 999} of the linear
 beta schedule (1e-4 to 0.02, 1000 steps; sigma_t = sqrt((1 - abar_t) / abar_t), float64), where
-  x0 = 2 U[0, 1) - 1 and n ~ N(0, 1), both (2, 3, 32, 32) and drawn once (torch.manual_seed(1), x0 first),
+  x0 = 2 U[0, 1) - 1 and n ~ N(0, 1), both (2, 3, 32, 32) and drawn once (seed 1, x0 first),
   x = x0 + sigma_t n                    (the variance-exploding form, float32),
   eps = network(sqrt(abar_t) x, t)      (the VP input x / sqrt(1 + sigma_t^2); the step as the time),
   denoised = x - sigma_t eps.
@@ -196,9 +196,9 @@ def expected(net: DDPM) -> dict[int, dict[str, object]]:
     """The reference record: sigma, x, eps and denoised for each step in STEPS."""
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, dim=0)
-    torch.manual_seed(SEED)
-    x0 = torch.rand(SHAPE) * 2 - 1
-    noise = torch.randn(SHAPE)
+    gen = torch.Generator().manual_seed(SEED)  # the same draws as torch.manual_seed(SEED)
+    x0 = torch.rand(SHAPE, generator=gen) * 2 - 1
+    noise = torch.randn(SHAPE, generator=gen)
     out: dict[int, dict[str, object]] = {}
     for t in STEPS:
         sigma = ((1 - abar[t]) / abar[t]).sqrt().item()
