@@ -20,7 +20,7 @@ from sdedit.frontends.batch import item_seed
 from .conftest import DATA
 from .helpers import bomb_png
 
-MODEL = ["--model", str(DATA / "tiny.ckpt"), "--config", str(DATA / "tiny.yml"), "--steps", "3", "-q"]
+MODEL = ["--model", str(DATA / "tiny.ckpt"), "--config", str(DATA / "tiny.yml"), "--steps", "3"]
 ENV = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the command pins its own threads
 
 
@@ -161,7 +161,7 @@ def test_bad_items_are_skipped_with_reasons_and_the_exit_code_says_so(tmp_path):
     assert {k for k, v in records.items() if v["status"] == "done"} == {"item000.png", "item001.png", "item002.png",
                                                                         "cmyk.jpg",
                                                                         "deep16.png"}
-    assert "| 8 | 5 | 3 | 0 |" in r.stdout and "failed: huge.png" in r.stdout
+    assert "| 8 | 5 | 3 | 0 |" in r.stdout and "failed: huge.png" in r.stderr
 
 
 def test_never_overwrites_a_file_it_did_not_write_and_redoes_changed_settings(tmp_path):
@@ -170,7 +170,7 @@ def test_never_overwrites_a_file_it_did_not_write_and_redoes_changed_settings(tm
     out.mkdir()
     (out / "item001.png").write_bytes(b"mine")
     r = subprocess.run(batch_cmd(inp, out, masks), env=ENV, capture_output=True, text=True)
-    assert r.returncode == 1 and "not written by this batch" in r.stdout
+    assert r.returncode == 1 and "not written by this batch" in r.stderr
     assert (out / "item001.png").read_bytes() == b"mine"
     before = (out / "item000.png").read_bytes()
     r = subprocess.run(batch_cmd(inp, out, masks, "--t0", "0.8"), env=ENV, capture_output=True, text=True)

@@ -29,9 +29,9 @@ def test_edit_writes_pngs_with_settings_and_never_overwrites(tmp_path, capsys):
     src, mask = stroke_png(tmp_path / "in.png"), mask_png(tmp_path / "m.png")
     out = tmp_path / "out"
     args = ["edit", str(src), "--mask", str(mask), *TINY, "--t0", "0.3", "--steps", "4", "-n", "2", "--seed", "5",
-            "-o", str(out), "-q", "--sampler", "dpm++2m"]
+            "-o", str(out), "--sampler", "dpm++2m"]
     assert main(args) == 0
-    first = capsys.readouterr().out.split()
+    first = capsys.readouterr().out.split()  # the saved paths, one per line
     assert [Path(p).name for p in first] == ["in_t0.30_dpm++2m_s5.png", "in_t0.30_dpm++2m_s6.png"]
     s = read_settings(first[1])
     assert (s["seed"], s["t0"], s["steps"], s["sampler"], s["repeats"]) == (6, 0.3, 4, "dpm++2m", 1)
@@ -41,6 +41,24 @@ def test_edit_writes_pngs_with_settings_and_never_overwrites(tmp_path, capsys):
     assert set(second).isdisjoint(first) and all(Path(p).exists() for p in second)
     assert all(Path(p).read_bytes() == b for p, b in before.items())  # untouched
     assert Path(second[0]).read_bytes() == before[first[0]]  # same seed, same image
+
+
+def test_quiet_prints_nothing_on_success_for_every_command_that_writes_files(tmp_path, capsys):
+    src, mask = stroke_png(tmp_path / "in.png"), mask_png(tmp_path / "m.png")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    stroke_png(folder / "a.png")
+    runs = {
+        "edit": ["edit", str(src), "--mask", str(mask), *TINY, "--steps", "2", "-o", str(tmp_path / "e")],
+        "composite": ["composite", str(src), str(src), "--scale", "0.5", "--at", "8,8", *TINY, "--steps", "2", "-o",
+                      str(tmp_path / "c")],
+        "batch": ["batch", str(folder), *TINY, "--steps", "2", "-o", str(tmp_path / "b")],
+    }
+    for command, args in runs.items():
+        assert main([*args, "-q"]) == 0, command
+        printed = capsys.readouterr()
+        assert (printed.out, printed.err) == ("", ""), (command, printed)
+    assert [len(list((tmp_path / d).glob("*.png"))) for d in "ecb"] == [1, 1, 1]
 
 
 def bad_cases(tmp_path: Path) -> dict[str, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -185,21 +186,44 @@ def test_a_flux_lora_made_here_changes_the_output_and_scale_zero_does_not(flux_f
     assert np.array_equal(run([f"{tmp_path / 'flux-lora.safetensors'}:0"]), base)
 
 
-def test_flux_dev_defaults_to_its_embedded_guidance_and_others_to_cfg_7_5(tmp_path):
-    from sdedit import load_model
+def test_guidance_acts_and_is_recorded_or_is_refused_for_every_kind_of_model(tmp_path):
+    """FLUX.1 dev takes embedded guidance (3.5 by default); schnell (no guidance embedding) and pixel models take
+    none: --guidance is refused in one line and the PNG records no guidance for them."""
+    from sdedit.frontends.cli import main
     from sdedit.settings import RunSettings
 
     from .tiny_sd import make_tiny_flux
 
-    make_tiny_flux(tmp_path / "flux")
-    model = load_model(tmp_path / "flux", device="cpu")
-    assert model.run_settings(RunSettings(prompt="x")).guidance == 3.5
-    assert model.run_settings(RunSettings(prompt="x", guidance=2.0)).guidance == 2.0  # a given value stays
-    assert load_model("landscapes").run_settings(RunSettings()).guidance == 7.5
+    make_tiny_flux(tmp_path / "dev")
+    make_tiny_flux(tmp_path / "schnell", guidance_embeds=False)
+    dev, schnell = load_model(tmp_path / "dev", device="cpu"), load_model(tmp_path / "schnell", device="cpu")
+    assert dev.run_settings(RunSettings(prompt="x")).guidance == 3.5
+    assert dev.run_settings(RunSettings(prompt="x", guidance=2.0)).guidance == 2.0  # a given value stays
+    assert schnell.run_settings(RunSettings(prompt="x")).guidance == 1.0  # none
+    img = photo((32, 32), seed=1)
+    outs = {w: np.asarray(edit(dev, img, prompt="x", guidance=w, steps=2, seed=0, progress=False)[0], float)
+            for w in (1.0, 9.0)}
+    assert np.abs(outs[1.0] - outs[9.0]).max() > 0  # it acts on dev
+    meta = lambda out: json.loads(out.info["sdedit"])  # noqa: E731
+    assert meta(edit(dev, img, prompt="x", steps=2, seed=0, progress=False)[0])["guidance"] == 3.5
+    assert "guidance" not in meta(edit(schnell, img, prompt="x", steps=2, seed=0, progress=False)[0])
+    with pytest.raises(ValueError, match="takes no guidance"):
+        edit(schnell, img, prompt="x", guidance=9.0, steps=2, seed=0, progress=False)
+    img.save(tmp_path / "in.png")
+    for model, extra in ((str(tmp_path / "schnell"), ["--prompt", "x"]), ("landscapes", [])):
+        r = subprocess.run([sys.executable, "-m", "sdedit", "edit", str(tmp_path / "in.png"), "--model", model,
+                            *extra, "--guidance", "9", "--steps", "2", "-q", "-o", str(tmp_path / "o")],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "takes no guidance" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not (tmp_path / "o").exists()
+    landscapes = load_model("landscapes")
+    assert landscapes.run_settings(RunSettings()).guidance == 1.0 and not landscapes.takes_guidance
+    assert main(["edit", str(tmp_path / "in.png"), "--steps", "2", "-q", "-o", str(tmp_path / "p")]) == 0
+    assert "guidance" not in read_settings(next((tmp_path / "p").glob("*.png")))
 
 
 def test_quiet_prints_no_library_noise_on_a_successful_edit_of_a_diffusers_folder(tmp_path):
-    """-q: no transformers 'Loading weights' bars and no torch bf16 rms_norm note on stderr (auto and bf16 runs)."""
+    """-q prints nothing: no saved paths, no transformers 'Loading weights' bars, no torch bf16 rms_norm note (auto, bf16)."""
     from .tiny_sd import make_tiny_flux
 
     folder = tmp_path / "flux"
@@ -210,4 +234,5 @@ def test_quiet_prints_no_library_noise_on_a_successful_edit_of_a_diffusers_folde
         r = subprocess.run([sys.executable, "-m", "sdedit", "edit", str(tmp_path / "in.png"), "--model", str(folder),
                             "--prompt", "a barn", "--steps", "2", "-q", "--precision", precision, "-o",
                             str(tmp_path / precision)], capture_output=True, text=True, env=env, timeout=300)
-        assert r.returncode == 0 and r.stderr == "", r.stderr[-500:]
+        assert r.returncode == 0 and r.stderr == "" and r.stdout == "", (r.stdout + r.stderr)[-500:]
+        assert len(list((tmp_path / precision).glob("*.png"))) == 1

@@ -340,7 +340,7 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
             out = whole
     elif guide.keep is not None:
         out = paste_kept(out, guide.image, guide.keep, blend=guide.strength is None)
-    meta = {"model": model.name, **settings.metadata(text_conditioned=model.text_conditioned),
+    meta = {"model": model.name, **settings.metadata(text_conditioned=model.text_conditioned, takes_guidance=model.takes_guidance),
             "precision": precision.precision, "precision_reason": precision.reason,
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
             "fit": fit, "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,

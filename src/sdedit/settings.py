@@ -27,6 +27,7 @@ DEFAULT_FAITHFULNESS_RMS = 0.0762
 DEFAULT_SAMPLER = "dpm++2m-sde"
 DEFAULT_GRID = "uniform"  # the step grid from t0 (engine.schedules.GRIDS); karras did not win (README)
 DEFAULT_GUIDANCE = 7.5  # classifier-free guidance weight of text-conditioned models
+NO_GUIDANCE = 1.0  # the guidance weight that means none (the conditional prediction alone)
 DEFAULT_BATCH_SIZE = 8  # samples per network call
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # 'auto': the faster of fp32 and bf16 autocast, timed once per machine, network, input shape and batch bucket and
@@ -197,13 +198,18 @@ class RunSettings:
             changes["faithfulness"] = None  # the budget belongs to t0 auto
         return dataclasses.replace(self, **changes)
 
-    def metadata(self, *, text_conditioned: bool) -> dict[str, Any]:
-        """What decides the outputs, for PNG metadata and manifests (seed per sample is added by the caller)."""
+    def metadata(self, *, text_conditioned: bool, takes_guidance: bool | None = None) -> dict[str, Any]:
+        """What decides the outputs, for PNG metadata and manifests (seed per sample is added by the caller).
+
+        The guidance is recorded only where it acts (`takes_guidance`, by default whenever text conditioning does).
+        """
         meta: dict[str, Any] = {"t0": self.t0, "steps": self.steps, "sampler": self.sampler, "repeats": self.repeats}
         if self.faithfulness is not None:
             meta["faithfulness"] = self.faithfulness
         if self.grid != DEFAULT_GRID:  # older outputs (and every uniform run) carry none: uniform
             meta["grid"] = self.grid
         if text_conditioned:
-            meta.update(prompt=self.prompt, negative_prompt=self.negative_prompt, guidance=self.guidance)
+            meta.update(prompt=self.prompt, negative_prompt=self.negative_prompt)
+        if text_conditioned if takes_guidance is None else takes_guidance:
+            meta["guidance"] = self.guidance
         return meta

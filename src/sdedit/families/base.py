@@ -29,7 +29,7 @@ from ..images import Fit
 from ..devices import Offload
 from ..loading.lora import LoraSpec
 from ..precision import RunPrecision, requested
-from ..settings import DEFAULT_GUIDANCE, DEFAULT_PRECISION, DEFAULT_T0, RunSettings
+from ..settings import DEFAULT_GUIDANCE, DEFAULT_PRECISION, DEFAULT_T0, NO_GUIDANCE, RunSettings
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,6 @@ class Model(ABC):
     text_conditioned: bool = False  # takes prompt / negative prompt / guidance
     square: bool = False  # works on square images only (pixel models); latent models take any aspect
     recommended_t0: float = DEFAULT_T0  # t0 when none is given (a model's config may say its own)
-    recommended_guidance: float = DEFAULT_GUIDANCE  # guidance when none is given (text-conditioned models)
 
     @property
     @abstractmethod
@@ -150,14 +149,26 @@ class Model(ABC):
         if specs:
             raise InputError(f"{self.name}: LoRA is supported for Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX models")
 
+    @property
+    def takes_guidance(self) -> bool:
+        """Whether a guidance weight acts on this model (text-conditioned ones; FLUX.1 schnell takes none)."""
+        return self.text_conditioned
+
+    @property
+    def recommended_guidance(self) -> float:
+        """Guidance when none is given: the CFG default where guidance acts, else none (1)."""
+        return DEFAULT_GUIDANCE if self.takes_guidance else NO_GUIDANCE
+
     def run_settings(self, settings: RunSettings) -> RunSettings:
         """The settings with this model's recommended t0 and guidance where the user gave none."""
         return settings.resolve(self.recommended_t0, self.recommended_guidance)
 
     def check_conditioning(self, settings: RunSettings) -> None:
-        """Refuse a prompt for a model that takes none."""
+        """Refuse a prompt for a model that takes none, and a guidance weight for a model it would not act on."""
         if settings.text and not self.text_conditioned:
             raise InputError(f"{self.name} is not text-conditioned: a prompt needs a Stable Diffusion-style model")
+        if settings.guidance not in (None, NO_GUIDANCE) and not self.takes_guidance:
+            raise InputError(f"{self.name} takes no guidance weight (it has no guidance input): leave --guidance out")
 
     def denoiser(self, settings: RunSettings) -> Denoiser:
         """D(x, sigma) for one run's conditioning; unconditional models take none."""

@@ -31,7 +31,7 @@ from ..images import Fit
 from ..loading.lora import LoraSpec
 from ..loading.checkpoints import LOAD_ERRORS, first_line, plan_components, read_json, schedule_from, \
     scheduler_config
-from ..settings import RunSettings
+from ..settings import NO_GUIDANCE, RunSettings
 from .base import Frame, Model
 from .latent import LatentSpace, repaint_mask
 from .stable_diffusion import snap8
@@ -119,9 +119,14 @@ class FluxModel(LatentSpace, Model):
     text_conditioned = True
 
     @property
-    def recommended_guidance(self) -> float:  # type: ignore[override]
+    def takes_guidance(self) -> bool:
+        """FLUX.1 dev takes its guidance as an embedding; schnell has none."""
+        return bool(self.transformer.config.guidance_embeds)
+
+    @property
+    def recommended_guidance(self) -> float:
         """FLUX.1 dev's embedded guidance defaults to 3.5 (its model card); schnell takes none."""
-        return EMBEDDED_GUIDANCE
+        return EMBEDDED_GUIDANCE if self.takes_guidance else NO_GUIDANCE
 
     @property
     def resolution(self) -> int:
@@ -167,7 +172,7 @@ class FluxModel(LatentSpace, Model):
         if settings.negative_prompt:
             raise InputError("FLUX.1 is guidance-distilled: it takes no negative prompt")
         context, pooled = self.encode_prompt(settings.prompt)
-        embedded = settings.guidance if self.transformer.config.guidance_embeds else None
+        embedded = settings.guidance if self.takes_guidance else None
         extra = int(self.transformer.config.in_channels) // 4 - int(self.vae.config.latent_channels)
         return FluxDenoiser(self.transformer, context, pooled, embedded, extra)
 

@@ -91,7 +91,11 @@ class QwenImageModel(LatentSpace, Model):
     info: dict[str, Any] = field(default_factory=dict)
     prompt_tokens: int = PROMPT_TOKENS
     text_conditioned = True
-    recommended_guidance = TRUE_CFG
+
+    @property
+    def recommended_guidance(self) -> float:
+        """Qwen-Image's true CFG weight (its model card's 4)."""
+        return TRUE_CFG
 
     @property
     def resolution(self) -> int:

@@ -464,7 +464,7 @@ def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, 
         summary = run_groups(mine, job, output_dir, manifest, edit_group, stop=stop, advance=bar.update)
     bar.close()
     for name, reason in summary.failures:
-        say(f"{label}: failed: {name}: {reason}")
+        say(f"{label}: failed: {name}: {reason}", err=True)
     rate = summary.done / summary.seconds if summary.seconds > 0 else 0.0
     say(f"{label}: done {summary.done}, skipped (done before) {summary.skipped}, failed {summary.failed}, "
         f"{summary.seconds:.1f} s, {rate:.2f} items/s" + (" (interrupted)" if summary.interrupted else ""))

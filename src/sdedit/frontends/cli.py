@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,17 @@ from ..files import printable
 from ..loading.presets import BUNDLED_MODELS, DEFAULT_MODEL, PIPELINE_PRESETS, PRESETS
 from ..devices import OFFLOADS, offload_device
 from ..precision import PRECISION_ENV, requested
+from ..research.evaluation import MAX_EVAL_IMAGES
+from ..research.metrics import KID_MIN_IMAGES, MIN_KID_SAMPLES
+from ..research.strokes import MAX_COLORS, PAPER_KERNEL, PAPER_SIDE, WORK_AREA
+from ..research.training import LIMITS as TRAIN_LIMITS, MAX_BATCH_PIXELS, MAX_LEVELS, MAX_WIDTH, PREVIEW_SHARE
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GRID, DEFAULT_GUIDANCE, DEFAULT_PRECISION, \
-    DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, SettingError, parse_t0
-from .common import Parser, Writer, quiet_libraries, run_guarded, say
+    DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, SettingError, check_t0, parse_t0
+from .common import Parser, Writer, hide_unactionable_warnings, quiet_libraries, quiet_stdout, run_guarded, say
+from .sweep import GRID_SAMPLES, MAX_T0_VALUES, SWEEP_REALS
+
+
+QUIET_HELP = "print nothing on success: no progress bars, no saved paths or summaries (errors still go to stderr)"
 
 
 def _add_model(p: argparse.ArgumentParser, threads: bool = True) -> None:
@@ -95,7 +102,7 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight (the model's: {DEFAULT_GUIDANCE}, "
                                                         "3.5 for FLUX.1 dev's embedded guidance, 4 for Qwen-Image; "
                                                         "1 = none)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
 
 def _add_crop(p: argparse.ArgumentParser) -> None:
@@ -130,6 +137,14 @@ def _t0_arg(text: str) -> float | str:
         raise argparse.ArgumentTypeError(e.rule) from None
 
 
+def _t0_number(text: str) -> float:
+    """argparse type of sweep's --t0: a number in (0, 1] (each value is a column of the grid: no 'auto')."""
+    try:
+        return check_t0(float(text))
+    except (ValueError, SettingError):
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+
+
 FLAGS = {"faithfulness": "--faithfulness", "t0": "--t0", "steps": "--steps", "repeats": "--repeats", "sampler": "--sampler", "num_samples": "-n", "grid": "--schedule",
          "seed": "--seed", "batch_size": "--batch-size", "precision": "--precision", "prompt": "--prompt",
          "negative_prompt": "--negative-prompt", "guidance": "--guidance"}
@@ -153,7 +168,8 @@ def run_settings(a: argparse.Namespace, **fixed: Any) -> RunSettings:
 
 def _parser() -> Parser:
     p = Parser(prog="sdedit", description="SDEdit: turn stroke paintings into images and edit images with strokes.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser,
+                           help="what to do; `sdedit COMMAND --help` lists its options")
 
     e = sub.add_parser("edit", help="run SDEdit on an image (stroke painting or image with strokes)")
     e.add_argument("input", type=Path, help="guide image (any size and mode)")
@@ -186,76 +202,102 @@ def _parser() -> Parser:
     c.add_argument("--sampler", choices=list(SAMPLERS), help=f"reverse sampler ({DEFAULT_SAMPLER})")
     c.add_argument("-n", "--num", type=int, help="outputs (1)")
     c.add_argument("-o", "--outdir", type=Path, default=Path("outputs"), help="output folder (outputs)")
-    c.add_argument("-q", "--quiet", action="store_true")
+    c.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
     t = sub.add_parser("train", help="train a DDPM on a folder of images or the built-in landscapes")
+
+    def bounded(name: str, text: str) -> str:  # the help of a number, with its bounds (research.training.LIMITS)
+        return f"{text}; {TRAIN_LIMITS[name].text()}"
+
     t.add_argument("-o", "--out", type=Path, required=True, help="run folder: the model, and its training state")
     t.add_argument("--data", help="'synthetic' (built-in landscapes, the default) or a folder of images")
-    t.add_argument("--size", type=int, help="training resolution (64)")
-    t.add_argument("--widths", help="UNet channels per level (32,64,64,64)")
-    t.add_argument("--attn-res", help="resolutions with attention, comma-separated (16)")
-    t.add_argument("--layers-per-block", type=int, help="residual blocks per level (2)")
-    t.add_argument("--batch-size", type=int, help="images per step (32)")
-    t.add_argument("--lr", type=float, help="peak learning rate (5e-4)")
+    t.add_argument("--size", type=int, help=bounded("size", "training resolution (64), a multiple of 2^(levels - 1)"))
+    t.add_argument("--widths", help=f"UNet channels per level (32,64,64,64); 1 to {MAX_LEVELS} levels of 1 to "
+                                    f"{MAX_WIDTH}")
+    t.add_argument("--attn-res", help="resolutions with attention, comma-separated, each a level's (16)")
+    t.add_argument("--layers-per-block", type=int, help=bounded("layers_per_block", "residual blocks per level (2)"))
+    t.add_argument("--batch-size", type=int, help=bounded("batch_size", "images per step (32)")
+                   + f"; at most {MAX_BATCH_PIXELS:,} pixels a step")
+    t.add_argument("--lr", type=float, help=bounded("lr", "peak learning rate (5e-4)"))
     t.add_argument("--lr-schedule", help="after warm-up: constant (the default) or cosine (decayed to 0 at --max-steps)")
-    t.add_argument("--ema-decay", type=float, help="EMA decay of the weights (0.999)")
-    t.add_argument("--num-images", type=int, help="synthetic images to train on (20000)")
-    t.add_argument("--max-steps", type=int, help="stop at this step count (over all sittings)")
-    t.add_argument("--minutes", type=float, help="stop after this many minutes in this sitting")
-    t.add_argument("--save-every", type=float, help="minutes between checkpoints (5)")
-    t.add_argument("--seed", type=int, help="seed of the weights and the data order (0)")
+    t.add_argument("--ema-decay", type=float, help=bounded("ema_decay", "EMA decay of the weights (0.999)"))
+    t.add_argument("--num-images", type=int, help=bounded("num_images", "synthetic images to train on (20000), each "
+                                                                        "made the first time a batch draws it"))
+    t.add_argument("--max-steps", type=int, help=bounded("max_steps", "stop at this step count (over all sittings)"))
+    t.add_argument("--minutes", type=float,
+                   help=bounded("minutes", "this command's whole time, from its start: setup, data, training, the "
+                                f"preview grid (its steps fit in {PREVIEW_SHARE * 100:.0f}%% of it) and the writing; at "
+                                "least one step is always trained"))
+    t.add_argument("--save-every", type=float, help=bounded("save_every", "minutes between checkpoints (5)"))
+    t.add_argument("--seed", type=int, help=bounded("seed", "seed of the weights and the data order (0)"))
     t.add_argument("--init-from", help="start from this DDPM folder or bundled model's weights (the same network, "
                                        "or widened exactly when --widths are a whole multiple of its)")
-    t.add_argument("--t-split", type=int, help="timesteps below this get --low-t-share of the steps (700)")
-    t.add_argument("--low-t-share", type=float, help="share of steps drawn below --t-split (0.8)")
+    t.add_argument("--t-split", type=int, help=bounded("t_split", "timesteps below this get --low-t-share of the "
+                                                                  "steps (700)"))
+    t.add_argument("--low-t-share", type=float, help=bounded("low_t_share", "share of steps drawn below --t-split "
+                                                                            "(0.8)"))
     t.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="auto (bf16 autocast where the device runs it natively), fp32 or bf16")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
     _add_threads(t)
-    t.add_argument("-q", "--quiet", action="store_true")
+    t.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
     k = sub.add_parser("strokes", help="simulate a stroke painting (median filter + adaptive palette)")
-    k.add_argument("input", type=Path)
-    k.add_argument("-o", "--out", type=Path, required=True, help="output PNG")
-    k.add_argument("--colors", type=int, default=6, help="palette size (6, as in the paper)")
-    k.add_argument("--kernel", type=int, help="median kernel, odd (default: 23 at 256 px, scaled)")
-    k.add_argument("--overwrite", action="store_true")
+    k.add_argument("input", type=Path, help="the photo to paint (any size and mode); the painting keeps its size")
+    k.add_argument("-o", "--out", type=Path, required=True, help="output PNG (a taken name gets -1, -2, ...)")
+    k.add_argument("--colors", type=int, default=6, help=f"palette size, 1 to {MAX_COLORS} (6, as in the paper)")
+    k.add_argument("--kernel", type=int,
+                   help=f"median kernel in the input's pixels, odd, at most its shorter side (default: {PAPER_KERNEL} "
+                        f"at {PAPER_SIDE} px, scaled with the image); inputs over {WORK_AREA:,} pixels are filtered "
+                        "at that area with the kernel scaled alike")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing output file (default: a new name)")
 
     v = sub.add_parser("eval", help="the paper's protocol: strokes of real images -> SDEdit -> L2 and KID")
     _add_model(v)
     v.add_argument("--data", default="synthetic", help="'synthetic' (held-out landscapes) or a folder of images")
-    v.add_argument("--real", help="folder of real images for KID (default: a disjoint held-out block, or --data)")
-    v.add_argument("--n", type=int, default=200, help="images turned into strokes (200)")
+    v.add_argument("--real", help="folder of real images for KID, the first --n by path (default: a disjoint "
+                                  "held-out block, or --data)")
+    v.add_argument("--n", type=int, default=200,
+                   help=f"images turned into strokes, 2 to {MAX_EVAL_IMAGES:,} (200); KID is mostly noise below "
+                        f"{MIN_KID_SAMPLES}")
     v.add_argument("--t0", type=_t0_arg, nargs="+", default=[None],
                    help="t0 values to evaluate, numbers or 'auto' (default: the model's recommended t0)")
-    v.add_argument("--sampler", nargs="+", choices=list(SAMPLERS), default=[DEFAULT_SAMPLER])
+    v.add_argument("--sampler", nargs="+", choices=list(SAMPLERS), default=[DEFAULT_SAMPLER],
+                   help=f"reverse samplers to evaluate ({DEFAULT_SAMPLER})")
     v.add_argument("--steps", type=int, nargs="+", help="step counts to try (default: the sampler's default)")
-    v.add_argument("--repeats", "-K", type=int, default=1)
+    v.add_argument("--repeats", "-K", type=int, default=1, help="K: repeat noise-and-denoise (1)")
     v.add_argument("--prompt", help="text-conditioned models: the prompt for every image")
-    v.add_argument("--colors", type=int, default=6, help="stroke palette size (6)")
+    v.add_argument("--colors", type=int, default=6, help=f"stroke palette size, 1 to {MAX_COLORS} (6)")
     v.add_argument("--features", choices=["auto", "inception", "random-cnn"], default="auto",
                    help="KID features: Inception (torch-fidelity) when its weights are available, else random-CNN")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=int, default=0, help="image i of the set is edited with seed + i (0)")
     v.add_argument("--masked", action="store_true",
                    help="masked edits instead: each image's ellipse replaced by its strokes, pasted back with a hard "
                         "mask, a feathered mask and a strength map; adds seam jump and colour shift")
-    v.add_argument("-o", "--outdir", type=Path, default=Path("eval-results"))
+    v.add_argument("-o", "--outdir", type=Path, default=Path("eval-results"),
+                   help="output folder for eval.md, eval.json and eval.csv; a taken name gets -1, -2, ... "
+                        "(eval-results)")
 
     w = sub.add_parser("sweep", help="one input over a range of t0: a labelled grid and a realism/faithfulness plot")
-    w.add_argument("input", type=Path)
-    w.add_argument("--mask", type=Path)
+    w.add_argument("input", type=Path, help="guide image (stroke painting, or photo with strokes)")
+    w.add_argument("--mask", type=Path, help="mask image of the same size: white = edit, black = keep")
     _add_model(w)
-    w.add_argument("--t0", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
-    w.add_argument("--sampler", nargs="+", choices=list(SAMPLERS), default=[DEFAULT_SAMPLER])
+    w.add_argument("--t0", type=_t0_number, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                   help=f"t0 values in (0, 1], the grid's columns, at most {MAX_T0_VALUES} (0.1 0.2 ... 1.0)")
+    w.add_argument("--sampler", nargs="+", choices=list(SAMPLERS), default=[DEFAULT_SAMPLER],
+                   help=f"reverse samplers, one group of rows each ({DEFAULT_SAMPLER})")
     w.add_argument("--steps", type=int, help="steps per run (default: the sampler's default for each t0)")
-    w.add_argument("-n", "--num", type=int, default=8, help="samples per setting (8; KID needs at least 4)")
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("-n", "--num", type=int, default=8,
+                   help=f"samples per setting (8): L2 and KID use all, the grid shows the first {GRID_SAMPLES}; KID "
+                        f"needs at least {KID_MIN_IMAGES} and is mostly noise below {MIN_KID_SAMPLES}")
+    w.add_argument("--seed", type=int, default=0, help="sample j uses seed + j, the same for every setting (0)")
     w.add_argument("--prompt", help="text-conditioned models: the prompt")
-    w.add_argument("--real", help="folder of real images: adds KID against them to the plot "
-                                  "(default for the landscapes model: held-out landscapes)")
-    w.add_argument("-o", "--outdir", type=Path, default=Path("outputs"))
-    w.add_argument("-q", "--quiet", action="store_true")
+    w.add_argument("--real", help=f"folder of real images (the first {SWEEP_REALS} by path): adds KID against them "
+                                  f"(default for the landscapes model: {SWEEP_REALS} held-out landscapes)")
+    w.add_argument("-o", "--outdir", type=Path, default=Path("outputs"),
+                   help="output folder for <input>-sweep-grid.png and <input>-sweep-plot.png (outputs)")
+    w.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
     b = sub.add_parser("batch", help="SDEdit every image of a folder: resumable, one mask per image, many processes")
     b.add_argument("input_dir", type=Path, help="folder of guide images (top level)")
@@ -379,8 +421,11 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def _train(a: argparse.Namespace) -> int:
+    import time
+
     from ..research.training import TrainConfig, train
 
+    started = time.monotonic()  # --minutes counts from here
     given = {k: getattr(a, k) for k in ("data", "size", "layers_per_block", "batch_size", "lr", "ema_decay",
                                         "num_images", "seed", "max_steps", "minutes", "save_every", "init_from",
                                         "t_split", "low_t_share", "precision", "lr_schedule")
@@ -389,72 +434,74 @@ def _train(a: argparse.Namespace) -> int:
         given["widths"] = _ints(a.widths, "--widths")
     if a.attn_res is not None:
         given["attn_res"] = _ints(a.attn_res, "--attn-res")
-    for name in ("size", "batch_size", "num_images", "layers_per_block", "max_steps"):
-        if given.get(name, 1) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("lr", "minutes"):
-        if not 0 < given.get(name, 1) < float("inf"):
-            raise InputError(f"--{name.replace('_', '-')} must be a positive number")
-    if not 0 <= given.get("save_every", 0) < float("inf"):
-        raise InputError("--save-every must be a number of minutes >= 0")
-    if not 0 <= given.get("ema_decay", 0) < 1:
-        raise InputError("--ema-decay must be in [0, 1)")
-    if not 0 <= given.get("low_t_share", 0) <= 1:
-        raise InputError("--low-t-share must be in [0, 1]")
-    if not 1 <= given.get("t_split", 1) <= 999:
-        raise InputError("--t-split must be a timestep in [1, 999]")
     data = given.get("data", "synthetic")
     if data != "synthetic":
         if not Path(data).is_dir():
             raise InputError(f"--data must be 'synthetic' or a folder of images; {data} is not a folder")
         given["data"] = str(Path(data).resolve())
-    cfg = TrainConfig(**given)
+    cfg = TrainConfig(**given)  # every number checked against its bounds here, before any work
     cache = Path(os.environ.get("SDEDIT_CACHE", Path.home() / ".cache" / "sdedit"))
     state = train(cfg, a.out, resume=a.resume, device=a.device, progress=not a.quiet, cache=cache,
-                  explicit=frozenset(given))
-    say(f"{a.out}: step {state.step}, {state.seconds / 3600:.2f} h of training; "
+                  explicit=frozenset(given), started=started)
+    took = f"{state.seconds / 3600:.2f} h" if state.seconds >= 3600 else f"{state.seconds / 60:.1f} min"
+    say(f"{a.out}: step {state.step}, {took} of training; "
         f"use it with: sdedit edit IMAGE --model {a.out}")
     return 0
 
 
 def _strokes(a: argparse.Namespace) -> int:
     from ..images import open_image, save_png, to_rgb
-    from ..research.strokes import simulate_strokes
+    from ..research.strokes import check_colors, check_kernel, simulate_strokes
 
-    try:
-        out = simulate_strokes(to_rgb(open_image(a.input)), colors=a.colors, kernel=a.kernel)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    check_colors(a.colors)
+    if a.kernel is not None:
+        check_kernel(a.kernel)  # odd and positive now; its upper bound is the image's shorter side
+    out = simulate_strokes(to_rgb(open_image(a.input)), colors=a.colors, kernel=a.kernel)
     say(save_png(out, a.out, overwrite=a.overwrite))
     return 0
+
+
+def _kid_caution(generated: int, real: int) -> None:
+    """Print the warning of metrics.kid_caution, if any, on stderr."""
+    from ..research.metrics import kid_caution
+
+    caution = kid_caution(generated, real)
+    if caution:
+        say(caution, err=True)
 
 
 def _eval(a: argparse.Namespace) -> int:
     from ..files import check_output_folder
     from ..images import folder_images
     from ..loader import load_model
-    from ..research.evaluation import MASK_VARIANTS, MaskedBenchmark, StrokeBenchmark, held_out_landscapes, \
-        held_out_reals, markdown_table, write_tables
-    from ..research.metrics import InceptionUnavailable
+    from ..research.evaluation import MASK_VARIANTS, MaskedBenchmark, StrokeBenchmark, check_eval_count, \
+        held_out_landscapes, held_out_reals, markdown_table, write_tables
+    from ..research.metrics import InceptionUnavailable, kid_caution
+    from ..research.strokes import check_colors
+    from ..settings import MAX_SEED
 
+    # Every option is checked before the output folder is made and the model loads.
+    check_eval_count(a.n)
+    check_colors(a.colors)
     grid = [settings_for_flags(t0=t0, sampler=sampler, steps=steps, repeats=a.repeats, seed=a.seed, prompt=a.prompt)
             for sampler in a.sampler for steps in (a.steps or [None]) for t0 in a.t0]
     grid = list(dict.fromkeys(grid))  # a setting given twice (e.g. --t0 auto auto) is one row
-    if a.n < 2:
-        raise InputError("--n must be >= 2")
+    if a.seed > MAX_SEED - a.n:
+        raise InputError(f"--seed must be from 0 to 2^63 - 1 - --n (image i uses seed + i), got {a.seed}")
     for folder in (a.data if a.data != "synthetic" else None, a.real):
         if folder is not None and not Path(folder).is_dir():
-            raise InputError(f"not a folder of images: {folder}")
+            raise InputError(f"not a folder of images: {printable(folder)}")
     check_output_folder(a.outdir)
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
     model.check_conditioning(grid[0])
     r = model.resolution
+    check_eval_count(a.n, r)
     if a.data == "synthetic":
         originals = held_out_landscapes(a.n, r)
         reals = folder_images(Path(a.real), a.n, r) if a.real else held_out_reals(a.n, r)
     else:
         originals = folder_images(Path(a.data), a.n, r)
-        reals = folder_images(Path(a.real), None, r) if a.real else originals
+        reals = folder_images(Path(a.real), a.n, r) if a.real else originals
     if len(originals) < 2 or len(reals) < 2:
         raise InputError("need at least 2 images to turn into strokes and 2 real images")
     try:
@@ -476,42 +523,57 @@ def _eval(a: argparse.Namespace) -> int:
     what = "masked stroke edits (an ellipse of each image replaced by its strokes)" if a.masked else "stroke inputs"
     header = (f"sdedit eval: model {a.model or DEFAULT_MODEL}, data {a.data}, {len(originals)} {what} "
               f"({a.colors} colours), {len(reals)} real images for KID ({bench.feature_name} features).")
-    for p in write_tables(rows, a.outdir / "eval", header, overwrite=False):
+    caution = kid_caution(len(originals), len(reals))
+    for p in write_tables(rows, a.outdir / "eval", header + (f"\n\n{caution}" if caution else ""), overwrite=False):
         say(p)
     say(header)
+    _kid_caution(len(originals), len(reals))
     return 0
 
 
 def _sweep(a: argparse.Namespace) -> int:
-    from ..files import check_output_folder
+    from ..files import check_output_file
     from ..images import folder_images, open_image, save_png
     from ..loader import load_model
     from ..research.evaluation import held_out_reals
+    from ..research.metrics import kid_caution
     from .sweep import run_sweep, sweep_grid, sweep_plot
 
+    # Every option and both output names are checked before the model loads and sampling starts.
     grid = [settings_for_flags(t0=t0, sampler=sampler, steps=a.steps, num_samples=a.num, seed=a.seed,
                                prompt=a.prompt) for sampler in a.sampler for t0 in a.t0]
     grid = list(dict.fromkeys(grid))  # a setting given twice is one column
+    columns = len({s.t0 for s in grid})
+    if columns > MAX_T0_VALUES:
+        raise InputError(f"--t0 takes at most {MAX_T0_VALUES} values (the grid's columns), got {columns}")
     image = open_image(a.input)
     mask = open_image(a.mask) if a.mask else None
+    if a.real is not None and not Path(a.real).is_dir():
+        raise InputError(f"--real: not a folder of images: {printable(a.real)}")
+    grid_name, plot_name = (check_output_file(a.outdir / f"{a.input.stem}-sweep-{kind}.png")
+                            for kind in ("grid", "plot"))
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
     model.check_conditioning(grid[0])
     reals = None
-    if a.num < 4:
+    if a.num < KID_MIN_IMAGES:
         pass  # too few samples for KID: the plot shows faithfulness only
     elif a.real:
-        reals = folder_images(Path(a.real), 200, model.resolution)
+        reals = folder_images(Path(a.real), SWEEP_REALS, model.resolution)
     elif (a.model or DEFAULT_MODEL) == DEFAULT_MODEL:
-        reals = held_out_reals(100, model.resolution)
+        reals = held_out_reals(SWEEP_REALS, model.resolution)
+    caution = kid_caution(a.num, len(reals)) if reals else None
     guide, points = run_sweep(model, image, grid, mask=mask, reals=reals, progress=not a.quiet)
-    check_output_folder(a.outdir)
-    grid_path = save_png(sweep_grid(guide, points), a.outdir / f"{a.input.stem}-sweep-grid.png")
-    plot_path = sweep_plot(points, a.outdir / f"{a.input.stem}-sweep-plot.png")
+    grid_path = save_png(sweep_grid(guide, points), grid_name)
+    plot_path = sweep_plot(points, plot_name, caution)
     for p in points:
-        kid_text = f", KID {p.kid:.4f}" if p.kid is not None else ""
+        kid_text = f", KID {p.kid.mean:.4f} +- {p.kid.se:.4f}" if p.kid is not None else ""
         print(f"{p.settings.sampler:<15} t0={p.settings.t0:.2f} steps={p.settings.steps:<4} L2 {p.l2:7.2f}{kid_text}")
+    for why in dict.fromkeys(p.kid_undefined for p in points if p.kid_undefined):
+        say(f"note: KID undefined: {why}", err=True)
     say(grid_path)
     say(plot_path)
+    if reals and not a.quiet:
+        _kid_caution(a.num, len(reals))
     return 0
 
 
@@ -528,7 +590,8 @@ def _batch(a: argparse.Namespace) -> int:
 
 
 def _ui(a: argparse.Namespace) -> int:
-    from .ui import parse_auth
+    from .ui import check_listen, parse_auth
+    from .ui_server import server_folder
 
     text = a.auth
     if a.auth_file is not None:
@@ -538,16 +601,15 @@ def _ui(a: argparse.Namespace) -> int:
             raise InputError(f"--auth-file {printable(a.auth_file)}: cannot read USER:PASS from it "
                              f"({getattr(e, 'strerror', None) or 'empty or not text'})") from None
     auth = parse_auth(text if text is not None else os.environ.get("SDEDIT_UI_AUTH") or None)
-    if a.listen and auth is None:
-        raise InputError("--listen exposes the app to the network: give --auth USER:PASS as well")
+    check_listen(a.listen, auth)
     if not 1 <= a.port <= 65535:
         raise InputError(f"--port must be in 1-65535, got {a.port}")
     if a.queue_size < 1:
         raise InputError(f"--queue-size must be at least 1, got {a.queue_size}")
     offload_device(a.offload, a.device)
-    with tempfile.TemporaryDirectory(prefix="sdedit-ui-") as tmp:
+    with server_folder() as tmp:  # removes the folders of servers that died first
         # Gradio reads these at import: uploads and results live in this run's own folder, and nothing phones home
-        os.environ["GRADIO_TEMP_DIR"] = str(Path(tmp) / "gradio")
+        os.environ["GRADIO_TEMP_DIR"] = str(tmp / "gradio")
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         from .ui import ModelPool, build_app, launch, model_choices
 
@@ -557,7 +619,7 @@ def _ui(a: argparse.Namespace) -> int:
                          loras={a.model: list(a.lora)} if a.model and a.lora else {}, offload=a.offload)
         first = a.model or DEFAULT_MODEL
         pool.get(first)  # fail now, with one line, rather than on the first click
-        outdir = Path(tmp) / "results"
+        outdir = tmp / "results"
         app = build_app(pool, outdir=outdir, default_model=first)
         launch(app, port=a.port, listen=a.listen, auth=auth, queue_size=a.queue_size, outdir=outdir)
     return 0
@@ -634,12 +696,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         args = _parser().parse_args(argv)
         requested(None, DEFAULT_PRECISION)  # a bad SDEDIT_PRECISION is refused before any work
-        if getattr(args, "quiet", False):
+        quiet = getattr(args, "quiet", False)
+        hide_unactionable_warnings()
+        if quiet:
             quiet_libraries()
         if args.command != "batch" and getattr(args, "threads", None) is not None:  # batch sets its own per process
             import torch
 
             torch.set_num_threads(check_threads(args.threads))
-        return COMMANDS[args.command](args)
+        with quiet_stdout(quiet):
+            return COMMANDS[args.command](args)
 
     return run_guarded(body, "sdedit")

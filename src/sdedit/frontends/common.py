@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import threading
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import InputError, SdeditError
@@ -40,8 +41,22 @@ def quiet_libraries() -> None:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
+
+
+def hide_unactionable_warnings() -> None:
+    """Warnings a user cannot act on stay hidden, with or without -q."""
     # torch's note that bf16 autocast cannot use its fused rms_norm (FLUX, SD3): about speed, nothing to act on
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight", category=UserWarning)
+
+
+@contextlib.contextmanager
+def quiet_stdout(quiet: bool) -> Iterator[None]:
+    """-q: nothing on standard output (the saved paths, summaries); errors and warnings still go to stderr."""
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 def say(text: object, *, err: bool = False) -> None:
