@@ -4,8 +4,8 @@
 
 Runs `python -m sdedit edit examples/landscape-strokes.png -n 4 --seed 0 -o <tmp> -q` with this
 checkout's package and, when given, with another checkout's `src` folder first on PYTHONPATH
-(the code before a change), alternating, and reports medians; plus `python -X importtime`'s
-ten slowest imports of this checkout's run.
+(the code before a change), alternating, and reports medians and both checkouts' commits; plus
+`python -X importtime`'s ten slowest imports of this checkout's run.
 """
 
 from __future__ import annotations
@@ -36,6 +36,16 @@ def run_once(src: Path) -> float:
         if r.returncode != 0:
             raise SystemExit(f"{src}: exit {r.returncode}: {r.stderr[-300:]}")
     return took
+
+
+def commit(src: Path) -> str | None:
+    """The commit a checkout's src folder is at ('+dirty' when its tree has changes), or None outside git."""
+    git = ["git", "-C", str(src)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return None
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def slowest_imports(n: int = 10) -> list[tuple[str, float]]:
@@ -70,7 +80,8 @@ def main() -> None:
         for k, src in variants.items():
             times[k].append(run_once(src))
     result = {"machine": describe(), "runs": times, "median_s": {k: statistics.median(v) for k, v in times.items()},
-              "other": str(a.other) if a.other else None, "slowest_imports_s": slowest_imports()}
+              "other": str(a.other) if a.other else None, "commits": {k: commit(v) for k, v in variants.items()},
+              "slowest_imports_s": slowest_imports()}
     for k, v in result["median_s"].items():
         print(f"{k:<15} median {v:.2f} s over {a.runs} runs ({', '.join(f'{x:.2f}' for x in times[k])})")
     for name, sec in result["slowest_imports_s"]:
