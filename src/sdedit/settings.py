@@ -32,7 +32,8 @@ DEFAULT_BATCH_SIZE = 8  # samples per network call
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # 'auto': the faster of fp32 and bf16 autocast, timed once per machine, network, input shape and batch bucket and
 # cached (sdedit/precision.py); bf16 has the same L2 and KID as fp32 within their noise on the bundled model
-# (benchmarks/precision.py), and its speed against fp32 ranges from 5-8x slower (AVX2 only) to 4x faster (AMX).
+# (benchmarks/precision.py), and its speed against fp32 ranges from 3-7x slower (AVX2 only) to 4x faster (AMX)
+# (README 'Precision: measured, not assumed').
 DEFAULT_PRECISION = "auto"
 MAX_SEED = 2**63 - 1
 
