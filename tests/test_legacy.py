@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -34,8 +36,13 @@ def legacy(tmp_path: Path, *extra: str) -> int:
 
 def test_released_layout_and_kept_region(tmp_path):
     img = make_input(tmp_path)
-    assert legacy(tmp_path, "--ni") == 0
+    old_umask = os.umask(0o027)  # folders follow the umask (0750 here), not a private 0700
+    try:
+        assert legacy(tmp_path, "--ni") == 0
+    finally:
+        os.umask(old_umask)
     out = tmp_path / "runs" / "image_samples" / "images"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750 and stat.S_IMODE(out.parent.stat().st_mode) == 0o750
     names = sorted(p.name for p in out.iterdir())
     assert names == ["init_0.png", "init_1.png", "original_input.png", "samples_0.png", "samples_0.pth",
                      "samples_1.png", "samples_1.pth"]

@@ -13,7 +13,6 @@ import io
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -138,6 +137,23 @@ def publish(staging: Path, folder: Path) -> Path | None:
     return aside
 
 
+def staging_folder(folder: Path) -> Path:
+    """A new empty folder beside `folder` for the results in the making, with the mode any folder gets here (the
+    umask's: it becomes the output folder, so unlike tempfile.mkdtemp's 0700 it is as readable as its parent's)."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        for n in range(MAX_FREE_NAMES):
+            candidate = folder.parent / f".{folder.name}.{os.getpid()}-{n}.partial"
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise InputError(f"cannot write in {printable(folder.parent)}: {e.strerror}") from None
+    raise InputError(f"no free name for a staging folder in {printable(folder.parent)}; clean up its .partial folders")
+
+
 def sampling_batch_size(config: Path) -> int:
     """The released config's sampling.batch_size (copies sampled), checked."""
     sampling = read_yaml(config).get("sampling", {})
@@ -179,11 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything is written into a staging folder beside the target, moved into place only when complete:
     # a failed run leaves the earlier results where they were and nothing half-made.
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    except OSError as e:
-        raise InputError(f"cannot write in {printable(folder.parent)}: {e.strerror}") from None
+    staging = staging_folder(folder)
     try:
         n = settings.num_samples
         dev = model.device
