@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sdedit"
 
 # Lowest first.  A module may import its own layer or lower ones, never a higher one.
 LAYERS = [
-    ["version", "errors", "files"],
+    ["version", "errors", "files", "progress"],
     ["engine"],
     ["settings", "images", "devices", "crops", "precision"],
     ["loading"],

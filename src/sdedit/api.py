@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from .crops import DEFAULT_CROP_PADDING, check_padding, mask_box
 from .engine.editing import edit_tensors
 from .errors import InputError, SamplingError
 from .families.base import Frame, Model
 from .precision import Choice, RunPrecision
+from .progress import tqdm
 from .images import Fit, ImageLike, check_grow, grow_and_feather, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
     tensor_to_images
 from .settings import AUTO_T0, RunSettings

@@ -424,7 +424,7 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
 def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, dist: Distributed, quiet: bool,
                 threads: int) -> int:
     """This process's share of the groups, with the output folder's lock held by rank 0."""
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     from ..api import iter_edits, prepare_guide
 

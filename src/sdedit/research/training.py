@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from safetensors.torch import save
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..devices import bf16_runs
 from ..engine.precision import AUTOCAST_DTYPES, autocast, time_precisions
 from ..errors import InputError
 from ..files import printable
 from ..precision import requested
+from ..progress import tqdm
 from ..loading.checkpoints import LOAD_ERRORS, first_line, read_safetensors
 from ..files import check_output_folder, refuse_non_folder, write_file
 from ..images import IMAGE_SUFFIXES, folder_images, grid, save_png, tensor_to_images
