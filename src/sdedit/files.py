@@ -82,6 +82,22 @@ def check_output_folder(folder: Path) -> Path:
     return folder
 
 
+def check_output_file(path: Path) -> Path:
+    """Prove before any work that write_file can write path: its folder takes files, the name is not a folder or
+    device, and the temporary file's longer name fits the file system; InputError if not."""
+    check_output_folder(path.parent)
+    kind = _taken_by_other_kind(path)
+    if kind is not None:
+        raise InputError(f"{printable(path)} is {kind}; name a file to write")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise _os_error(e, f"cannot write {printable(path)}") from None
+    return path
+
+
 def _candidates(path: Path) -> list[Path]:
     return [path] + [path.with_name(f"{path.stem}-{n}{path.suffix}") for n in range(1, MAX_FREE_NAMES)]
 

@@ -28,7 +28,7 @@ from ..research.strokes import MAX_COLORS, PAPER_KERNEL, PAPER_SIDE, WORK_AREA
 from ..research.training import LIMITS as TRAIN_LIMITS, MAX_BATCH_PIXELS, MAX_LEVELS, MAX_WIDTH, PREVIEW_SHARE
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GRID, DEFAULT_GUIDANCE, DEFAULT_PRECISION, \
     DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, SettingError, check_t0, parse_t0
-from .common import Parser, Writer, hide_unactionable_warnings, quiet_libraries, quiet_stdout, run_guarded, say
+from .common import Parser, Writer, fit_for, hide_unactionable_warnings, quiet_libraries, quiet_stdout, run_guarded, say
 from .sweep import GRID_SAMPLES, MAX_T0_VALUES, SWEEP_REALS
 
 
@@ -94,9 +94,16 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("--mask-feather", type=int, default=0,
                    help="feather the mask outward by this many pixels: the band blends into the photo (0)")
     _add_crop(p)
-    p.add_argument("--fit", choices=["crop", "stretch"], default="crop",
-                   help="non-square inputs to a square model: centre-crop (default) or stretch")
-    p.add_argument("--original-size", action="store_true", help="scale outputs back to the input's size")
+    p.add_argument("--fit", choices=["crop", "stretch"],
+                   help="non-square inputs to a square (pixel) model: centre-crop (default) or stretch; latent "
+                        "models take the whole input")
+    p.add_argument("--model-size", dest="original_size", action="store_false",
+                   help="outputs at the size the model worked at (default: at the size of the input they edit)")
+    p.add_argument("--original-size", dest="original_size", action="store_true",
+                   help="outputs at the size of the input they edit (the default; kept for older scripts)")
+    p.add_argument("--full-size", action="store_true",
+                   help="latent models: work on an input over 4x the model's trained area at its own size (slow) "
+                        "instead of at that area")
     p.add_argument("--prompt", help="text-conditioned (Stable Diffusion) models: what the result should show")
     p.add_argument("--negative-prompt", help="... and what it should not (the unconditional branch)")
     p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight (the model's: {DEFAULT_GUIDANCE}, "
@@ -355,14 +362,16 @@ def _edit(a: argparse.Namespace) -> int:
                        precision=settings.precision or DEFAULT_PRECISION)
     model.check_conditioning(settings)
     model.optimize(compile=a.compile)
-    guide = prepare_guide(model, image, mask, fit=a.fit, original_size=a.original_size, strength_map=strength_map,
-                          mask_grow=a.mask_grow, mask_feather=a.mask_feather, crop_to_mask=crop)
+    fit = fit_for(model, a.fit)
+    guide = prepare_guide(model, image, mask, fit=fit, original_size=a.original_size, strength_map=strength_map,
+                          mask_grow=a.mask_grow, mask_feather=a.mask_feather, crop_to_mask=crop,
+                          full_size=a.full_size)
     check_output_folder(a.outdir)
     assert settings.seed is not None
     # Each output is written as soon as its batch is done: memory stays bounded and an interrupted run
     # keeps what it finished.
     with Writer() as writer:
-        for img in iter_edits(model, [guide], [settings.seed], settings, fit=a.fit, progress=not a.quiet):
+        for img in iter_edits(model, [guide], [settings.seed], settings, fit=fit, progress=not a.quiet):
             meta = json.loads(img.info["sdedit"])
             if "t0_auto" in meta and meta["sample"] == 0 and not a.quiet:
                 chosen = meta["t0_auto"]
@@ -374,7 +383,7 @@ def _edit(a: argparse.Namespace) -> int:
 
 
 def _composite(a: argparse.Namespace) -> int:
-    from ..api import edit
+    from ..api import iter_edits, prepare_guide
     from ..compositing import paste_patch
     from ..files import check_output_folder
     from ..images import check_grow, open_image, save_png
@@ -390,11 +399,15 @@ def _composite(a: argparse.Namespace) -> int:
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
     model.check_conditioning(settings)
     check_output_folder(a.outdir)
-    outs = edit(model, composed, mask=mask, mask_grow=a.mask_grow, mask_feather=a.mask_feather, fit="stretch",
-                original_size=True, crop_to_mask=crop, settings=settings, progress=not a.quiet)
-    with Writer() as writer:
-        for img in outs:
-            meta = json.loads(img.info["sdedit"])
+    guide = prepare_guide(model, composed, mask, fit="stretch", original_size=True, mask_grow=a.mask_grow,
+                          mask_feather=a.mask_feather, crop_to_mask=crop)
+    # what made the guide, beside the run's settings: the output depends on it
+    placed = {"background": a.background.name, "patch": a.patch.name, "at": list(at), "scale": a.scale}
+    assert settings.seed is not None
+    with Writer() as writer:  # each output written as soon as it is done, as `edit` does: memory stays bounded
+        for img in iter_edits(model, [guide], [settings.seed], settings, fit="stretch", progress=not a.quiet):
+            meta = {**json.loads(img.info["sdedit"]), "composite": placed}
+            img.info["sdedit"] = json.dumps(meta)
             name = f"{a.background.stem}_composite_t{meta['t0']:.2f}_s{meta['seed']}.png"
             writer.submit(lambda img=img, name=name: save_png(img, a.outdir / name))
     return 0
@@ -584,7 +597,8 @@ def _batch(a: argparse.Namespace) -> int:
     check_threads(a.threads)
     offload_device(a.offload, a.device)
     job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora), a.mask_grow,
-                   a.mask_feather, _crop_option(a), strength_maps=a.strength_maps is not None, unmasked=a.unmasked)
+                   a.mask_feather, _crop_option(a), strength_maps=a.strength_maps is not None, unmasked=a.unmasked,
+                   full_size=a.full_size)
     return run_folder(a.input_dir, a.outdir, a.masks or a.strength_maps, job, config=a.config, device=a.device,
                       quiet=a.quiet, threads=a.threads, offload=a.offload)
 

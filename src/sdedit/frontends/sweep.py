@@ -7,49 +7,76 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from ..api import iter_edits, prepare_guide
 from ..families.base import Model
 from ..files import write_file
 from ..images import ImageLike
-from ..research.metrics import image_features, kid, l2_distance, standardize
+from ..research.metrics import KidScore, image_features, kid_score, l2_distance, standardize
 from ..settings import RunSettings
+
+
+GRID_SAMPLES = 8  # samples per setting shown in the grid (L2 and KID use all of them, which are not kept)
+MAX_T0_VALUES = 50  # t0 values per sweep: the grid's columns
+SWEEP_REALS = 200  # real images read from --real: the first, sorted by path
+FEATURE_BATCH = 64  # outputs turned into KID features at a time
 
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """The outputs of one setting and their scores."""
+    """The outputs of one setting (the first GRID_SAMPLES) and their scores."""
 
     settings: RunSettings
     images: list[Image.Image]
-    l2: float  # mean L2 of the outputs to the guide (images in [0, 1])
-    kid: float | None  # KID of the outputs against the real images, when given
+    l2: float  # mean L2 of all outputs to the guide (images in [0, 1])
+    kid: KidScore | None  # KID of all outputs against the real images, with its standard error; None: see kid_undefined
+    kid_undefined: str | None = None  # why KID is missing although real images were given
+
+
+def _kid(real_f: torch.Tensor, feats: list[torch.Tensor]) -> tuple[KidScore | None, str | None]:
+    """KID of the outputs' features against the reals', or None and why (too few or degenerate images)."""
+    try:
+        ref, f = standardize(real_f, torch.cat(feats))
+        return kid_score(ref, f, subsets=50), None
+    except ValueError as e:  # reported by the front-end, not a meaningless number
+        return None, str(e)
 
 
 def run_sweep(model: Model, image: ImageLike, grid: list[RunSettings], *, mask: ImageLike | None = None,
               reals: list[Image.Image] | None = None,
               progress: bool = True) -> tuple[Image.Image, list[SweepPoint]]:
-    """SDEdit of one image with every setting of the grid (the same seeds everywhere); the guide as outputs see it."""
+    """SDEdit of one image with every setting of the grid (the same seeds everywhere); the guide as outputs see it.
+
+    Outputs are scored as they come and only the grid's are kept, so memory does not grow with the sample count.
+    """
     points = []
     real_f = image_features(reals) if reals else None
     guide = prepare_guide(model, image, mask)
     for settings in grid:
-        outs = list(iter_edits(model, [guide], [settings.seed or 0], settings, progress=progress))
-        score = None
-        if real_f is not None:
-            try:
-                ref, f = standardize(real_f, image_features(outs))
-                score = kid(ref, f, subsets=50)[0]
-            except ValueError:
-                score = None  # too few or degenerate images: no KID rather than a meaningless one
-        points.append(SweepPoint(settings, outs, float(l2_distance(outs, [guide.reference] * len(outs)).mean()),
-                                 score))
+        shown: list[Image.Image] = []
+        l2: list[float] = []
+        feats: list[torch.Tensor] = []
+        pending: list[Image.Image] = []
+        for img in iter_edits(model, [guide], [settings.seed or 0], settings, progress=progress):
+            l2.append(float(l2_distance([img], [guide.reference])[0]))
+            if len(shown) < GRID_SAMPLES:
+                shown.append(img)
+            if real_f is not None:
+                pending.append(img)
+                if len(pending) == FEATURE_BATCH:
+                    feats.append(image_features(pending))
+                    pending = []
+        if real_f is not None and pending:
+            feats.append(image_features(pending))
+        score, why = _kid(real_f, feats) if real_f is not None else (None, None)
+        points.append(SweepPoint(settings, shown, float(np.mean(l2)), score, why))
     return guide.reference, points
 
 
 def sweep_grid(guide: Image.Image, points: list[SweepPoint], cell: int = 128) -> Image.Image:
-    """Labelled grid: columns are t0 (input first), rows are sampler x sample."""
+    """Labelled grid: columns are t0 (input first), rows are sampler x sample (the first GRID_SAMPLES)."""
     t0s = sorted({p.settings.t0 for p in points})
     samplers = list(dict.fromkeys(p.settings.sampler for p in points))
     num = len(points[0].images)
@@ -72,8 +99,8 @@ def sweep_grid(guide: Image.Image, points: list[SweepPoint], cell: int = 128) ->
     return fig
 
 
-def sweep_plot(points: list[SweepPoint], path: Path) -> Path:
-    """Faithfulness (L2) and realism (KID) against t0, one line per sampler (matplotlib)."""
+def sweep_plot(points: list[SweepPoint], path: Path, caution: str | None = None) -> Path:
+    """Faithfulness (L2) and realism (KID +- its standard error) against t0, one line per sampler (matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,10 +113,13 @@ def sweep_plot(points: list[SweepPoint], path: Path) -> Path:
         t = np.array([p.settings.t0 for p in pts])
         axes[0, 0].plot(t, [p.l2 for p in pts], marker="o", label=sampler)
         if has_kid:
-            axes[0, 1].plot(t, [p.kid for p in pts], marker="o", label=sampler)
+            axes[0, 1].errorbar(t, [p.kid.mean for p in pts], yerr=[p.kid.se for p in pts], marker="o", capsize=3,
+                                label=sampler)
     axes[0, 0].set(xlabel="t0", ylabel="L2 to the input (lower = more faithful)")
     if has_kid:
-        axes[0, 1].set(xlabel="t0", ylabel="KID to real images (lower = more realistic)")
+        axes[0, 1].set(xlabel="t0", ylabel="KID to real images +- s.e. (lower = more realistic)")
+        if caution:
+            axes[0, 1].set_title("too few samples: KID is mostly noise", fontsize=9, color="darkred")
     for ax in axes[0]:
         ax.grid(alpha=0.3)
         ax.legend()

@@ -16,15 +16,27 @@ from PIL import Image
 
 from ..api import Guide, iter_edits, prepare_guide
 from ..engine.samplers import evaluations
+from ..errors import InputError
 from ..families.base import Model
 from ..images import grow_and_feather
 from ..settings import RunSettings
 from .landscapes import HELD_OUT_START, landscape
-from .metrics import FeatureKind, edge_sharpness, feature_extractor, image_features, kid, l2_distance, \
+from .metrics import FeatureKind, edge_sharpness, feature_extractor, image_features, kid_score, l2_distance, \
     layout_correlation, seam_metrics, sharpness, standardize
 from .strokes import simulate_strokes
 
 REALS_OFFSET = 100_000  # the held-out block that KID's real images come from, disjoint from the painted originals
+MAX_EVAL_IMAGES = 10_000  # images per set (originals, strokes, reals): far above the paper's protocol
+MAX_EVAL_PIXELS = 256 * 1024 * 1024  # pixels per set held in memory (about 1 GB each): 256 images at 1024 px
+
+
+def check_eval_count(n: int, resolution: int | None = None) -> int:
+    """The --n rule: 2 to MAX_EVAL_IMAGES images, and at most MAX_EVAL_PIXELS pixels at the model's resolution."""
+    top = MAX_EVAL_IMAGES if resolution is None else max(2, min(MAX_EVAL_IMAGES, MAX_EVAL_PIXELS // resolution**2))
+    if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= top:
+        where = "" if resolution is None else f" at this model's {resolution} px"
+        raise InputError(f"--n must be a whole number of images from 2 to {top}{where}, got {n!r}")
+    return n
 
 
 def held_out_landscapes(count: int, size: int, offset: int = 0) -> list[Image.Image]:
@@ -49,7 +61,8 @@ class Row:
     l2_mean: float  # faithfulness: L2 to the stroke input, mean over images
     l2_std: float
     kid_mean: float | None  # realism: KID to real images (lower is better); None: undefined for these sets
-    kid_std: float | None  # std over KID subsets
+    kid_std: float | None  # std over KID subsets (the spread of one subset's estimate)
+    kid_se: float | None = None  # standard error of kid_mean (metrics.kid_standard_error; None where KID is)
     layout: float | None = None  # mean 8x8 layout correlation with the guide (metrics.layout_correlation)
     sharpness: float | None = None  # mean |Laplacian| (metrics.sharpness); rises with invisible noise too
     edge_sharpness: float | None = None  # mean Sobel gradient of the strongest edges (metrics.edge_sharpness)
@@ -98,14 +111,14 @@ class StrokeBenchmark:
         """L2 to the strokes and KID to the reals of a list of images."""
         try:
             ref, f = standardize(self.real_features, self.features(images))
-            k_mean, k_std = kid(ref, f)
+            k_mean, k_std, k_se = kid_score(ref, f)
         except ValueError as e:  # too few or degenerate images: no number rather than a meaningless one
             self.kid_undefined = str(e)
-            k_mean = k_std = None
+            k_mean = k_std = k_se = None
         l2 = l2_distance(images, self.strokes)
         return Row(what, t0, nfe, seconds / max(len(images), 1), _peak_rss_mb(), float(l2.mean()), float(l2.std()),
-                   k_mean, k_std, float(layout_correlation(images, self.strokes).mean()),
-                   float(sharpness(images).mean()), float(edge_sharpness(images).mean()))
+                   k_mean, k_std, kid_se=k_se, layout=float(layout_correlation(images, self.strokes).mean()),
+                   sharpness=float(sharpness(images).mean()), edge_sharpness=float(edge_sharpness(images).mean()))
 
     def run_guides(self, model: Model, settings: RunSettings, guides: list[Guide]) -> tuple[list[Image.Image], float]:
         """SDEdit of prepared guides (guide i seeded settings.seed + i), one output each; and the seconds taken."""
@@ -187,7 +200,7 @@ class MaskedBenchmark(StrokeBenchmark):
 
 
 def _kid_text(r: Row) -> str:
-    return "undefined" if r.kid_mean is None or r.kid_std is None else f"{r.kid_mean:.4f} +- {r.kid_std:.4f}"
+    return "undefined" if r.kid_mean is None or r.kid_se is None else f"{r.kid_mean:.4f} +- {r.kid_se:.4f}"
 
 
 EXTRA_COLUMNS = (("layout", "layout corr."), ("sharpness", "sharpness"), ("edge_sharpness", "edge sharpness"),
@@ -197,7 +210,7 @@ EXTRA_COLUMNS = (("layout", "layout corr."), ("sharpness", "sharpness"), ("edge_
 def markdown_table(rows: list[Row]) -> str:
     """Rows as a Markdown table (the optional columns where some row has them)."""
     extras = [(k, title) for k, title in EXTRA_COLUMNS if any(getattr(r, k) is not None for r in rows)]
-    lines = ["| images | t0 | NFE | s / image | peak MB | L2 to guide (mean +- std) | KID (mean +- std) |"
+    lines = ["| images | t0 | NFE | s / image | peak MB | L2 to guide (mean +- std) | KID (mean +- s.e.) |"
              + "".join(f" {title} |" for _, title in extras),
              "| --- | --- | --- | --- | --- | --- | --- |" + " --- |" * len(extras)]
     for r in rows:
