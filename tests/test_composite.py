@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from sdedit import read_settings
 from sdedit.compositing import composite, paste_patch
 from sdedit.frontends.cli import main
 from sdedit.images import grow_and_feather
@@ -45,6 +46,12 @@ def test_composite_command_and_its_errors(tmp_path, capsys):
             "-o", str(tmp_path / "o")]
     assert main([*base, "--at", "5,5", "--seed", "3"]) == 0
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["scene_composite_t0.30_s3.png"]  # the bundled model's recommended t0
+    meta = read_settings(tmp_path / "o" / "scene_composite_t0.30_s3.png")
+    assert meta["seed"] == 3 and meta["composite"] == {"background": "scene.png", "patch": "patch.png", "at": [5, 5],
+                                                       "scale": 1.0}  # everything that made the output is recorded
+    assert main([*base, "--at", "5,5", "-n", "2"]) == 0  # a random seed: recorded, and the second output's is next
+    seeds = sorted(read_settings(p)["seed"] for p in (tmp_path / "o").iterdir() if not p.name.endswith("_s3.png"))
+    assert len(seeds) == 2 and seeds[1] == seeds[0] + 1
     for bad in (["--at", "5"], ["--at", "500,500"], ["--at", "5,5", "--scale", "0"]):
         assert main([*base, *bad]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -84,7 +84,8 @@ def test_small_inputs_and_unmasked_inputs_are_not_cropped():
     assert "crop" not in json.loads(out.info["sdedit"])
     big = photo((200, 150))
     out = edit(model, big, t0=0.5, steps=3, seed=0, progress=False)[0]
-    assert "crop" not in json.loads(out.info["sdedit"]) and out.size == (64, 64)
+    meta = json.loads(out.info["sdedit"])
+    assert "crop" not in meta and meta["size"] == [64, 64] and out.size == (150, 150)  # the centre square's size
     out = edit(model, small, mask=square_mask(small.size, (10, 10, 20, 20)), crop_to_mask=8, t0=0.5, steps=3,
                seed=0, progress=False)[0]
     assert json.loads(out.info["sdedit"])["crop"] == [0, 0, 50, 50] and out.size == small.size  # forced; fits 50
@@ -114,9 +115,32 @@ def test_command_line_crop_flags(tmp_path, capsys):
     assert json.loads(Image.open(next((tmp_path / "a").glob("*.png"))).info["sdedit"])["crop"] == [84, 79, 156, 151]
     assert main(["edit", *common, "--no-crop-to-mask", "-o", str(tmp_path / "b")]) == 0
     out = Image.open(next((tmp_path / "b").glob("*.png")))
-    assert "crop" not in json.loads(out.info["sdedit"]) and out.size == (64, 64)
+    # one output size rule for every path: the size of the input edited (here the centre 200x200 crop)
+    assert "crop" not in json.loads(out.info["sdedit"]) and out.size == (200, 200)
     assert main(["edit", *common, "--crop-to-mask=-3", "-o", str(tmp_path / "c")]) == 2
     assert "--crop-to-mask PADDING" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_one_output_size_rule_for_every_path(tmp_path, capsys):
+    """Outputs have the size of the input they edit, masked or not, cropped to the mask or not, for every family;
+    --model-size keeps the model's size (and so cannot go with crop-to-mask, which returns the whole photo)."""
+    img, mask = photo((256, 256)), square_mask((256, 256), (100, 100, 140, 130))
+    img.save(tmp_path / "in.png")
+    mask.save(tmp_path / "m.png")
+    base = [str(tmp_path / "in.png"), "--steps", "2", "--seed", "0", "-q"]
+    runs = {"plain": [], "mask": ["--mask", str(tmp_path / "m.png")],
+            "no crop": ["--mask", str(tmp_path / "m.png"), "--no-crop-to-mask"],
+            "stretch": ["--fit", "stretch"], "model size": ["--model-size"],
+            "model size, mask": ["--mask", str(tmp_path / "m.png"), "--model-size"]}
+    for name, extra in runs.items():
+        assert main(["edit", *base, *extra, "-o", str(tmp_path / name)]) == 0, name
+    sizes = {name: Image.open(next((tmp_path / name).glob("*.png"))).size for name in runs}
+    assert sizes == {"plain": (256, 256), "mask": (256, 256), "no crop": (256, 256), "stretch": (256, 256),
+                     "model size": (64, 64), "model size, mask": (64, 64)}
+    capsys.readouterr()
+    assert main(["edit", *base, "--mask", str(tmp_path / "m.png"), "--crop-to-mask", "--model-size", "-o",
+                 str(tmp_path / "x")]) == 2
+    assert "cannot keep the model's size" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_padding_is_checked():

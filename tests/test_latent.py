@@ -232,7 +232,7 @@ def test_a_wide_image_gives_the_same_output_alone_and_beside_a_small_one(sd_fold
     settings = RunSettings(prompt="x", t0=0.5, steps=2, seed=0, precision="fp32")
 
     def run(images):
-        guides = [prepare_guide(model, im) for im in images]  # all prepared before any is decoded
+        guides = [prepare_guide(model, im, full_size=True) for im in images]  # all prepared before any is decoded
         return [np.asarray(o) for o in iter_edits(model, guides, [5] * len(guides), settings, progress=False)]
 
     alone = run([wide])[0]
@@ -241,6 +241,31 @@ def test_a_wide_image_gives_the_same_output_alone_and_beside_a_small_one(sd_fold
     model.tile_vae = False
     untiled = run([wide])[0]
     assert not np.array_equal(alone, untiled)  # the wide image really is tiled (> 1024 px)
+
+
+def test_latent_models_work_within_their_area_unless_asked_and_come_back_at_the_input_size(sd_folder, tmp_path,
+                                                                                             capsys):
+    """A plain edit of an input over 4x the trained area (64 px here) works at that area, keeping the aspect, and
+    comes back at the input's size; full_size works at the input's own size; --fit is refused (it does not act)."""
+    from sdedit.frontends.cli import main
+
+    folder, _ = sd_folder
+    model = load_model(folder, device="cpu")
+    img = photo((256, 192))
+
+    def run(**kw):
+        out = edit(model, img, prompt="x", t0=0.5, steps=2, seed=0, progress=False, **kw)[0]
+        return out.size, json.loads(out.info["sdedit"])["size"]
+
+    assert run() == ((256, 192), [144, 104])  # 148x111 keeps 4 x 64^2 px; sides multiples of 8
+    assert run(full_size=True) == ((256, 192), [256, 192])
+    assert run(original_size=False) == ((144, 104), [144, 104])
+    assert "fit" not in json.loads(edit(model, photo((64, 48)), prompt="x", steps=2, seed=0,
+                                        progress=False)[0].info["sdedit"])  # fit does not act on latent models
+    img.save(tmp_path / "in.png")
+    assert main(["edit", str(tmp_path / "in.png"), "--model", str(folder), "--prompt", "x", "--fit", "stretch",
+                 "-q", "-o", str(tmp_path / "o")]) == 2
+    assert "--fit applies to square (pixel) models" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_reduced_precision_runs_the_unet_under_autocast_and_keeps_the_vae_fp32(sd_folder):

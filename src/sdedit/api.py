@@ -7,6 +7,7 @@ encode/decode and conditioned denoiser through the model interface (families/bas
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -29,6 +30,7 @@ from .images import Fit, ImageLike, check_grow, grow_and_feather, image_to_tenso
 from .settings import AUTO_T0, RunSettings
 from .version import __version__
 
+LATENT_MAX_AREA = 4  # latent models work on at most 4x their trained area (2x the side), unless asked (full_size)
 MAX_STRENGTH_LEVELS = 64  # distinct grey levels of a strength map (each adds one network evaluation)
 
 StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
@@ -65,14 +67,18 @@ class Guide:
 
 
 def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None, *, fit: Fit = "crop",
-                  original_size: bool = False, strength_map: ImageLike | None = None, mask_grow: int = 0,
-                  mask_feather: int = 0, crop_to_mask: CropToMask = None) -> Guide:
+                  original_size: bool = True, strength_map: ImageLike | None = None, mask_grow: int = 0,
+                  mask_feather: int = 0, crop_to_mask: CropToMask = None, full_size: bool = False) -> Guide:
     """Read an image (and a mask or a strength map), and cut and resize them to where and how the model works.
 
+    The output size rule, for every family and path: outputs have the size of the input they edit (the
+    centre square for a pixel model's fit="crop"); original_size=False keeps the size the model worked at.
     strength_map: per-pixel t0 (white = t0, black = keep, grey g = t0 * g), instead of a mask.
     crop_to_mask: edit only the mask's box (plus padding) at the model's resolution and return the whole
-    input (crops.py); None = when the input is larger than the model, True = always, an int = always with
-    that padding in pixels, False = never.
+    input (crops.py); None = when the input is larger than the model (and outputs come back at its size),
+    True = always, an int = always with that padding in pixels, False = never.
+    full_size: latent models work on an input larger than LATENT_MAX_AREA times their trained area at its own
+    size (slow) instead of at that area.
     """
     if mask is not None and strength_map is not None:
         raise InputError("give a mask or a strength map, not both (a strength map of 0 and 255 is a mask)")
@@ -86,7 +92,10 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
         full_mask = grow_and_feather(full_mask, mask_grow, mask_feather)
     if fit not in ("crop", "stretch"):
         raise InputError(f"fit must be 'crop' or 'stretch', got {fit!r}")
-    frame = _crop_frame(model, full, full_mask, crop_to_mask) or model.frame(full.size, fit, original_size)
+    if crop_to_mask not in (None, False) and not original_size:
+        raise InputError("crop-to-mask returns the whole photo at its own size: it cannot keep the model's size")
+    frame = _crop_frame(model, full, full_mask, crop_to_mask if original_size else False) \
+        or _within_area(model, model.frame(full.size, fit, original_size), fit, full_size)
     region = full.crop(frame.box)
     small = region if region.size == frame.size else region.resize(frame.size, Image.Resampling.LANCZOS)
     small_mask = None
@@ -103,6 +112,18 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
                              f"(exact per-pixel t0): posterize it to at most {MAX_STRENGTH_LEVELS} levels")
         return Guide(full, None, frame, small, None, small_mask, full_mask)
     return Guide(full, full_mask, frame, small, small_mask, mask_grow=mask_grow, mask_feather=mask_feather)
+
+
+def _within_area(model: Model, frame: Frame, fit: Fit, full_size: bool) -> Frame:
+    """A latent model's frame at most LATENT_MAX_AREA times its trained area (keeping the aspect), unless full_size:
+    the compute of a step grows with the area, and the networks were trained near theirs."""
+    w, h = frame.size
+    limit = LATENT_MAX_AREA * model.resolution ** 2
+    if model.square or full_size or w * h <= limit:
+        return frame
+    scale = math.sqrt(limit / (w * h))
+    size = model.frame((max(1, round(w * scale)), max(1, round(h * scale))), fit, True).size
+    return dataclasses.replace(frame, size=size)
 
 
 def _crop_frame(model: Model, full: Image.Image, keep: Image.Image | None, crop_to_mask: CropToMask) -> Frame | None:
@@ -130,9 +151,10 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
          num_samples: int | None = None, seed: int | None = None, batch_size: int | None = None,
          precision: str | None = None, prompt: str | None = None, negative_prompt: str | None = None,
          guidance: float | None = None, settings: RunSettings | None = None, fit: Fit = "crop",
-         original_size: bool = False, progress: bool = True, strength_map: ImageLike | None = None,
+         original_size: bool = True, progress: bool = True, strength_map: ImageLike | None = None,
          mask_grow: int = 0, mask_feather: int = 0, crop_to_mask: CropToMask = None,
-         faithfulness: float | None = None, callback: StepCallback | None = None) -> list[Image.Image]:
+         faithfulness: float | None = None, callback: StepCallback | None = None,
+         full_size: bool = False) -> list[Image.Image]:
     """SDEdit (Meng et al. 2022) on one guide image: num_samples outputs, sample j seeded with seed + j.
 
     t0: a number in (0, 1], None for the model's recommended t0, or "auto": per image the largest t0
@@ -143,15 +165,17 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
     own time exactly.  crop_to_mask: a photo larger than the model is edited in the mask's box at the
     model's resolution and returned whole (see prepare_guide).  Unset settings take RunSettings'
     defaults (or pass `settings`).  Pixel models work on the centre square (fit="crop") or
-    the stretched image at their resolution, and original_size scales outputs back; latent
-    models work at the input's own size.  Kept pixels are the input's, bit for bit.  Each
-    output's settings are in img.info["sdedit"].
+    the stretched image at their resolution; latent models on the whole input at its own size
+    (at most LATENT_MAX_AREA times their trained area unless full_size).  Outputs come back at the
+    size of the input they edit (original_size=False: at the size the model worked at).  Kept
+    pixels are the input's, bit for bit.  Each output's settings are in img.info["sdedit"].
     """
     run = settings_from(model, settings, t0=t0, steps=steps, repeats=repeats, sampler=sampler,
                         num_samples=num_samples, seed=seed, batch_size=batch_size, precision=precision,
                         prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, faithfulness=faithfulness)
     guide = prepare_guide(model, image, mask, fit=fit, original_size=original_size, strength_map=strength_map,
-                          mask_grow=mask_grow, mask_feather=mask_feather, crop_to_mask=crop_to_mask)
+                          mask_grow=mask_grow, mask_feather=mask_feather, crop_to_mask=crop_to_mask,
+                          full_size=full_size)
     assert run.seed is not None
     return list(iter_edits(model, [guide], [run.seed], run, fit=fit, progress=progress, callback=callback))
 
@@ -343,7 +367,7 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
     meta = {"model": model.name, **settings.metadata(text_conditioned=model.text_conditioned, takes_guidance=model.takes_guidance),
             "precision": precision.precision, "precision_reason": precision.reason,
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
-            "fit": fit, "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
+            **({"fit": fit} if model.square else {}), "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
             **({"strength_map": True} if guide.strength is not None else {}),
             **({"mask_grow": guide.mask_grow} if guide.mask_grow else {}),
             **({"mask_feather": guide.mask_feather} if guide.mask_feather else {}),

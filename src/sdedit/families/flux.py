@@ -200,7 +200,7 @@ class FluxModel(LatentSpace, Model):
 
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
         """The whole input at the largest size with sides multiples of VAE factor x 2 (the packing)."""
-        return Frame((0, 0, *size), snap8(size, self.latent_factor * 2), True)
+        return Frame((0, 0, *size), snap8(size, self.latent_factor * 2), original_size)
 
 def is_flux_folder(root: Path) -> bool:
     """Whether a folder holds a diffusers FLUX.1 pipeline."""

@@ -19,8 +19,8 @@ from ..engine.schedules import DiscreteVPSchedule, Schedule, VESchedule
 from ..devices import pick_device
 from ..errors import InputError
 from ..images import Fit, fit_box
-from ..loading.checkpoints import check_sample_size, materialize, plan_network, read_json, read_state_dict, \
-    schedule_from, scheduler_config
+from ..loading.checkpoints import check_compute, check_sample_size, materialize, plan_network, read_json, \
+    read_state_dict, schedule_from, scheduler_config
 from ..loading.presets import PRESETS, Preset
 from ..loading.released_format import DDPMArch, convert_state_dict, read_config
 from ..settings import DEFAULT_T0, SettingError, check_t0
@@ -146,6 +146,30 @@ def unet_from_config(config: dict[str, Any]) -> nn.Module:
     return UNet2DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
 
 
+def unet_flops(unet: nn.Module, side: int) -> float:
+    """Floating-point operations of one evaluation of a UNet2DModel-layout network on one side x side image, from its
+    layers without running it: 2 per multiply-add of every convolution and linear weight at its level's resolution
+    (resamplers at the finer side), plus self-attention's two products over the level's pixels."""
+    blocks: list[tuple[str, float]] = [("", side)]  # (module prefix, side it runs at); the first is the outer layers
+    down = list(getattr(unet, "down_blocks", []))
+    blocks += [(f"down_blocks.{i}.", side / 2**i) for i in range(len(down))]
+    lowest = side / 2 ** max(len(down) - 1, 0)
+    blocks += [("mid_block.", lowest)]
+    blocks += [(f"up_blocks.{j}.", lowest * 2**j) for j in range(len(getattr(unet, "up_blocks", [])))]
+    macs = 0.0
+    for name, w in unet.named_parameters():
+        if w.ndim < 2 or "time_emb" in name:  # biases, norms; the time embedding runs once per image
+            continue
+        prefix, s = max(((p, r) for p, r in blocks if name.startswith(p)), key=lambda b: len(b[0]))
+        finer = prefix.startswith("up_blocks") and any(k in name for k in ("upsampler", "resnet_up", "skip"))
+        macs += w.numel() * (2 * s if finer else s) ** 2
+    for name, module in unet.named_modules():
+        if isinstance(getattr(module, "to_q", None), nn.Linear):
+            s = max(((p, r) for p, r in blocks if name.startswith(p)), key=lambda b: len(b[0]))[1]
+            macs += 2 * (s * s) ** 2 * module.to_q.out_features  # q k^T and attention-weighted v
+    return 2 * macs
+
+
 def _finish(unet: nn.Module, schedule: Schedule, resolution: int, name: str, info: dict[str, Any],
             device: str | torch.device | None) -> PixelModel:
     """The loaded network in inference mode on its device (channels_last on CPUs), wrapped in its adapter."""
@@ -163,6 +187,7 @@ def load_original(path: str | Path, config: str | Path, *, device: str | torch.d
     arch, schedule = _arch_for(config)
     check_sample_size(arch.image_size, str(config))
     unet = plan_network(lambda: unet_from_config(arch.unet_config()), str(config))  # no memory yet
+    check_compute(unet_flops(unet, arch.image_size), str(config), f"image_size {arch.image_size}")
     state = read_state_dict(path)
     materialize(unet, convert_state_dict(state, unet.state_dict(), len(arch.ch_mult), str(path)), str(path))
     return _finish(unet, schedule, arch.image_size, name or str(path), {"source": str(path), "format": "original"},
@@ -196,6 +221,7 @@ def load_diffusers_unet(folder: str | Path, *, device: str | torch.device | None
     config_file = str(unet_dir / "config.json")
     size = check_sample_size(cfg.get("sample_size") or (preset.resolution if preset else None), config_file)
     unet = plan_network(lambda: unet_from_config(cfg), config_file)  # no memory yet: the config is checked first
+    check_compute(unet_flops(unet, size), config_file, f"sample_size {size}")
     materialize(unet, read_state_dict(weights), str(weights))
     sched = scheduler_config(root)
     if cfg.get("time_embedding_type") == "fourier":

@@ -149,7 +149,7 @@ class QwenImageModel(LatentSpace, Model):
 
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
         """The whole input at the largest size with sides multiples of VAE factor x 2 (the packing)."""
-        return Frame((0, 0, *size), snap8(size, self.latent_factor * 2), True)
+        return Frame((0, 0, *size), snap8(size, self.latent_factor * 2), original_size)
 
     def _latent_stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE's per-channel latents_mean and latents_std, shaped (1, C, 1, 1, 1) like z."""

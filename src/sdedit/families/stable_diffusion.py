@@ -30,7 +30,7 @@ from ..errors import InputError
 from ..images import Fit
 from ..loading.lora import LoraSpec
 from ..loading.single_file import ldm_networks
-from ..loading.checkpoints import LOAD_ERRORS, check_sample_size, first_line, plan_network, read_json, \
+from ..loading.checkpoints import LOAD_ERRORS, first_line, plan_components, read_json, \
     schedule_from, scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
@@ -204,8 +204,8 @@ class StableDiffusionModel(LatentSpace, Model):
         return self.denoiser(RunSettings(guidance=1.0, seed=0))(x, sigma)
 
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
-        """The whole input, at the largest multiple-of-8 size inside it; outputs come back at the input's size."""
-        return Frame((0, 0, *size), snap8(size, self.latent_factor), True)
+        """The whole input, at the largest multiple-of-8 size inside it (outputs back at the input's size if asked)."""
+        return Frame((0, 0, *size), snap8(size, self.latent_factor), original_size)
 
     def vae_tiling(self, height: int, width: int) -> bool:
         """Tiled VAE passes for images over 1024 px (or as tile_vae says), decided per call from its own size."""
@@ -250,11 +250,10 @@ def load_stable_diffusion(root: str | Path, *, device: str | torch.device | None
     for part in (*parts, *(("scheduler",) if single_file else ())):
         if not (root / part).is_dir():
             raise InputError(f"{root}: no {part}/ folder; {'an SDXL' if xl else 'a text-conditioned'} model needs one")
-    for part, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
-        cfg = read_json(root / part / "config.json")
-        check_sample_size(cfg.get("sample_size", 64), str(root / part / "config.json"))
-        plan_network(lambda c=cfg, k=cls: k.from_config({n: v for n, v in c.items() if not n.startswith("_")}),
-                     str(root / part / "config.json"))  # limits checked before from_pretrained allocates
+    encoders = {"text_encoder": CLIPTextModel, **({"text_encoder_2": CLIPTextModelWithProjection} if xl else {})}
+    # Every network's config checked on the meta device (limits, fit with its weights) before from_pretrained allocates.
+    plan_components(root, {"unet": UNet2DConditionModel, "vae": AutoencoderKL,
+                           **{k: v for k, v in encoders.items() if (root / k / "config.json").is_file()}})
     try:
         tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
         tokenizer_2 = CLIPTokenizer.from_pretrained(root / "tokenizer_2") if xl else None

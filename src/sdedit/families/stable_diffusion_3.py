@@ -137,7 +137,7 @@ class StableDiffusion3Model(LatentSpace, Model):
 
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
         """The whole input at the largest size with sides multiples of VAE factor x patch size."""
-        return Frame((0, 0, *size), snap8(size, self._multiple()), True)
+        return Frame((0, 0, *size), snap8(size, self._multiple()), original_size)
 
 def is_sd3_folder(root: Path) -> bool:
     """Whether a folder holds a diffusers SD3 pipeline (model_index.json naming it, transformer/ and vae/)."""

@@ -20,7 +20,7 @@ from ..errors import InputError, SdeditError
 from ..files import check_output_folder, open_regular, printable, write_file
 from ..images import IMAGE_SUFFIXES, Fit, open_image, png_bytes
 from ..settings import DEFAULT_PRECISION, RunSettings
-from .common import say
+from .common import fit_for, say
 
 MANIFEST = "manifest"  # manifest.jsonl (one process) or manifest.<rank>.jsonl (several)
 
@@ -31,14 +31,15 @@ class BatchJob:
 
     model: str  # load_model source
     settings: RunSettings  # its seed is the batch seed: item seeds derive from (seed, file name)
-    fit: Fit = "crop"
-    original_size: bool = False
+    fit: Fit | None = None  # None: the default (crop) of pixel models; latent models take none
+    original_size: bool = True  # outputs at the size of the input they edit (False: the model's)
     loras: tuple[str, ...] = ()  # PATH_OR_HUB_ID[:SCALE] each
     mask_grow: int = 0  # pixels
     mask_feather: int = 0  # pixels
     crop_to_mask: bool | int | None = None  # api.prepare_guide's: None = when the input is larger than the model
     strength_maps: bool = False  # the matched files are strength maps (per-pixel t0), not masks
     unmasked: str = "fail"  # an image without a mask in a masks folder: "fail" it, or "edit" it whole
+    full_size: bool = False  # latent models: inputs over their area limit at their own size (api.prepare_guide)
 
     def digest(self) -> str:
         """A stable hash of what decides the outputs (batch size and precision of the arithmetic aside)."""
@@ -55,6 +56,8 @@ class BatchJob:
             key["strength_maps"] = True
         if self.unmasked != "fail":
             key["unmasked"] = self.unmasked
+        if self.full_size:
+            key["full_size"] = True
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -411,6 +414,7 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
     model = load_model(job.model, config=config, device=dist.device, loras=job.loras, offload=offload,
                        precision=job.settings.precision or DEFAULT_PRECISION)
     model.check_conditioning(job.settings)
+    fit_for(model, job.fit)  # refused before the output folder is made
     check_output_folder(output_dir)  # only once the settings and the model are known to be good
     with ExitStack() as held:
         if dist.rank == 0:
@@ -429,6 +433,7 @@ def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, 
     from ..api import iter_edits, prepare_guide
 
     settings = job.settings
+    fit = fit_for(model, job.fit)
     groups = group_items(items, max(1, settings.batch_size // settings.num_samples))
     mine = groups[dist.rank::dist.world]
     manifest = Manifest(output_dir, dist.rank, dist.world)
@@ -446,13 +451,14 @@ def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, 
                 matched = open_image(item.mask) if item.mask is not None else None
                 mask, strength = (None, matched) if job.strength_maps else (matched, None)
                 grow = (job.mask_grow, job.mask_feather) if mask is not None else (0, 0)  # nothing to grow unmasked
-                guides.append(prepare_guide(model, image, mask, fit=job.fit, original_size=job.original_size,
+                guides.append(prepare_guide(model, image, mask, fit=fit, original_size=job.original_size,
                                             mask_grow=grow[0], mask_feather=grow[1],
-                                            crop_to_mask=job.crop_to_mask, strength_map=strength))
+                                            crop_to_mask=job.crop_to_mask, strength_map=strength,
+                                            full_size=job.full_size))
                 order.append(item)
             except SdeditError as e:  # an unreadable input fails alone, and is in no batch
                 results[item.name] = e
-        outputs = iter(iter_edits(model, guides, [seeds[item.name] for item in order], settings, fit=job.fit,
+        outputs = iter(iter_edits(model, guides, [seeds[item.name] for item in order], settings, fit=fit,
                                   progress=False))
         for item in order:
             results[item.name] = [next(outputs) for _ in range(settings.num_samples)]

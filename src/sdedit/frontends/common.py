@@ -59,6 +59,13 @@ def quiet_stdout(quiet: bool) -> Iterator[None]:
         yield
 
 
+def fit_for(model: Any, fit: str | None) -> str:
+    """--fit's value: it acts on square (pixel) models only; a latent model given one refuses it."""
+    if fit is not None and not model.square:
+        raise InputError(f"--fit applies to square (pixel) models; {model.name} takes the whole input: leave it out")
+    return fit or "crop"
+
+
 def say(text: object, *, err: bool = False) -> None:
     """Print one line safely: file names with control characters or undecodable bytes are shown escaped."""
     print(printable(text), file=sys.stderr if err else sys.stdout, flush=True)
