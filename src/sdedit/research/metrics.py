@@ -310,8 +310,8 @@ def kid_score(fa: torch.Tensor, fb: torch.Tensor, *, subsets: int = 100, subset_
 
 
 # Images a side below which KID is mostly noise.  Real against real landscapes (random-CNN features, three disjoint
-# draws; README 'KID and its noise'): standard error 0.04-0.19 at 100 a side, 0.08-0.20 at 50 and up to 2.5 at 20,
-# against a KID of about 0.6 for stroke paintings: from 100 a side a KID ranks what differs clearly.
+# draws; README 'KID and its noise'): standard error 0.07-0.19 at 100 a side, 0.08-0.20 at 50 and up to 2.5 at 20,
+# against a KID of 0.46-0.81 for stroke paintings: from 100 a side a KID ranks what differs clearly.
 MIN_KID_SAMPLES = 100
 
 
