@@ -112,17 +112,46 @@ def test_mask_grow_and_feather_blend_a_band_and_keep_everything_outside_exact():
         edit(model, img, mask=mask, mask_grow=-1, progress=False)
 
 
-def test_a_map_with_too_many_levels_or_a_grow_without_a_mask_is_refused():
+def test_a_map_with_many_levels_is_posterized_and_the_progress_total_counts_its_levels():
+    """Each grey level is one more step: a smooth map is posterized to strength_levels (8 by default), black
+    stays exactly kept, what acted is recorded, and the step count the progress bar shows is the one run."""
+    import json
+
+    from sdedit import InputError
+    from sdedit.api import batch_steps, iter_edits, prepare_guide
+    from sdedit.api import Row as ApiRow
+    from sdedit.settings import RunSettings
+
+    model = gaussian_model(MU, S0)
+    img = np.zeros((32, 32, 3), np.uint8)
+    smooth = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) % 255 + 1).astype(np.uint8)
+    smooth[:4] = 0
+    for levels, steps in ((None, 8), (3, 3), (64, 64)):
+        kw = {} if levels is None else {"strength_levels": levels}
+        guide = prepare_guide(model, img, strength_map=smooth, **kw)
+        assert guide.strength_levels == steps and guide.posterized == (levels or 8)
+        assert (np.asarray(guide.strength)[:4] == 0).all() and (np.asarray(guide.strength)[4:] > 0).all()
+        settings = RunSettings(t0=0.5, steps=5, seed=0)
+        counted = []
+        out = next(iter_edits(model, [guide], [0], settings, progress=False,
+                              callback=lambda *a: counted.append(1)))
+        meta = json.loads(out.info["sdedit"])
+        assert (meta["strength_levels"], meta["strength_posterized"]) == (steps, levels or 8)
+        total = batch_steps(model, ApiRow(guide, 0, 0, model.run_settings(settings)))
+        assert len(counted) == total and 5 < total <= 5 + steps  # the grid's steps plus the levels off the grid
+    few = np.where(smooth > 128, 255, np.where(smooth > 0, 100, 0)).astype(np.uint8)  # 2 levels: exact, as given
+    guide = prepare_guide(model, img, strength_map=few)
+    assert guide.posterized is None and set(np.unique(np.asarray(guide.strength))) == {0, 100, 255}
+    for bad in (0, 65, 2.5):
+        with pytest.raises(InputError, match="strength levels"):
+            prepare_guide(model, img, strength_map=smooth, strength_levels=bad)
+
+
+def test_a_grow_without_a_mask_or_a_map_of_another_size_is_refused():
     from sdedit import InputError
 
     model = gaussian_model(MU, S0)
     img = np.zeros((32, 32, 3), np.uint8)
-    gradient = np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))
-    gradient[:, :2] = 0
-    edit(model, img, strength_map=gradient, t0=0.5, steps=2, progress=False)  # 30 levels: fine
-    smooth = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) % 255 + 1).astype(np.uint8)
-    with pytest.raises(InputError, match="posterize"):
-        edit(model, img, strength_map=smooth, t0=0.5, steps=2, progress=False)
     with pytest.raises(InputError, match="apply to a mask"):
         edit(model, img, mask_grow=3, progress=False)
     with pytest.raises(InputError, match="strength map is 16x16"):

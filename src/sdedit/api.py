@@ -20,18 +20,17 @@ import torch
 from PIL import Image
 
 from .crops import DEFAULT_CROP_PADDING, check_padding, mask_box
-from .engine.editing import edit_tensors
+from .engine.editing import edit_tensors, release_grid
 from .errors import InputError, SamplingError
 from .families.base import Frame, Model
 from .precision import Choice, RunPrecision
 from .progress import tqdm
 from .images import Fit, ImageLike, check_grow, grow_and_feather, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
     tensor_to_images
-from .settings import AUTO_T0, RunSettings
+from .settings import AUTO_T0, DEFAULT_STRENGTH_LEVELS, MAX_STRENGTH_LEVELS, RunSettings
 from .version import __version__
 
 LATENT_MAX_AREA = 4  # latent models work on at most 4x their trained area (2x the side), unless asked (full_size)
-MAX_STRENGTH_LEVELS = 64  # distinct grey levels of a strength map (each adds one network evaluation)
 
 StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 CropToMask = bool | int | None  # None: when the input is larger than the model; True/int: always (int = padding)
@@ -50,6 +49,8 @@ class Guide:
     full_strength: Image.Image | None = None  # the same at the input's size
     mask_grow: int = 0  # pixels the mask was grown by (recorded in the outputs' metadata)
     mask_feather: int = 0  # pixels its edge was feathered by
+    strength_levels: int = 0  # the strength map's grey levels (each adds one step)
+    posterized: int | None = None  # the levels it was reduced to, when it had more (strength_levels=)
 
     @property
     def keep(self) -> Image.Image | None:
@@ -68,12 +69,14 @@ class Guide:
 
 def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None, *, fit: Fit = "crop",
                   original_size: bool = True, strength_map: ImageLike | None = None, mask_grow: int = 0,
-                  mask_feather: int = 0, crop_to_mask: CropToMask = None, full_size: bool = False) -> Guide:
+                  mask_feather: int = 0, crop_to_mask: CropToMask = None, full_size: bool = False,
+                  strength_levels: int = DEFAULT_STRENGTH_LEVELS) -> Guide:
     """Read an image (and a mask or a strength map), and cut and resize them to where and how the model works.
 
     The output size rule, for every family and path: outputs have the size of the input they edit (the
     centre square for a pixel model's fit="crop"); original_size=False keeps the size the model worked at.
-    strength_map: per-pixel t0 (white = t0, black = keep, grey g = t0 * g), instead of a mask.
+    strength_map: per-pixel t0 (white = t0, black = keep, grey g = t0 * g), instead of a mask; each grey level
+    is entered exactly, one more step each, so a map with more than `strength_levels` levels is posterized first.
     crop_to_mask: edit only the mask's box (plus padding) at the model's resolution and return the whole
     input (crops.py); None = when the input is larger than the model (and outputs come back at its size),
     True = always, an int = always with that padding in pixels, False = never.
@@ -86,8 +89,13 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
     if (mask_grow or mask_feather) and mask is None:
         raise InputError("mask grow and feather apply to a mask; give --mask (a strength map's levels are used as "
                          "they are)")
+    if strength_map is not None:
+        check_strength_levels(strength_levels)
     full, full_mask = load_guide(image, mask if strength_map is None else strength_map,
                                  "mask" if strength_map is None else "strength map")
+    posterized = None
+    if strength_map is not None and full_mask is not None and grey_levels(full_mask) > strength_levels:
+        full_mask, posterized = posterize(full_mask, strength_levels), strength_levels
     if full_mask is not None and strength_map is None and (mask_grow or mask_feather):
         full_mask = grow_and_feather(full_mask, mask_grow, mask_feather)
     if fit not in ("crop", "stretch"):
@@ -106,12 +114,29 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
         small_mask = m if m.size == frame.size else m.resize(frame.size, resample)
     if strength_map is not None:
         assert small_mask is not None
-        levels = len(set(np.unique(np.asarray(small_mask)).tolist()) - {0})
-        if levels > MAX_STRENGTH_LEVELS:
-            raise InputError(f"the strength map has {levels} grey levels; each one is an extra network evaluation "
-                             f"(exact per-pixel t0): posterize it to at most {MAX_STRENGTH_LEVELS} levels")
-        return Guide(full, None, frame, small, None, small_mask, full_mask)
+        return Guide(full, None, frame, small, None, small_mask, full_mask, strength_levels=grey_levels(small_mask),
+                     posterized=posterized)
     return Guide(full, full_mask, frame, small, small_mask, mask_grow=mask_grow, mask_feather=mask_feather)
+
+
+def check_strength_levels(levels: int) -> None:
+    """The strength_levels rule: a whole number from 1 to MAX_STRENGTH_LEVELS."""
+    if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= MAX_STRENGTH_LEVELS:
+        raise InputError(f"strength levels must be a whole number from 1 to {MAX_STRENGTH_LEVELS}, got {levels!r}")
+
+
+def grey_levels(strength: Image.Image) -> int:
+    """The distinct non-black levels of a strength map (L): the steps it adds."""
+    a = np.asarray(strength)
+    return len(np.unique(a[a > 0]))
+
+
+def posterize(strength: Image.Image, levels: int) -> Image.Image:
+    """A strength map with its grey levels rounded to `levels` evenly spaced ones; black (kept) stays black and
+    no other pixel becomes black."""
+    a = np.asarray(strength).astype(np.float64)
+    q = np.where(a > 0, np.maximum(1, np.rint(a / 255 * levels)), 0)
+    return Image.fromarray(np.rint(q * 255 / levels).astype(np.uint8), "L")
 
 
 def _within_area(model: Model, frame: Frame, fit: Fit, full_size: bool) -> Frame:
@@ -218,7 +243,7 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
             rows.extend(Row(guide, seeds[i] + j, j, run, auto) for j in range(settings.num_samples))
         probes.close()
         batches = _batches(rows, settings.batch_size)
-        bar = tqdm(total=sum(b[0].run.total_steps for b in batches), desc="sdedit", unit="step",
+        bar = tqdm(total=sum(batch_steps(model, b[0]) for b in batches), desc="sdedit", unit="step",
                    disable=not progress)
 
         def on_step(i: int, sigma: float, x: torch.Tensor, denoised: torch.Tensor) -> None:
@@ -302,6 +327,19 @@ def _batches(rows: list[Row], size: int) -> list[list[Row]]:
     return out
 
 
+def batch_steps(model: Model, row: Row) -> int:
+    """Sampler steps of the batch `row` leads, over all repeats: a strength map adds its levels to the grid."""
+    run = row.run
+    if row.guide.strength is None:
+        return run.total_steps
+    assert isinstance(run.t0, float) and run.steps is not None
+    strength = model.encode_mask(mask_to_tensor(row.guide.strength)).double()
+    if float(strength.max()) <= 0.0:
+        return 0  # keeps everything: no step
+    sigmas, _ = release_grid(model.schedule_for(row.guide.frame.size), run.t0, run.steps, strength, run.grid)
+    return (len(sigmas) - 1) * run.repeats
+
+
 def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: list[Row],
                on_step: StepCallback, precision: RunPrecision) -> torch.Tensor:
     """Encode each row's guide with its generator, SDEdit the batch in the sampler's space under the run's
@@ -368,7 +406,9 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
             "precision": precision.precision, "precision_reason": precision.reason,
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
             **({"fit": fit} if model.square else {}), "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
-            **({"strength_map": True} if guide.strength is not None else {}),
+            **({"strength_map": True, "strength_levels": guide.strength_levels} if guide.strength is not None
+               else {}),
+            **({"strength_posterized": guide.posterized} if guide.posterized is not None else {}),
             **({"mask_grow": guide.mask_grow} if guide.mask_grow else {}),
             **({"mask_feather": guide.mask_feather} if guide.mask_feather else {}),
             **({"crop": list(frame.box)} if frame.whole_input else {}),

@@ -19,7 +19,7 @@ from ..devices import Offload
 from ..errors import InputError, SdeditError
 from ..files import check_output_folder, open_regular, printable, write_file
 from ..images import IMAGE_SUFFIXES, Fit, open_image, png_bytes
-from ..settings import DEFAULT_PRECISION, RunSettings
+from ..settings import DEFAULT_PRECISION, DEFAULT_STRENGTH_LEVELS, RunSettings
 from .common import fit_for, say
 
 MANIFEST = "manifest"  # manifest.jsonl (one process) or manifest.<rank>.jsonl (several)
@@ -40,6 +40,7 @@ class BatchJob:
     strength_maps: bool = False  # the matched files are strength maps (per-pixel t0), not masks
     unmasked: str = "fail"  # an image without a mask in a masks folder: "fail" it, or "edit" it whole
     full_size: bool = False  # latent models: inputs over their area limit at their own size (api.prepare_guide)
+    strength_levels: int = DEFAULT_STRENGTH_LEVELS  # strength maps with more grey levels are posterized
 
     def digest(self) -> str:
         """A stable hash of what decides the outputs (batch size and precision of the arithmetic aside)."""
@@ -53,7 +54,7 @@ class BatchJob:
         if self.crop_to_mask is not None:
             key["crop_to_mask"] = self.crop_to_mask
         if self.strength_maps:
-            key["strength_maps"] = True
+            key.update(strength_maps=True, strength_levels=self.strength_levels)
         if self.unmasked != "fail":
             key["unmasked"] = self.unmasked
         if self.full_size:
@@ -454,7 +455,7 @@ def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, 
                 guides.append(prepare_guide(model, image, mask, fit=fit, original_size=job.original_size,
                                             mask_grow=grow[0], mask_feather=grow[1],
                                             crop_to_mask=job.crop_to_mask, strength_map=strength,
-                                            full_size=job.full_size))
+                                            full_size=job.full_size, strength_levels=job.strength_levels))
                 order.append(item)
             except SdeditError as e:  # an unreadable input fails alone, and is in no batch
                 results[item.name] = e

@@ -27,7 +27,8 @@ from ..research.metrics import KID_MIN_IMAGES, MIN_KID_SAMPLES
 from ..research.strokes import MAX_COLORS, PAPER_KERNEL, PAPER_SIDE, WORK_AREA
 from ..research.training import LIMITS as TRAIN_LIMITS, MAX_BATCH_PIXELS, MAX_LEVELS, MAX_WIDTH, PREVIEW_SHARE
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GRID, DEFAULT_GUIDANCE, DEFAULT_PRECISION, \
-    DEFAULT_SAMPLER, DEFAULT_T0, PRECISIONS, RunSettings, SettingError, check_t0, parse_t0
+    DEFAULT_SAMPLER, DEFAULT_STRENGTH_LEVELS, DEFAULT_T0, MAX_STRENGTH_LEVELS, PRECISIONS, RunSettings, SettingError, \
+    check_t0, parse_t0
 from .common import Parser, Writer, fit_for, hide_unactionable_warnings, quiet_libraries, quiet_stdout, run_guarded, say
 from .sweep import GRID_SAMPLES, MAX_T0_VALUES, SWEEP_REALS
 
@@ -112,6 +113,12 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
 
+def _add_strength_levels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strength-levels", type=int, default=DEFAULT_STRENGTH_LEVELS, metavar="N",
+                   help=f"a strength map with more grey levels is posterized to N evenly spaced ones first (default "
+                        f"{DEFAULT_STRENGTH_LEVELS}, at most {MAX_STRENGTH_LEVELS}): each level costs one more step")
+
+
 def _add_crop(p: argparse.ArgumentParser) -> None:
     """--crop-to-mask [PADDING] and --no-crop-to-mask (default: on when the input is larger than the model)."""
     p.add_argument("--crop-to-mask", nargs="?", const=True, type=int, metavar="PADDING",
@@ -184,6 +191,7 @@ def _parser() -> Parser:
     e.add_argument("--strength-map", type=Path,
                    help="instead of a mask, per-pixel t0 (greyscale, same size): white = t0, grey g = t0 * g, "
                         "black = keep; each grey level is entered exactly (one more step per level)")
+    _add_strength_levels(e)
     _add_model(e)
     _add_run(e, seed_help="seed of the first output; output j uses seed + j (random)")
     _add_offload(e)
@@ -313,6 +321,7 @@ def _parser() -> Parser:
     maps.add_argument("--masks", type=Path, help="folder of masks matched by file name stem: white = edit")
     maps.add_argument("--strength-maps", type=Path,
                       help="instead of masks, a folder of strength maps (per-pixel t0) matched by file name stem")
+    _add_strength_levels(b)
     b.add_argument("--unmasked", choices=["fail", "edit"], default="fail",
                    help="an image with no mask in the masks folder: record it as failed (default) or edit it whole")
     _add_model(b, threads=False)
@@ -346,13 +355,14 @@ def _parser() -> Parser:
 
 
 def _edit(a: argparse.Namespace) -> int:
-    from ..api import iter_edits, prepare_guide
+    from ..api import check_strength_levels, iter_edits, prepare_guide
     from ..files import check_output_folder
     from ..images import open_image, save_png
     from ..loader import load_model
 
     # Check everything cheap before loading a model, and the output folder before sampling.
     settings = run_settings(a)
+    check_strength_levels(a.strength_levels)
     crop = _crop_option(a)
     image = open_image(a.input)
     mask = open_image(a.mask) if a.mask is not None else None
@@ -365,7 +375,9 @@ def _edit(a: argparse.Namespace) -> int:
     fit = fit_for(model, a.fit)
     guide = prepare_guide(model, image, mask, fit=fit, original_size=a.original_size, strength_map=strength_map,
                           mask_grow=a.mask_grow, mask_feather=a.mask_feather, crop_to_mask=crop,
-                          full_size=a.full_size)
+                          full_size=a.full_size, strength_levels=a.strength_levels)
+    if guide.strength_levels > DEFAULT_STRENGTH_LEVELS:
+        say(f"strength map: {guide.strength_levels} grey levels, each one more step (--strength-levels)", err=True)
     check_output_folder(a.outdir)
     assert settings.seed is not None
     # Each output is written as soon as its batch is done: memory stays bounded and an interrupted run
@@ -593,12 +605,15 @@ def _sweep(a: argparse.Namespace) -> int:
 def _batch(a: argparse.Namespace) -> int:
     from .batch import BatchJob, run_folder
 
+    from ..api import check_strength_levels
+
     settings = run_settings(a, seed=a.seed if a.seed is not None else 0)
     check_threads(a.threads)
+    check_strength_levels(a.strength_levels)
     offload_device(a.offload, a.device)
     job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora), a.mask_grow,
                    a.mask_feather, _crop_option(a), strength_maps=a.strength_maps is not None, unmasked=a.unmasked,
-                   full_size=a.full_size)
+                   full_size=a.full_size, strength_levels=a.strength_levels)
     return run_folder(a.input_dir, a.outdir, a.masks or a.strength_maps, job, config=a.config, device=a.device,
                       quiet=a.quiet, threads=a.threads, offload=a.offload)
 
