@@ -226,7 +226,7 @@ def child_peak_mb(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
 
 def test_a_config_describing_a_huge_network_is_refused_before_allocating(tmp_path):
     good = stroke_png(tmp_path / "good.png", (32, 32))
-    huge = unet_folder(tmp_path / "huge", {"sample_size": 64, "block_out_channels": [2048] * 4,
+    huge = unet_folder(tmp_path / "huge", {"sample_size": 16, "block_out_channels": [2048] * 4,
                                             "down_block_types": ["DownBlock2D"] * 4,
                                             "up_block_types": ["UpBlock2D"] * 4}, {"x": torch.zeros(4)})
     r, peak = child_peak_mb(["edit", str(good), "--model", str(huge), "-o", str(tmp_path / "o")])

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from sdedit import InputError, edit, read_settings, save_png
-from sdedit.images import as_pil, fit_box, open_image, to_model_size, to_rgb
+from sdedit.images import as_pil, fit_box, load_guide, open_image, to_model_size, to_rgb
 
 from .conftest import gaussian_model
 from .helpers import bomb_png
@@ -34,6 +36,22 @@ def test_exif_rotation_is_applied(tmp_path):
     shown = open_image(tmp_path / "r.jpg")
     assert shown.size == (20, 40)
     assert shown.getpixel((10, 2))[0] > 200  # red now at the top
+    Image.new("L", (40, 20), 255).save(tmp_path / "m.png")  # a mask painted on the stored (unturned) pixels
+    with pytest.raises(InputError, match="EXIF orientation"):
+        load_guide(tmp_path / "r.jpg", tmp_path / "m.png")
+
+
+def test_a_floating_point_image_or_mask_with_nan_is_refused(tmp_path):
+    """NaN used to become 0 (keep everything) with a numpy warning."""
+    a = np.full((8, 8), 0.5, np.float32)
+    a[2, 3] = np.nan
+    Image.fromarray(a, "F").save(tmp_path / "nan.tif")
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    for image, mask in ((tmp_path / "nan.tif", None), (tmp_path / "in.png", tmp_path / "nan.tif")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(InputError, match="NaN"):
+                load_guide(image, mask)
 
 
 def test_resize_policy():

@@ -20,8 +20,9 @@ LAYERS = [
     ["frontends"],
     ["__init__", "__main__"],
 ]
-# Front-ends never import each other; cli dispatches to the others, ui is drawn from ui_handlers.
-FRONTEND_IMPORTS_ALLOWED = {"cli": {"common", "batch", "sweep", "ui"}, "ui": {"common", "ui_handlers"}}
+# Front-ends never import each other; cli dispatches to the others, ui is drawn from ui_handlers and ui_server.
+FRONTEND_IMPORTS_ALLOWED = {"cli": {"common", "batch", "sweep", "ui", "ui_server"},
+                            "ui": {"common", "ui_handlers", "ui_server"}}
 
 
 def module_name(path: Path) -> str:

@@ -17,7 +17,10 @@ from safetensors.torch import load_file
 
 from sdedit import load_model
 from sdedit.frontends.cli import main
-from sdedit.research.training import TrainConfig, read_training_meta, train
+from sdedit.images import read_settings
+from sdedit.research import training
+from sdedit.research.landscapes import landscapes
+from sdedit.research.training import PREVIEW_STEPS, Landscapes, TrainConfig, preview_steps, read_training_meta, train
 
 SMALL = ["--size", "16", "--widths", "16,16", "--attn-res", "8", "--layers-per-block", "1", "--batch-size", "4"]
 
@@ -50,8 +53,10 @@ def test_resume_continues_exactly(folder, tmp_path):
         assert torch.equal(a[k], b[k]), k
     meta = read_training_meta(tmp_path / "split" / "training" / "state.safetensors")
     assert meta["state"]["step"] == 6 and meta["state"]["images"] == 24
+    assert [step for step, _ in meta["state"]["losses"]] == [1, 2, 3, 4, 5, 6]  # a short run's curve: every step
     for name in ("loss.png", "samples.png"):
         assert Image.open(tmp_path / "split" / "training" / name).size[0] > 16
+    assert read_settings(tmp_path / "split" / "training" / "samples.png")["steps"] == PREVIEW_STEPS  # no budget
     # The EMA weights moved away from the raw weights and from their start.
     assert not torch.equal(a["ema.conv_in.weight"], a["model.conv_in.weight"])
 
@@ -124,7 +129,8 @@ def test_cosine_schedule_warms_up_then_decays_to_zero(folder, tmp_path, capsys):
     for steps in ("0", "-3"):  # nothing to train is an input error, not an empty model
         assert main(["train", "--data", str(folder), "-o", str(tmp_path / "o"), *SMALL, "--max-steps", steps,
                      "-q"]) == 2
-        assert "--max-steps must be >= 1" in capsys.readouterr().err and not (tmp_path / "o").exists()
+        assert "--max-steps must be a whole number from 1 to" in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()
 
 
 def test_ema_warms_up_from_random_weights_and_keeps_trained_ones(folder, tmp_path):
@@ -154,3 +160,76 @@ def test_ema_warms_up_from_random_weights_and_keeps_trained_ones(folder, tmp_pat
     moved = cont[f"model.{key}"]
     assert not torch.equal(moved, src[key].float())
     torch.testing.assert_close(cont[f"ema.{key}"], 0.75 * src[key].float() + 0.25 * moved)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--size", "4096"], "--size must be a whole number from 8 to 512, got 4096"),
+    (["--size", "0"], "--size must be"),
+    (["--size", "60"], "--size 60 must be a multiple of 8"),
+    (["--batch-size", "100000"], "--batch-size must be"),
+    (["--batch-size", "1024", "--size", "128", "--attn-res", "16"], "pixels a step"),
+    (["--num-images", "1000000", "--size", "256", "--attn-res", "32"], "GiB of landscapes"),
+    (["--minutes", "inf"], "--minutes must be a number > 0"),
+    (["--minutes", "0"], "--minutes must be a number > 0"),
+    (["--lr", "nan"], "--lr must be"),
+    (["--lr", "5"], "--lr must be"),
+    (["--max-steps", "99999999999"], "--max-steps must be"),
+    (["--save-every", "-1"], "--save-every must be"),
+    (["--seed", "-1"], "--seed must be"),
+    (["--layers-per-block", "100"], "--layers-per-block must be"),
+    (["--widths", "16,16,16,16,16,16,16"], "--widths must be 1 to 6"),
+    (["--widths", "4096"], "--widths must be"),
+    (["--size", "16", "--widths", "16,16", "--attn-res", "32"], "--attn-res 32 is no level's resolution"),
+])
+def test_numbers_are_bounded_before_any_work(tmp_path, capsys, monkeypatch, args, message):
+    """A number out of its bounds is refused in one line (exit 2) before any data is made or anything written."""
+    def no_work(*_args, **_kwargs):
+        raise AssertionError("work started before the options were checked")
+
+    monkeypatch.setattr(training, "synthetic_data", no_work)
+    monkeypatch.setattr(training, "Trainer", no_work)
+    assert main(["train", "-o", str(tmp_path / "o"), *args, "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_bad_output_folder_fails_before_the_data_is_made(tmp_path, capsys, monkeypatch):
+    def no_work(*_args, **_kwargs):
+        raise AssertionError("the data was made before the output folder was checked")
+
+    monkeypatch.setattr(training, "synthetic_data", no_work)
+    monkeypatch.setattr(training, "load_folder", no_work)
+    (tmp_path / "afile").write_text("mine")
+    assert main(["train", "-o", str(tmp_path / "afile" / "run"), *SMALL, "--max-steps", "1", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "afile" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_landscapes_are_made_as_batches_draw_them_then_cached(tmp_path):
+    data = Landscapes(5, 16, tmp_path / "cache")
+    assert len(data) == 5 and data.made == 0  # nothing made up front
+    eager = torch.from_numpy(landscapes(0, 5, 16)).permute(0, 3, 1, 2)
+    batch = data[torch.tensor([3, 1, 3])]
+    assert torch.equal(batch, eager[[3, 1, 3]]) and data.made == 2
+    assert not (tmp_path / "cache").exists()  # cached only once complete
+    assert torch.equal(data[torch.tensor([0, 2, 4])], eager[[0, 2, 4]]) and data.made == 5
+    cached = Landscapes(5, 16, tmp_path / "cache")
+    assert cached.made == 5 and torch.equal(cached[torch.arange(5)], eager)
+
+
+def test_minutes_bound_the_whole_command(folder, tmp_path, capsys):
+    """--minutes covers the preview and the writing: a budget too short for more trains one step and samples the
+    preview in the steps that fit (at least one), recorded in its metadata; every phase says what it does."""
+    assert preview_steps(None, 32, 60.0) == PREVIEW_STEPS and preview_steps(3.0, 32, None) == PREVIEW_STEPS
+    assert preview_steps(3.0, 32, 60.0) == 30  # a forward pass of 16 images: a third of a 32-image step
+    assert preview_steps(1000.0, 32, 60.0) == 1
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "-o", str(out), *SMALL, "--minutes", "0.001"]) == 0
+    meta = read_training_meta(out / "training" / "state.safetensors")
+    assert meta["state"]["step"] == 1
+    assert read_settings(out / "training" / "samples.png")["steps"] < PREVIEW_STEPS
+    err = capsys.readouterr().err
+    for phase in ("data: 20 images", "training in", "preview: 16 samples", "wrote"):
+        assert phase in err, phase

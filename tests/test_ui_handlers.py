@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import numpy as np
@@ -35,7 +36,7 @@ def test_validate_accepts_and_fills_default_steps():
     ("steps", 2.5), ("repeats", 0), ("repeats", 6), ("samples", 9), ("samples", True), ("seed", -1),
     ("seed", 2**31), ("seed", "1e400"), ("seed", [1]), ("auto_t0", "true"), ("auto_t0", "false"), ("auto_t0", [True]),
     ("auto_t0", 1), ("auto_t0", {"value": True}), ("model", "x" * 100_000), ("t0", "y\n" * 100_000),
-    ("sampler", ["ddpm"] * 10_000),
+    ("sampler", ["ddpm"] * 10_000), ("prompt", "x" * 1001), ("negative_prompt", "x" * 1001), ("prompt", 3),
 ])
 def test_validate_rejects_what_a_page_could_send(field, value):
     with pytest.raises(InputError) as e:
@@ -202,3 +203,83 @@ def test_t0_auto_from_the_page_and_a_translucent_mask_brush_is_a_strength_map():
     out = np.asarray(events[-1].images[0][0])
     keep = level == 0
     assert (out[keep] == np.asarray(photo)[keep]).all() and not (out[~keep] == np.asarray(photo)[~keep]).all()
+
+
+def _paint(handler, model, **kw):
+    """Run one tab's handler on a flat 40 px painting (ddim, 2 steps, 1 sample, seed 5); the gallery."""
+    painting = Image.new("RGB", (40, 40), (90, 140, 200))
+    editor = {"background": painting, "layers": [], "composite": painting}
+    outputs = list(handler(editor, model, 0.5, "ddim", 2, 1, 1, 5, 0, 0, progress=lambda *a, **k: None, **kw))
+    return outputs[-1][0]
+
+
+def _guidance_slider(app):
+    return next(c["props"] for c in app.get_config_file()["components"] if c["props"].get("elem_id") == "guidance")
+
+
+@pytest.mark.parametrize("embeds", [False, True])
+def test_the_page_sends_guidance_only_to_a_model_it_acts_on(tmp_path, embeds):
+    """FLUX.1 schnell-like (no guidance embedding) and the unconditional pixel model: the slider's value is not
+    sent (nor recorded) and the slider is hidden; FLUX.1 dev-like: it acts and is recorded."""
+    from sdedit.frontends.ui import ModelPool, build_app, make_handler
+
+    from .tiny_sd import make_tiny_flux
+
+    make_tiny_flux(tmp_path / "flux", guidance_embeds=embeds)
+    pool = ModelPool({"flux": str(tmp_path / "flux"), "tiny": str(DATA / "tiny.ckpt")}, device="cpu",
+                     config=str(DATA / "tiny.yml"))
+    handler = make_handler(pool, Limits(), tmp_path / "out", photo=False)
+    (path, _), = _paint(handler, "flux", prompt="a barn", guidance=9.0)
+    meta = read_settings(path)
+    assert meta["prompt"] == "a barn" and meta.get("guidance") == (9.0 if embeds else None)
+    assert pool.takes_guidance("flux") is embeds
+    assert _guidance_slider(build_app(pool, outdir=tmp_path, default_model="flux"))["visible"] is embeds
+    (path, _), = _paint(handler, "tiny", guidance=9.0)
+    assert "guidance" not in read_settings(path) and not pool.takes_guidance("tiny")
+    assert _guidance_slider(build_app(pool, outdir=tmp_path, default_model="tiny"))["visible"] is False
+
+
+def _truncated_png() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()[:-600]
+
+
+@pytest.mark.parametrize("kind, message", [("bomb", "not a readable image|over the limit"),
+                                           ("truncated", "corrupt or truncated image")])
+def test_a_bomb_or_truncated_upload_is_refused_in_one_line_before_gradio_decodes_it(tmp_path, kind, message):
+    """As a file (gradio_client's uploads) and as the bytes the browser's editor sends (its blobs)."""
+    import gradio as gr
+    from gradio.components.image_editor import EditorData, EditorDataBlobs
+    from gradio.data_classes import FileData
+
+    from sdedit.frontends.ui import checked_editor
+
+    from .helpers import bomb_png
+
+    path = bomb_png(tmp_path / "up.png", 13000, 13000) if kind == "bomb" else tmp_path / "up.png"
+    if kind == "truncated":
+        path.write_bytes(_truncated_png())
+    editor = checked_editor(Limits(), type="filepath")
+    as_file = EditorData(background=FileData(path=str(path)), layers=[], composite=FileData(path=str(path)))
+    editor.blob_storage["run1"] = EditorDataBlobs(background=path.read_bytes(), layers=[], composite=None)
+    for payload in (as_file, EditorData(id="run1")):
+        with pytest.raises(gr.Error) as e:
+            editor.preprocess(payload)
+        text = str(e.value.message)
+        assert re.search(message, text) and "\n" not in text and str(tmp_path) not in text, text
+
+
+def test_pending_editor_images_are_held_within_a_budget(monkeypatch):
+    from gradio.components.image_editor import AcceptBlobs
+
+    from sdedit.frontends import ui
+
+    monkeypatch.setattr(ui, "PENDING_BLOB_BYTES", 250)
+    editor = ui.checked_editor(Limits(), type="filepath")
+    for run in "abcd":
+        editor.accept_blobs(AcceptBlobs(data={"type": "background", "index": None, "id": run, "file": b""},
+                                        files=[("background.png", b"x" * 100)]))
+    assert list(editor.blob_storage) == ["c", "d"]  # the oldest runs' images went first

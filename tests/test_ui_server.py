@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -49,18 +50,24 @@ def test_ui_refuses_unsafe_or_bad_options_in_one_line(args, message):
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_listen_without_a_password_names_every_way_to_give_one():
+    r = sdedit_cmd("ui", "--listen")
+    assert r.returncode == 2 and all(way in r.stderr for way in ("SDEDIT_UI_AUTH", "--auth-file", "--auth USER:PASS"))
+
+
 class Served(str):
-    """The server's address, and its process."""
+    """The server's address, its process and its TMPDIR."""
 
     proc: subprocess.Popen
+    tmp: Path
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def start_server(tmp: Path, *args: str, env: dict | None = None) -> Served:
+    """`sdedit ui` on a free port with TMPDIR=tmp, once it says it is running."""
     port = free_port()
-    tmp = tmp_path_factory.mktemp("ui-tmp")  # the server's temporary files go here, so the test can look
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}
-    proc = subprocess.Popen([sys.executable, "-m", "sdedit", "ui", "--port", str(port), "--queue-size", str(QUEUE)],
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp),
+           **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "sdedit", "ui", "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     line = ""
     deadline = time.monotonic() + 120
@@ -70,13 +77,24 @@ def server(tmp_path_factory):
             pytest.fail(f"sdedit ui exited with {proc.returncode}")
     assert line.strip() == f"sdedit ui: running on http://127.0.0.1:{port}/ (Ctrl-C to stop)"
     served = Served(f"http://127.0.0.1:{port}/")
-    served.proc = proc
-    yield served
-    proc.terminate()
+    served.proc, served.tmp = proc, tmp
+    return served
+
+
+def stop_server(served: Served) -> None:
+    served.proc.terminate()
     try:
-        proc.wait(timeout=20)
+        served.proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        served.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # the server's temporary files go under its own TMPDIR, so the tests can look
+    served = start_server(tmp_path_factory.mktemp("ui-tmp"), "--queue-size", str(QUEUE))
+    yield served
+    stop_server(served)
 
 
 def status_of(url: str) -> tuple[int, bytes]:
@@ -150,9 +168,250 @@ def test_an_upload_declaring_13000x13000_pixels_is_refused_before_it_is_decoded(
         client.predict(editor_value(bomb), model="landscapes", t0=0.5, sampler="ddim", steps=2, repeats=1,
                        samples=1, seed=0, grow=0, feather=0, api_name="/paint")
     assert "/tmp" not in str(e.value) and "Traceback" not in str(e.value)
+    assert "bomb.png: not a readable image" in str(e.value)  # the reason, in one line (not an empty error)
     grown = rss_mb(server.proc.pid) - before
     assert grown < 150, f"the server grew by {grown:.0f} MB"
     assert status_of(server)[0] == 200
+
+
+def test_a_truncated_upload_is_refused_with_its_reason(server, tmp_path):
+    from gradio_client import Client
+
+    good = stroke_png(tmp_path / "good.png", (64, 64)).read_bytes()
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(Exception) as e:
+        Client(server, verbose=False).predict(editor_value(tmp_path / "cut.png"), model="landscapes", t0=0.5,
+                                              sampler="ddim", steps=2, repeats=1, samples=1, seed=0, grow=0,
+                                              feather=0, api_name="/paint")
+    assert "cut.png: corrupt or truncated image" in str(e.value) and str(server.tmp) not in str(e.value)
+
+
+def test_the_page_config_names_no_server_path(server):
+    code, body = status_of(f"{server}config")
+    assert code == 200 and b"components" in body
+    assert str(server.tmp).encode() not in body and b"sdedit-ui-" not in body
+
+
+def post_chunked(server: str, path: str, total: int, piece: int = 65536) -> bytes:
+    """POST a body of `total` bytes without a Content-Length (chunked), stopping once the server answers;
+    the status line."""
+    port = int(server.rstrip("/").rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  "Transfer-Encoding: chunked\r\n\r\n".encode())
+        sent = 0
+        try:
+            while sent < total and not select.select([s], [], [], 0)[0]:
+                s.sendall(b"%x\r\n" % piece + b"a" * piece + b"\r\n")
+                sent += piece
+            s.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed while the body was still coming: its answer is read below
+        return s.recv(4096).split(b"\r\n")[0]
+
+
+def test_request_bodies_over_the_cap_are_refused_with_413_without_being_held(server):
+    """Six 100 MB bodies (the hostile review held +0.8 GB of them): declared ones are refused from their
+    Content-Length before any byte is read, streamed ones once 1 MB has come."""
+    port = int(server.rstrip("/").rsplit(":", 1)[1])
+    before = rss_mb(server.proc.pid)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100000000\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 413 ")
+    for _ in range(3):
+        assert post_chunked(server, "/gradio_api/queue/join", 100_000_000).startswith(b"HTTP/1.1 413 ")
+    grown = rss_mb(server.proc.pid) - before
+    assert grown < 50, f"the server grew by {grown:.0f} MB"
+    assert status_of(server)[0] == 200
+
+
+def test_a_prompt_over_the_limit_is_refused_in_one_line(server, tmp_path):
+    from gradio_client import Client
+
+    with pytest.raises(Exception, match="prompt must be text of at most 1000 characters"):
+        Client(server, verbose=False).predict(editor_value(stroke_png(tmp_path / "p.png", (64, 64))),
+                                              model="landscapes", t0=0.5, sampler="ddim", steps=2, repeats=1,
+                                              samples=1, seed=0, grow=0, feather=0, prompt="x" * 5000,
+                                              api_name="/paint")
+
+
+def asgi_call(app, path: str, body_parts: list[bytes], *, length: int | None = None, method: str = "POST",
+              client: str = "10.0.0.1") -> tuple[int, int]:
+    """One request through an ASGI app; (status, bytes of the body the inner app read)."""
+    import asyncio
+
+    parts = list(body_parts)
+    status = [0]
+
+    async def receive():
+        body = parts.pop(0) if parts else b""
+        return {"type": "http.request", "body": body, "more_body": bool(parts)}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            status[0] = message["status"]
+
+    headers = [] if length is None else [(b"content-length", str(length).encode())]
+    scope = {"type": "http", "method": method, "path": path, "headers": headers, "client": (client, 1234)}
+    asyncio.run(app(scope, receive, send))
+    return status[0], getattr(app, "read", 0)
+
+
+class Reader:
+    """An inner app that reads the whole body, then answers 200 (or `status`)."""
+
+    def __init__(self, status: int = 200):
+        self.status, self.read = status, 0
+
+    async def __call__(self, scope, receive, send):
+        more = True
+        while more:
+            message = await receive()
+            self.read += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": self.status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def test_body_cap_refuses_declared_and_streamed_bodies_over_their_route_cap():
+    from sdedit.frontends.ui_server import BodyCap
+
+    def call(path, parts, length=None):
+        inner = Reader()
+        cap = BodyCap(inner, cap=1000, upload_cap=5000)
+        status, _ = asgi_call(cap, path, parts, length=length)
+        return status, inner.read
+
+    assert call("/gradio_api/queue/join", [b"x" * 1000], length=1000) == (200, 1000)
+    assert call("/gradio_api/queue/join", [b"x" * 1001], length=1001) == (413, 0)  # refused before reading
+    assert call("/gradio_api/upload", [b"x" * 4000], length=4000) == (200, 4000)
+    assert call("/gradio_api/component_server/", [b"x" * 5001], length=5001) == (413, 0)
+    assert call("/gradio_api/queue/join", [b"x" * 400] * 2) == (200, 800)  # streamed, no length
+    status, read = call("/gradio_api/queue/join", [b"x" * 400] * 100)
+    assert status == 413 and read <= 800  # stopped at the first piece past the cap
+    assert call("/x", [b""], length=-1)[0] == 400
+
+
+def test_login_brake_counts_attempts_per_address_in_a_window_and_forgives_a_success():
+    from sdedit.frontends.ui_server import LoginBrake
+
+    now = [0.0]
+    inner = Reader(status=400)
+    brake = LoginBrake(inner, attempts=3, window=60.0, max_clients=2, clock=lambda: now[0])
+
+    def attempt(client="10.0.0.1", path="/login"):
+        return asgi_call(brake, path, [b"username=a&password=b"], client=client)[0]
+
+    assert [attempt() for _ in range(4)] == [400, 400, 400, 429]
+    assert attempt("10.0.0.2") == 400 and attempt(path="/config") == 400  # other addresses, other routes: free
+    now[0] = 59.0
+    assert attempt() == 429
+    now[0] = 60.5  # the first attempts have aged out of the window
+    inner.status = 200
+    assert attempt() == 200 and not brake.failures["10.0.0.1"]  # a success forgives the address
+    inner.status = 400
+    for k in range(5):
+        assert attempt(f"10.1.0.{k}") == 400
+    assert list(brake.failures) == ["10.1.0.3", "10.1.0.4"]  # bounded memory: the most recent addresses
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def server_folders(tmp: Path) -> dict[str, Path]:
+    """Folders as servers leave them: killed (its process gone), running, and some the sweep must not touch."""
+    from sdedit.frontends.ui_server import OWNER_FILE
+
+    folders = {name: tmp / f"sdedit-ui-{name}" for name in ("killed", "running", "no-owner-file", "reused-pid")}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "upload.png").write_bytes(b"x")
+    (folders["killed"] / OWNER_FILE).write_text(f"{dead_pid()} 123\n")
+    (folders["running"] / OWNER_FILE).write_text(f"{os.getpid()}\n")
+    (folders["reused-pid"] / OWNER_FILE).write_text(f"{os.getpid()} 1\n")  # our pid, but not our start time
+    target = tmp / "elsewhere"
+    target.mkdir()
+    (target / OWNER_FILE).write_text(f"{dead_pid()}\n")
+    folders["link"] = tmp / "sdedit-ui-link"
+    folders["link"].symlink_to(target)
+    folders["file"] = tmp / "sdedit-ui-file"
+    folders["file"].write_text("a user's file")
+    return folders
+
+
+def test_stale_server_folders_are_removed_and_only_those():
+    import tempfile
+
+    from sdedit.frontends.ui_server import OWNER_FILE, remove_stale_folders, server_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folders = server_folders(tmp)
+        if os.geteuid() == 0:  # another user's folder, with a dead owner: not ours to remove
+            folders["other-user"] = tmp / "sdedit-ui-other-user"
+            folders["other-user"].mkdir()
+            (folders["other-user"] / OWNER_FILE).write_text(f"{dead_pid()}\n")
+            os.chown(folders["other-user"], 65534, 65534)
+        assert sorted(remove_stale_folders(tmp)) == [folders["killed"], folders["reused-pid"]]
+        assert [n for n, f in folders.items() if os.path.lexists(f)] == \
+            [n for n in folders if n not in ("killed", "reused-pid")]
+        assert (tmp / "elsewhere" / OWNER_FILE).exists()  # a link is never followed
+        with server_folder(tmp) as mine:
+            assert mine.name.startswith("sdedit-ui-") and not remove_stale_folders(tmp)
+            assert (mine / OWNER_FILE).read_text().split()[0] == str(os.getpid())
+        assert not mine.exists()
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    """A server with a password, started over the folders that servers killed before it left."""
+    tmp = tmp_path_factory.mktemp("ui-auth-tmp")
+    left = server_folders(tmp)
+    served = start_server(tmp, env={"SDEDIT_UI_AUTH": "alice:secret"})
+    served.left = left
+    yield served
+    stop_server(served)
+
+
+def test_a_server_starting_removes_the_folders_of_killed_servers(auth_server):
+    assert not auth_server.left["killed"].exists() and auth_server.left["running"].exists()
+    own = [f for f in auth_server.tmp.glob("sdedit-ui-*") if f.is_dir() and not f.is_symlink()
+           and (f / "server.pid").is_file() and (f / "server.pid").read_text().split()[0] == str(auth_server.proc.pid)]
+    assert len(own) == 1 and (own[0] / "gradio").is_dir()
+
+
+def login(server: str, password: str, source: str = "127.0.0.1") -> tuple[int, dict]:
+    """POST the login form from a loopback source address; (status, headers)."""
+    import http.client
+
+    port = int(server.rstrip("/").rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    try:
+        conn.request("POST", "/login", body=f"username=alice&password={password}",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        r = conn.getresponse()
+        r.read()
+        return r.status, dict(r.getheaders())
+    finally:
+        conn.close()
+
+
+def test_failed_logins_are_braked_per_client_address(auth_server):
+    from sdedit.frontends.ui_server import LoginBrake
+
+    limit = LoginBrake(None).attempts
+    with ThreadPoolExecutor(30) as pool:  # 30 wrong passwords at once
+        codes = list(pool.map(lambda _: login(auth_server, "wrong", "127.0.0.3")[0], range(30)))
+    assert codes.count(400) == limit and codes.count(429) == 30 - limit, codes
+    code, headers = login(auth_server, "secret", "127.0.0.3")  # even the right one waits now
+    assert code == 429 and int(headers["retry-after"]) > 0
+    assert login(auth_server, "secret", "127.0.0.4")[0] == 200  # another address is not braked
 
 
 def test_sigterm_removes_the_servers_temporary_folder(tmp_path):

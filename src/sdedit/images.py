@@ -25,23 +25,29 @@ Fit = Literal["crop", "stretch"]
 ImageLike = str | os.PathLike[str] | Image.Image | torch.Tensor | np.ndarray
 
 
-def open_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open and fully decode an image file, EXIF orientation applied; InputError for anything unreadable or too large."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image not found: {path}")
+def open_image(path: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS,
+               name: str = "image") -> Image.Image:
+    """Open and fully decode an image file (or its bytes, called `name` in messages), EXIF orientation applied;
+    InputError for anything unreadable or too large."""
+    if isinstance(path, bytes):
+        source: Path | io.BytesIO = io.BytesIO(path)
+        what: object = name
+    else:
+        source = what = Path(path)
+        if not source.is_file():
+            raise InputError(f"image not found: {what}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path, formats=IMAGE_FORMATS)
+            img = Image.open(source, formats=IMAGE_FORMATS)
             w, h = img.size
             if w * h > max_pixels:
-                raise InputError(f"{path}: {w}x{h} pixels is over the limit of {max_pixels:,} pixels")
+                raise InputError(f"{what}: {w}x{h} pixels is over the limit of {max_pixels:,} pixels")
             img.load()
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{path}: not a readable image ({type(e).__name__})") from None
+        raise InputError(f"{what}: not a readable image ({type(e).__name__})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: corrupt or truncated image ({e})") from None
+        raise InputError(f"{what}: corrupt or truncated image ({e})") from None
     return ImageOps.exif_transpose(img)
 
 
@@ -49,6 +55,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """RGB view of any mode: transparency composited on white, 16-bit and float scaled down, not clipped."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise InputError("the image holds NaN or infinite values (a floating-point file): nothing to read there")
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         if img.mode == "F" and arr.max() <= 1.0:
             top = 1.0
@@ -141,8 +149,11 @@ def load_guide(image: ImageLike, mask: ImageLike | None, what: str = "mask") -> 
         return full, None
     full_mask = to_gray(as_pil(mask, what))
     if full_mask.size != full.size:
+        turned = full_mask.size == full.size[::-1] and full.size[0] != full.size[1]
+        hint = (" (the image is shown turned by its EXIF orientation, as every viewer shows it: paint the "
+                f"{what} on the image as displayed)") if turned else ""
         raise InputError(f"{what} is {full_mask.size[0]}x{full_mask.size[1]} but the image is "
-                         f"{full.size[0]}x{full.size[1]}; they must be the same size")
+                         f"{full.size[0]}x{full.size[1]}; they must be the same size{hint}")
     return full, full_mask
 
 

@@ -21,9 +21,10 @@ from .families.flux import is_flux_folder, load_flux
 from .families.stable_diffusion_3 import is_sd3_folder, load_stable_diffusion_3
 from .families.qwen_image import is_qwen_image_folder, load_qwen_image
 from .files import printable
-from .loading.checkpoints import WEIGHT_SUFFIXES, check_parameter_count, read_json, safetensors_shapes
+from .loading.checkpoints import WEIGHT_SUFFIXES, check_parameter_count, check_regular_files, read_json, \
+    safetensors_shapes
 from .loading.single_file import check_parts, ldm_version
-from .loading.lora import LoraSpec
+from .loading.lora import LoraSpec, check_lora_files
 from .loading.hub import hub_config_snapshot, hub_pipeline_snapshot, hub_snapshot, is_repo_id
 from .loading.presets import BUNDLED_MODELS, PIPELINE_PRESETS, PRESETS, bundled_path
 from .precision import autocast_dtype, offload_storage
@@ -43,6 +44,7 @@ def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str]
     specs = [s if isinstance(s, LoraSpec) else LoraSpec.parse(s) for s in loras]
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_lora_files(specs)  # a missing or unreadable LoRA is reported before the model loads
     if offload == "none":
         model = _load(source, config, device)
         model.add_loras(specs)
@@ -71,6 +73,7 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
         return load_diffusers_unet(hub_snapshot(preset.repo_id, what=src), device=device, name=src, preset=preset)
     path = Path(src).expanduser()
     if path.is_dir():
+        check_regular_files(path)  # a FIFO or device among its files would hang the load
         if is_flux_folder(path):
             return load_flux(path, device=device, name=src)
         if is_qwen_image_folder(path):
@@ -161,6 +164,7 @@ def _load_single_file(path: Path, version: str, config: str | os.PathLike[str] |
             raise InputError(f"--config {text}: a {PIPELINE_PRESETS[text].family} pipeline cannot configure a "
                              f"{label} checkpoint")
         folder = hub_config_snapshot(PIPELINE_PRESETS[text].repo_id if text in PIPELINE_PRESETS else text)
+    check_regular_files(folder)
     if not is_sd_folder(folder) or (folder / "text_encoder_2").is_dir() != xl:
         raise InputError(f"--config {printable(text)}: not a diffusers {label} pipeline folder (model_index.json, "
                          f"unet/ and vae/ configs{', text_encoder_2/' if xl else ', no text_encoder_2/'}) for "

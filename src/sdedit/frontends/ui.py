@@ -19,17 +19,21 @@ from ..devices import Offload
 from ..engine.samplers import SAMPLERS
 from ..errors import InputError, SdeditError
 from ..families.base import Model
-from ..images import save_png
+from ..images import open_image, save_png
 from ..loader import is_text_conditioned, load_model, recommended_t0_of
 from ..loading.hub import is_cached
 from ..loading.presets import BUNDLED_MODELS, PRESETS
 from ..settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0
 from .ui_handlers import Limits, Progress, guide_and_mask, mask_strength, read_canvas, run_steps, t0_hint, validate
+from .ui_server import BodyCap, LoginBrake
 
 PALETTE = ["#87b5e0", "#f2f2f2", "#f0a050", "#7a7f8c", "#3d4a5c", "#2f5a2a", "#6f9a3a", "#3a6ea5", "#d8c48a"]
 # translucent brushes for the mask layer: a weaker edit there (per-pixel t0 = t0 x opacity, a strength map)
 MASK_BRUSHES = [("#ff00ff", 0.25), ("#ff00ff", 0.5), ("#ff00ff", 0.75)]
 CANVAS = 512  # side of the blank painting canvas, pixels
+UPLOAD_FILES = 4  # images one request may carry: an editor's background, its two layers and the composite
+LISTEN_NEEDS_AUTH = ("--listen exposes the app to the network: give it a password with SDEDIT_UI_AUTH=USER:PASS, "
+                     "--auth-file FILE (first line USER:PASS) or --auth USER:PASS")
 
 
 def model_choices(extra: str | None = None) -> dict[str, str]:
@@ -49,6 +53,7 @@ class ModelPool:
     device: str | None = None
     config: str | None = None  # for an original checkpoint given at start-up
     text: set[str] = field(default_factory=set)  # names of the text-conditioned models seen so far
+    guidance: dict[str, float | None] = field(default_factory=dict)  # loaded so far: recommended guidance, or None
     loras: dict[str, list[str]] = field(default_factory=dict)  # LoRAs per model name (from the command line)
     offload: Offload = "none"  # for latent models; the bundled and preset pixel models are small and stay resident
     _loaded: dict[str, Model] = field(default_factory=dict)
@@ -66,9 +71,19 @@ class ModelPool:
                 own = src not in BUNDLED_MODELS and src not in PRESETS
                 self._loaded[name] = load_model(src, config=self.config if own else None, device=self.device,
                                                 loras=self.loras.get(name, []), offload=self.offload if own else "none")
-                if self._loaded[name].text_conditioned:
+                net = self._loaded[name]
+                if net.text_conditioned:
                     self.text.add(name)
+                self.guidance[name] = net.recommended_guidance if net.takes_guidance else None
             return self._loaded[name]
+
+    def takes_guidance(self, name: str) -> bool:
+        """Whether the page shows the guidance control for a model: where it acts (known once the model loaded)."""
+        return name in self.text and (name not in self.guidance or self.guidance[name] is not None)
+
+    def start_guidance(self, name: str) -> float:
+        """The guidance the page starts at for a model: its own recommendation once loaded, else the default."""
+        return self.guidance.get(name) or DEFAULT_GUIDANCE
 
     def recommended_t0(self, name: str) -> float:
         """The t0 the page starts at for a model: its own recommendation (read from its files if not loaded)."""
@@ -99,6 +114,8 @@ def make_handler(pool: ModelPool, limits: Limits, outdir: Path, *, photo: bool) 
             guide, mask = guide_and_mask(canvas, photo=photo, grow=grow, feather=feather, limits=limits)
             strength = mask_strength(canvas) if photo else None
             net = pool.get(name)
+            if not net.takes_guidance:  # the slider always sends a value: none goes to a model it would not act on
+                settings = settings.with_(guidance=None)
             progress(0.0, desc="starting")
             for ev in run_steps(net, settings, guide, mask, fit="stretch" if photo else "crop", original_size=photo,
                                 strength_map=strength):
@@ -119,6 +136,54 @@ def public_message(e: BaseException) -> str:
     for root in {os.environ.get("GRADIO_TEMP_DIR"), tempfile.gettempdir()} - {None, ""}:
         text = re.sub(re.escape(str(root).rstrip("/")) + r"/[^\s:'\"]*/([^/\s:'\"]+)", r"\1", text)
     return text
+
+
+PENDING_BLOB_BYTES = 256 * 2**20  # images the browser's editors sent for runs not started yet, all sessions together
+
+
+def checked_editor(limits: Limits, **kwargs: Any) -> Any:
+    """A Gradio image editor whose images are checked by our own reader (listed formats, pixel limit from the
+    header, whole decode) before Gradio decodes them: a bomb or a truncated upload gets its one-line reason."""
+    import gradio as gr
+    from gradio.components.base import server
+
+    class Editor(gr.ImageEditor):
+        is_template = True  # the browser draws it as the plain image editor
+
+        def preprocess(self, payload: Any) -> Any:
+            try:
+                for name, image in _editor_images(payload, self.blob_storage):
+                    open_image(image, max_pixels=limits.max_pixels, name=name)
+            except SdeditError as e:
+                raise gr.Error(public_message(e), print_exception=False) from None
+            return super().preprocess(payload)
+
+        @server
+        def accept_blobs(self, data: Any) -> None:
+            """The browser's images of one run, kept until the run starts; past the budget the oldest go."""
+            super().accept_blobs(data)
+            while sum(_blob_bytes(b) for b in self.blob_storage.values()) > PENDING_BLOB_BYTES \
+                    and len(self.blob_storage) > 1:
+                self.blob_storage.pop(next(iter(self.blob_storage)))
+
+    return Editor(**kwargs)
+
+
+def _editor_images(payload: Any, blobs: dict[str, Any]) -> Iterator[tuple[str, str | bytes]]:
+    """(name, file path or bytes) of every image an editor's value carries: uploaded files, or the browser's blobs."""
+    if payload is None:
+        return
+    value = blobs.get(payload.id) if payload.id is not None else payload
+    if value is None:
+        return
+    for name, item in [("background", value.background), *((f"layer {i}", x) for i, x in enumerate(value.layers)),
+                       ("composite", value.composite)]:
+        if item is not None:
+            yield name, item if isinstance(item, bytes) else item.path
+
+
+def _blob_bytes(value: Any) -> int:
+    return sum(len(b) for b in [value.background, value.composite, *value.layers] if b is not None)
 
 
 def _enlarge(img: Image.Image | None, side: int = 256) -> Image.Image | None:
@@ -147,7 +212,6 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
     names = list(pool.sources)
     brush = gr.Brush(colors=[*PALETTE, *MASK_BRUSHES], default_color=PALETTE[0], color_mode="defaults",
                      default_size=24)
-    blank = Image.new("RGB", (CANVAS, CANVAS), "white")
 
     with gr.Blocks(title="sdedit") as app:
         gr.Markdown("## sdedit: stroke paintings to images (SDEdit)\n" + HELP)
@@ -155,8 +219,8 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
             with gr.Column(scale=3):
                 with gr.Tabs():
                     with gr.Tab("Paint", id="paint"):
-                        paint = gr.ImageEditor(value={"background": blank, "layers": [], "composite": None},
-                                               type="filepath", format="png", brush=brush, eraser=gr.Eraser(),
+                        paint = checked_editor(limits, type="filepath", format="png", brush=brush,
+                                               eraser=gr.Eraser(),
                                                layers=gr.LayerOptions(layers=["strokes"], allow_additional_layers=False),
                                                canvas_size=(CANVAS, CANVAS), label="stroke painting",
                                                elem_id="paint-canvas", sources=("upload", "clipboard"))
@@ -164,8 +228,8 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                             example = gr.Button("start from an example painting", size="sm", elem_id="paint-example")
                             paint_go = gr.Button("Generate", variant="primary", elem_id="paint-go", scale=3)
                     with gr.Tab("Edit a photo", id="photo"):
-                        photo = gr.ImageEditor(type="filepath", format="png", brush=brush, eraser=gr.Eraser(),
-                                               layers=gr.LayerOptions(layers=["strokes", "mask"],
+                        photo = checked_editor(limits, type="filepath", format="png", brush=brush,
+                                               eraser=gr.Eraser(), layers=gr.LayerOptions(layers=["strokes", "mask"],
                                                                       allow_additional_layers=False),
                                                label="photo: paint colours on 'strokes'; optionally the region to "
                                                      "change on 'mask'", elem_id="photo-canvas",
@@ -180,10 +244,13 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                     sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="sampler")
                 first = default_model if default_model in names else names[0]
                 with gr.Group(visible=first in pool.text) as text_box:
-                    prompt = gr.Textbox("", label="prompt (text-conditioned models)", elem_id="prompt")
+                    prompt = gr.Textbox("", label="prompt (text-conditioned models)", elem_id="prompt",
+                                        max_length=limits.max_prompt_chars)
                     with gr.Row():
-                        negative = gr.Textbox("", label="negative prompt")
-                        guidance = gr.Slider(1.0, 20.0, value=DEFAULT_GUIDANCE, step=0.5, label="guidance")
+                        negative = gr.Textbox("", label="negative prompt", max_length=limits.max_prompt_chars)
+                        # shown only for models that take guidance (the handler sends none to the others)
+                        guidance = gr.Slider(1.0, 20.0, value=pool.start_guidance(first), step=0.5, label="guidance",
+                                             visible=pool.takes_guidance(first), elem_id="guidance")
                 start_t0 = pool.recommended_t0(first)
                 with gr.Row():
                     t0 = gr.Slider(0.05, 1.0, value=start_t0, step=0.01, label="t0 (noise level)", scale=4)
@@ -206,17 +273,25 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
 
         controls = [model, t0, sampler, steps, repeats, samples, seed, grow, feather, prompt, negative, guidance,
                     auto_t0]
-        model.change(lambda name: (gr.update(visible=name in pool.text), gr.update(value=pool.recommended_t0(name))),
-                     model, [text_box, t0], queue=False, api_name=False)
+        model.change(lambda name: (gr.update(visible=name in pool.text), gr.update(value=pool.recommended_t0(name)),
+                                   gr.update(visible=pool.takes_guidance(name), value=pool.start_guidance(name))),
+                     model, [text_box, t0, guidance], queue=False, api_name=False)
         ev_paint = paint_go.click(make_handler(pool, limits, outdir, photo=False), [paint, *controls],
                                   [gallery, preview], api_name="paint", concurrency_id="sdedit")
         ev_photo = photo_go.click(make_handler(pool, limits, outdir, photo=True), [photo, *controls],
                                   [gallery, preview], api_name="edit_photo", concurrency_id="sdedit")
         cancel.click(None, None, None, cancels=[ev_paint, ev_photo], queue=False)
+        # the white canvas arrives with the page, not in its config (which would then name a server path)
+        app.load(_blank_painting, None, paint, queue=False, api_name=False)
         example.click(_example_painting, None, paint, queue=False, api_name=False)
         dice.click(lambda: secrets.randbits(31), None, seed, queue=False, api_name=False)
         t0.change(_hint, t0, hint, queue=False, api_name=False)
     return app
+
+
+def _blank_painting() -> dict[str, Any]:
+    """A white canvas to paint on."""
+    return {"background": Image.new("RGB", (CANVAS, CANVAS), "white"), "layers": [], "composite": None}
 
 
 def _example_painting() -> dict[str, Any]:
@@ -245,6 +320,21 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def check_listen(listen: bool, auth: tuple[str, str] | None) -> None:
+    """Refuse to serve on the network without a password."""
+    if listen and auth is None:
+        raise InputError(LISTEN_NEEDS_AUTH)
+
+
+def guards(limits: Limits) -> list[Any]:
+    """The server's HTTP guards, outermost first: request bodies capped, failed logins braked per address."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(BodyCap, cap=limits.max_request_bytes,
+                       upload_cap=UPLOAD_FILES * limits.max_upload_bytes + limits.max_request_bytes),
+            Middleware(LoginBrake)]
+
+
 def limit_decoding(limits: Limits) -> None:
     """Make Pillow refuse, from the header and before decoding, any image over the upload limit in this process.
 
@@ -258,15 +348,15 @@ def limit_decoding(limits: Limits) -> None:
 def launch(app: Any, *, port: int, listen: bool, auth: tuple[str, str] | None, queue_size: int,
            outdir: Path, block: bool = True, limits: Limits | None = None) -> str:
     """Start the server (loopback unless listen, which needs auth); returns its address."""
-    if listen and auth is None:
-        raise InputError("--listen exposes the app to the network: give --auth USER:PASS as well")
-    limit_decoding(limits or Limits())
+    check_listen(listen, auth)
+    limits = limits or Limits()
+    limit_decoding(limits)
     app.queue(max_size=queue_size, default_concurrency_limit=1)
     host = "0.0.0.0" if listen else "127.0.0.1"
     try:
         app.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=True, quiet=True,
-                   show_error=False, max_file_size="20mb", allowed_paths=[str(outdir)], ssr_mode=False,
-                   footer_links=[], mcp_server=False)
+                   show_error=False, max_file_size=limits.max_upload_bytes, allowed_paths=[str(outdir)],
+                   ssr_mode=False, footer_links=[], mcp_server=False, app_kwargs={"middleware": guards(limits)})
     except OSError as e:
         raise InputError(f"cannot serve on {host}:{port} ({e}); is another app using it? pick one with --port") \
             from None

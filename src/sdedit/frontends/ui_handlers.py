@@ -34,6 +34,9 @@ class Limits:
     max_repeats: int = 5
     max_grow: int = 64  # mask dilation, pixels
     max_feather: int = 32  # mask blur radius, pixels
+    max_prompt_chars: int = 1000  # prompt and negative prompt, each
+    max_upload_bytes: int = 20 * 2**20  # per uploaded file
+    max_request_bytes: int = 2**20  # any request that is not an upload (settings and prompts are a few KB)
 
 
 def _number(value: Any, what: str) -> float:
@@ -55,7 +58,7 @@ def _integer(value: Any, what: str, lo: int, hi: int) -> int:
     return int(x)
 
 
-def _text(value: Any, what: str, limit: int = 1000) -> str:
+def _text(value: Any, what: str, limit: int) -> str:
     if value is None:
         return ""
     if not isinstance(value, str) or len(value) > limit:
@@ -77,11 +80,12 @@ def validate(models: Sequence[str], limits: Limits, *, model: Any, t0: Any, samp
     if not isinstance(sampler, str):
         raise InputError(f"unknown sampler {_short(sampler)}")
     fields: dict[str, Any] = dict(
-        t0=AUTO_T0 if t0 == AUTO_T0 else _number(t0, "t0"), sampler=sampler, steps=_integer(steps, "steps", 0, limits.max_steps) or None,
+        t0=AUTO_T0 if t0 == AUTO_T0 else _number(t0, "t0"), sampler=sampler,
+        steps=_integer(steps, "steps", 0, limits.max_steps) or None,
         repeats=_integer(repeats, "repeats K", 1, limits.max_repeats),
         num_samples=_integer(samples, "number of samples", 1, limits.max_samples),
-        seed=_integer(seed, "seed", 0, 2**31 - 1), prompt=_text(prompt, "prompt"),
-        negative_prompt=_text(negative_prompt, "negative prompt"))
+        seed=_integer(seed, "seed", 0, 2**31 - 1), prompt=_text(prompt, "prompt", limits.max_prompt_chars),
+        negative_prompt=_text(negative_prompt, "negative prompt", limits.max_prompt_chars))
     if guidance is not None:
         fields["guidance"] = _bounded(guidance, "guidance", 0.0, 30.0)
     return model, RunSettings(**fields)

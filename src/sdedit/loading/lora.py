@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import math
 import os
+import re
+import stat
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,15 +43,29 @@ class LoraSpec:
         return cls(text)
 
 
-def lora_file(spec: LoraSpec) -> Path:
-    """The local safetensors file of a LoRA (downloaded into the Hub cache for a Hub id)."""
+def _check_readable(path: Path, note: str = "") -> None:
+    """InputError unless path is a regular file this process can open (a FIFO is refused, never waited on)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InputError(f"LoRA not found: {printable(path)}{note}") from None
+    except OSError as e:
+        if e.errno in (errno.ENXIO, errno.EISDIR):
+            raise InputError(f"LoRA {printable(path)} is not a regular file") from None
+        raise InputError(f"LoRA {printable(path)} cannot be read: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"LoRA {printable(path)} is not a regular file (a FIFO or device)")
+    finally:
+        os.close(fd)
+
+
+def local_lora_file(spec: LoraSpec) -> Path | None:
+    """The local safetensors file a LoRA names, checked to be a readable regular file; None for a Hub id."""
     given = Path(spec.source).expanduser()
     path = given / LORA_FILE if given.is_dir() else given
-    local = os.path.lexists(given) or given.suffix.lower() in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-    if local and not path.is_file():
-        raise InputError(f"LoRA not found: {printable(path)}" + (f" (the folder has no {LORA_FILE})"
-                                                                if given.is_dir() else ""))
-    if path.is_file():
+    if os.path.lexists(given) or given.suffix.lower() in (".safetensors", ".bin", ".pt", ".pth", ".ckpt"):
+        _check_readable(path, f" (the folder has no {LORA_FILE})" if given.is_dir() else "")
         if path.suffix != ".safetensors":
             raise InputError(f"{printable(path)}: LoRA weights are read from .safetensors files only "
                              f"(pickled .bin/.pt files can hold code)")
@@ -53,6 +73,20 @@ def lora_file(spec: LoraSpec) -> Path:
     if not is_repo_id(spec.source):
         raise InputError(f"LoRA not found: {printable(spec.source)} (a .safetensors file, a folder with {LORA_FILE}, "
                          f"or a Hub id)")
+    return None
+
+
+def check_lora_files(specs: Sequence[LoraSpec]) -> None:
+    """Every local LoRA checked (a readable regular .safetensors file) before any model is loaded."""
+    for spec in specs:
+        local_lora_file(spec)
+
+
+def lora_file(spec: LoraSpec) -> Path:
+    """The local safetensors file of a LoRA (downloaded into the Hub cache for a Hub id)."""
+    path = local_lora_file(spec)
+    if path is not None:
+        return path
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -78,7 +112,7 @@ def apply_loras(networks: dict[str, Any], specs: list[LoraSpec], state_dict_read
     main = next(iter(networks))
     active: dict[str, list[tuple[str, float]]] = {prefix: [] for prefix in networks}
     for i, spec in enumerate(specs):
-        path, name = lora_file(spec), f"lora{i}"
+        path, name, prefix = lora_file(spec), f"lora{i}", ""
         try:
             loaded = state_dict_reader.lora_state_dict(str(path))
             state, alphas = (loaded[0], loaded[1]) if isinstance(loaded, tuple) else (loaded, None)
@@ -91,14 +125,42 @@ def apply_loras(networks: dict[str, Any], specs: list[LoraSpec], state_dict_read
                                  else "no LoRA layers in it")
             for prefix, layers in parts.items():
                 if prefix == main:
-                    networks[prefix].load_lora_adapter(layers, network_alphas=alphas, adapter_name=name,
-                                                       prefix=prefix)
+                    with _quiet("diffusers.loaders.peft"):  # it logs the whole error (one line per tensor) first
+                        networks[prefix].load_lora_adapter(layers, network_alphas=alphas, adapter_name=name,
+                                                           prefix=prefix)
                 else:
                     _into_text_encoder(networks[prefix], layers, alphas, prefix, name)
                 active[prefix].append((name, spec.scale))
         except LOAD_ERRORS as e:
-            raise InputError(f"{printable(path)}: not a LoRA for this model: {first_line(e)}") from None
+            raise InputError(f"{printable(path)}: not a LoRA for this model: "
+                             f"{_first_mismatch(e, prefix, name) or first_line(e)}") from None
     _set_scales(networks, active, main)
+
+
+_MISMATCH = re.compile(r"size mismatch for (\S+?): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
+                       r"checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)")
+
+
+def _first_mismatch(e: BaseException, prefix: str, name: str) -> str | None:
+    """The first wrongly shaped tensor of a load_state_dict error, in one line with the file's key (None if none)."""
+    found = _MISMATCH.search(str(e))
+    if found is None:
+        return None
+    key, have, need = found.groups()
+    key = f"{prefix}.{key.replace(f'.{name}.', '.')}" if prefix else key
+    return f"tensor {printable(key)[:160]!r} has shape ({have}), the model's layer needs ({need})"
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """A library logger silenced for the block (its error is raised and reported in one line instead)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _into_text_encoder(encoder: Any, layers: dict[str, Any], alphas: dict[str, float] | None, prefix: str,

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -26,9 +29,61 @@ from ..errors import InputError
 from ..files import printable
 from ..precision import requested
 from ..progress import tqdm
+from ..settings import MAX_SEED
 from ..loading.checkpoints import LOAD_ERRORS, first_line, read_safetensors
 from ..files import check_output_folder, refuse_non_folder, write_file
 from ..images import IMAGE_SUFFIXES, folder_images, grid, save_png, tensor_to_images
+
+class Bound(NamedTuple):
+    """The range a number may take: closed, or open at an end whose value itself is refused."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        return above and (value < self.high if self.open_high else value <= self.high)
+
+    def text(self) -> str:
+        low, high = (f"{v:,}" if isinstance(v, int) else f"{v:g}" for v in (self.low, self.high))
+        if not (self.open_low or self.open_high):
+            return f"from {low} to {high}"
+        return f"{'>' if self.open_low else '>='} {low} and {'<' if self.open_high else '<='} {high}"
+
+
+WEEK_MINUTES = 7 * 24 * 60
+# Every number a run takes, bounded once (--help and the README quote these); checked before any work.
+LIMITS: dict[str, Bound] = {
+    "size": Bound(8, 512),  # square resolution in pixels
+    "layers_per_block": Bound(1, 8),
+    "norm_groups": Bound(1, 1024),
+    "batch_size": Bound(1, 1024),
+    "lr": Bound(0, 1, open_low=True),
+    "warmup": Bound(1, 10**9),
+    "ema_decay": Bound(0, 1, open_high=True),
+    "low_t_share": Bound(0, 1),
+    "t_split": Bound(1, 999),
+    "num_images": Bound(1, 10**7),
+    "seed": Bound(0, MAX_SEED - 2),  # the run uses seed, seed + 1 and seed + 2
+    "max_steps": Bound(1, 10**9),
+    "minutes": Bound(0, WEEK_MINUTES, open_low=True),
+    "save_every": Bound(0, WEEK_MINUTES),
+}
+MAX_LEVELS, MAX_WIDTH = 6, 1024  # --widths: levels of the UNet, channels of a level
+MAX_BATCH_PIXELS = 2**22  # batch_size x size^2 (e.g. 64 images at 256 px): the activations a step keeps
+MAX_POOL_BYTES = 2**31  # num_images x size^2 x 3 bytes: the built-in landscapes kept once made (2 GiB)
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _shown(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:20] + "..."
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -56,6 +111,37 @@ class TrainConfig:
     init_from: str | None = None  # a DDPM folder (or bundled name) whose weights start the run (see initial_weights)
     freq_shift: int = 1  # timestep sinusoids' frequency shift (a widened run keeps its source's frequencies)
     time_embedding_dim: int | None = None  # None: 4 x widths[0], diffusers' default (a widened run keeps its source's)
+
+    def __post_init__(self) -> None:
+        """InputError in one line, naming the option, for any number outside LIMITS or a network that cannot run."""
+        whole = {f.name for f in fields(self) if f.type in ("int", "int | None")}
+        for name, bound in LIMITS.items():
+            value = getattr(self, name)
+            if value is None and name in ("max_steps", "minutes"):
+                continue
+            number = isinstance(value, int) if name in whole else isinstance(value, (int, float))
+            if isinstance(value, bool) or not number or not bound.holds(value):
+                kind = "a whole number" if name in whole else "a number"
+                raise InputError(f"{_flag(name)} must be {kind} {bound.text()}, got {_shown(value)}")
+        widths = self.widths
+        if not 1 <= len(widths) <= MAX_LEVELS or not all(isinstance(w, int) and 1 <= w <= MAX_WIDTH for w in widths):
+            raise InputError(f"--widths must be 1 to {MAX_LEVELS} channel counts from 1 to {MAX_WIDTH}, "
+                             f"got {_shown(','.join(map(str, widths)))}")
+        if self.size % 2 ** (len(widths) - 1):
+            raise InputError(f"--size {self.size} must be a multiple of {2 ** (len(widths) - 1)} for "
+                             f"{len(widths)} levels (each level halves it)")
+        levels = [self.size // 2**i for i in range(len(widths))]
+        missing = [r for r in self.attn_res if r not in levels]
+        if missing:
+            raise InputError(f"--attn-res {_shown(missing[0])} is no level's resolution (the levels are "
+                             f"{', '.join(map(str, levels))} px; give --attn-res with some of them)")
+        if self.batch_size * self.size**2 > MAX_BATCH_PIXELS:
+            raise InputError(f"--batch-size {self.batch_size} at --size {self.size} is {self.batch_size * self.size**2}"
+                             f" pixels a step; the most is {MAX_BATCH_PIXELS} (fewer images, or a smaller size)")
+        if self.data == "synthetic" and self.num_images * 3 * self.size**2 > MAX_POOL_BYTES:
+            raise InputError(f"--num-images {self.num_images} at --size {self.size} would keep "
+                             f"{self.num_images * 3 * self.size**2 / 2**30:.1f} GiB of landscapes; the most is "
+                             f"{MAX_POOL_BYTES / 2**30:.0f} GiB")
 
     def unet_config(self) -> dict[str, Any]:
         attn = [self.size // 2**i in self.attn_res for i in range(len(self.widths))]
@@ -88,22 +174,77 @@ def load_folder(folder: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
 
-def synthetic_data(count: int, size: int, cache: Path | None, progress: bool = True) -> torch.Tensor:
-    """The first `count` built-in landscapes (seeds 0..count-1), cached as .npy: uint8 (N, 3, size, size)."""
-    from .landscapes import landscape
+class Data(Protocol):
+    """What a run trains on: images by index, uint8 (len(idx), 3, size, size); a tensor is one."""
 
-    path = cache / f"landscapes-{size}px-{count}.npy" if cache else None
-    if path is not None and path.is_file():
-        arr = np.load(path, allow_pickle=False)
-    else:
-        seeds = tqdm(range(count), desc="landscapes", unit="img", disable=not progress)
-        arr = np.stack([np.asarray(landscape(i, size)) for i in seeds])
-        if path is not None:
-            write_file(path, lambda f: np.save(f, arr, allow_pickle=False), overwrite=True)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor: ...
+
+
+class Landscapes:
+    """The built-in landscapes with seeds 0..count-1, each drawn the first time a batch takes it and then kept.
+
+    A short run so makes only the images it trains on (a landscape costs about 5-30 ms at 64 px); once all are
+    made they are cached as one .npy file, which later runs read instead.  Images do not depend on when they
+    are made, so a run trains exactly as on the whole set made up front.
+    """
+
+    def __init__(self, count: int, size: int, cache: Path | None):
+        self.count, self.size = count, size
+        self.path = cache / f"landscapes-{size}px-{count}.npy" if cache else None
+        self.drawn: dict[int, np.ndarray] = {}
+        self.complete: np.ndarray | None = None
+        if self.path is not None and self.path.is_file():
+            try:
+                arr = np.load(self.path, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise InputError(f"{printable(self.path)}: not a landscape cache ({first_line(e)}); delete it") from None
+            if arr.shape != (count, size, size, 3) or arr.dtype != np.uint8:
+                raise InputError(f"{printable(self.path)}: holds {arr.shape} {arr.dtype}, not {count} landscapes "
+                                 f"of {size} px; delete it")
+            self.complete = arr
+
+    @property
+    def made(self) -> int:
+        """How many images exist so far."""
+        return self.count if self.complete is not None else len(self.drawn)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        arr = np.stack([self.image(int(i)) for i in idx.tolist()])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+    def image(self, i: int) -> np.ndarray:
+        """Landscape i (made now if it was not yet): uint8 (size, size, 3)."""
+        from .landscapes import landscape
+
+        if self.complete is None and i not in self.drawn:
+            self.drawn[i] = np.asarray(landscape(i, self.size))
+            if len(self.drawn) == self.count:
+                self._keep_all()
+        return self.complete[i] if self.complete is not None else self.drawn[i]
+
+    def _keep_all(self) -> None:
+        arr = np.empty((self.count, self.size, self.size, 3), np.uint8)
+        for i in range(self.count):
+            arr[i] = self.drawn.pop(i)  # moved, so the set is held once
+        self.complete = arr
+        if self.path is not None:
+            write_file(self.path, lambda f: np.save(f, arr, allow_pickle=False), overwrite=True)
+
+
+def synthetic_data(count: int, size: int, cache: Path | None) -> Landscapes:
+    """The first `count` built-in landscapes (seeds 0..count-1), made as batches draw them (Landscapes)."""
+    return Landscapes(count, size, cache)
 
 
 LR_SCHEDULES = ("constant", "cosine")
+PROBE_BATCH = 4  # images in the training step that --precision auto times in fp32 and in bf16 autocast
+EARLY_STEPS = 100  # the loss history keeps each of the first steps' losses (a short run's curve has points) ...
+LOSS_WINDOW = 50  # ... and later means over this many steps
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -125,9 +266,9 @@ class TrainState:
 
 
 class Trainer:
-    """DDPM training loop over an in-memory uint8 data set."""
+    """DDPM training loop over a uint8 data set (a tensor, or Landscapes made as they are drawn)."""
 
-    def __init__(self, cfg: TrainConfig, data: torch.Tensor, out: Path, device: torch.device,
+    def __init__(self, cfg: TrainConfig, data: Data, out: Path, device: torch.device,
                  init: dict[str, torch.Tensor] | None = None):
         """init: the starting weights (initial_weights, checked before the data is made); None = seeded random."""
         from diffusers import UNet2DModel
@@ -149,15 +290,16 @@ class Trainer:
         self.data_gen = torch.Generator().manual_seed(cfg.seed + 1)  # batch indices and flips
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 2)  # timesteps and noise
         self.state = TrainState()
+        self.recent: deque[float] = deque(maxlen=10)  # seconds of the last steps of this sitting
 
     def faster_precision(self) -> str:
-        """'auto': fp32 or bf16 autocast, whichever runs a forward and backward pass of a training batch faster here
-        (timed side by side within engine.precision's budget; bf16 only where it runs at all)."""
+        """'auto': fp32 or bf16 autocast, whichever runs a forward and backward pass of up to PROBE_BATCH training
+        images faster here (timed side by side within engine.precision's budget; bf16 only where it runs at all)."""
         if not bf16_runs(self.device):
             return "fp32"
-        size = self.cfg.size
-        x = torch.randn(self.cfg.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
-        t = torch.full((self.cfg.batch_size,), 500, device=self.device)
+        size, n = self.cfg.size, min(self.cfg.batch_size, PROBE_BATCH)
+        x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
+        t = torch.full((n,), 500, device=self.device)
 
         def step(precision: str, _: tuple[int, int]) -> torch.Tensor:
             with autocast(self.device, AUTOCAST_DTYPES[precision]):
@@ -258,30 +400,48 @@ class Trainer:
         s = meta["state"]
         self.state = TrainState(s["step"], s["seconds"], s["images"], [tuple(x) for x in s["losses"]])
 
-    def run(self, progress: bool = True) -> TrainState:
-        """Train until max_steps or the time budget; checkpoint every save_every minutes and at the end."""
+    def step_seconds(self) -> float | None:
+        """Seconds a training step takes: the mean of this sitting's last steps, else of the run's; None before any."""
+        if self.recent:
+            return sum(self.recent) / len(self.recent)
+        return self.state.seconds / self.state.step if self.state.step else None
+
+    def run(self, progress: bool = True, started: float | None = None,
+            reserve: Callable[[float], float] = lambda step_s: 0.0) -> TrainState:
+        """Train until max_steps, or until cfg.minutes from `started` (time.monotonic(); default now) would not hold
+        another step and then reserve(seconds per step), the time kept for what follows training; at least one step
+        when any is left. Checkpoint every save_every minutes and at the end."""
         c = self.cfg
-        start = time.perf_counter()
-        last_save = start
+        started = time.monotonic() if started is None else started
+        deadline = None if c.minutes is None else started + c.minutes * 60
+        last_save = time.perf_counter()
         window: list[float] = []
         total = c.max_steps if c.max_steps is not None else None
-        bar = tqdm(total=total, initial=self.state.step, desc="train", unit="step", disable=not progress)
+        bar = tqdm(total=total, initial=self.state.step, desc="train", unit="step", disable=not progress,
+                   file=sys.stderr)
         try:
             while c.max_steps is None or self.state.step < c.max_steps:
-                if c.minutes is not None and time.perf_counter() - start >= c.minutes * 60:
+                per_step = self.step_seconds() if self.recent else None
+                if deadline is not None and per_step is not None and \
+                        time.monotonic() + per_step + reserve(per_step) > deadline:
                     break
                 t_step = time.perf_counter()
                 loss = self.train_step()
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss} at step {self.state.step}; "
                                              f"the last checkpoint is kept")
-                self.state.seconds += time.perf_counter() - t_step
+                took = time.perf_counter() - t_step
+                self.state.seconds += took
+                self.recent.append(took)
                 window.append(loss)
-                if len(window) == 50:
+                if len(window) >= (1 if self.state.step <= EARLY_STEPS else LOSS_WINDOW):
                     self.state.losses.append((self.state.step, sum(window) / len(window)))
                     window = []
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{c.batch_size / (time.perf_counter() - t_step):.1f}")
+                made = getattr(self.data, "made", None)  # built-in landscapes made so far
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{c.batch_size / took:.1f}",
+                                **({} if made is None else {"images_made": made}),
+                                **({} if deadline is None else {"left_s": f"{deadline - time.monotonic():.0f}"}))
                 if time.perf_counter() - last_save >= c.save_every * 60:
                     self.save()
                     last_save = time.perf_counter()
@@ -331,36 +491,63 @@ def export_model(unet: nn.Module, cfg: TrainConfig, state: TrainState, out: Path
 
 
 def loss_plot(state: TrainState, path: Path) -> Path:
-    """The loss curve as a PNG (matplotlib)."""
+    """The loss curve as a PNG (matplotlib): every point with a marker while few; a sentence when under two."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    if state.losses:
+    if len(state.losses) >= 2:
         steps, losses = zip(*state.losses)
-        ax.plot(steps, losses)
+        ax.plot(steps, losses, marker="." if len(steps) <= EARLY_STEPS else None)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    else:
+        last = f"; loss {state.losses[-1][1]:.4f}" if state.losses else ""
+        ax.text(0.5, 0.5, f"too few steps to plot a curve ({state.step} step{'s' * (state.step != 1)}{last})",
+                ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("step")
-    ax.set_ylabel("epsilon MSE (mean of 50 steps)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{state.step} steps, {state.seconds / 3600:.2f} h")
+    ax.set_ylabel(f"epsilon MSE\n(steps 1-{EARLY_STEPS} each, then means of {LOSS_WINDOW})", fontsize=8)
+    hours = state.seconds / 3600
+    ax.set_title(f"{state.step} steps, " + (f"{hours:.2f} h" if hours >= 1 else f"{state.seconds / 60:.1f} min"))
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return write_file(path, lambda f: f.write(buf.getvalue()), overwrite=True)
 
 
-def sample_grid(out: Path, path: Path, n: int = 16, steps: int = 100, seed: int = 0) -> Path:
+PREVIEW_SAMPLES, PREVIEW_STEPS = 16, 100  # the sample grid: images, and DDPM steps when time allows
+PREVIEW_SHARE = 0.25  # under --minutes, the most of the budget the preview's steps may take (at least one step)
+WRITING_S = 5.0  # seconds kept under --minutes for the last checkpoint, the loss plot and reading the model back
+
+
+def preview_steps(step_s: float | None, batch_size: int, budget_s: float | None) -> int:
+    """DDPM steps of the sample grid: PREVIEW_STEPS, or under a budget as many as fit in PREVIEW_SHARE of it.
+
+    A sampling step (one forward pass of PREVIEW_SAMPLES images) is taken as a third of a training step (forward
+    and backward) scaled by the batch sizes."""
+    if budget_s is None or step_s is None:
+        return PREVIEW_STEPS
+    return max(1, min(PREVIEW_STEPS, int(PREVIEW_SHARE * budget_s / forward_seconds(step_s, batch_size))))
+
+
+def forward_seconds(step_s: float, batch_size: int) -> float:
+    """Estimated seconds of one forward pass over the preview's images, from a training step's time."""
+    return step_s / 3 * PREVIEW_SAMPLES / batch_size
+
+
+def sample_grid(out: Path, path: Path, n: int = PREVIEW_SAMPLES, steps: int = PREVIEW_STEPS, seed: int = 0,
+                progress: bool = False) -> Path:
     """Unconditional samples of the saved EMA model (SDEdit from pure noise, t0 = 1) as one grid PNG.
 
     As in DDPM's own sampling code, the denoised estimate is clipped to [-1, 1] at each step: from
     sigma ~ 157 small epsilon errors would otherwise saturate the colours.  (SDEdit from t0 <= 0.6
-    is unchanged by clipping on the bundled model, so the editing engine does not clip.)
+    is unchanged by clipping on the bundled model, so the editing engine does not clip.)  The PNG's
+    metadata records what made it.
     """
     from ..engine.editing import edit_tensors
     from ..loader import load_model
@@ -368,9 +555,17 @@ def sample_grid(out: Path, path: Path, n: int = 16, steps: int = 100, seed: int 
     model = load_model(out, device="cpu")
     r = model.resolution
     gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-    x = edit_tensors(lambda x, s: model.denoise(x, s).clamp(-1.0, 1.0), model.schedule, torch.zeros(n, 3, r, r),
-                     mask=None, t0=1.0, steps=steps, repeats=1, sampler="ddpm", generator=gens)
-    return save_png(grid(tensor_to_images(x), ncols=8), path, overwrite=True)
+    bar = tqdm(total=steps, desc="preview", unit="step", disable=not progress, file=sys.stderr)
+    try:
+        x = edit_tensors(lambda x, s: model.denoise(x, s).clamp(-1.0, 1.0), model.schedule, torch.zeros(n, 3, r, r),
+                         mask=None, t0=1.0, steps=steps, repeats=1, sampler="ddpm", generator=gens,
+                         callback=lambda *_: bar.update(1))
+    finally:
+        bar.close()
+    img = grid(tensor_to_images(x), ncols=8)
+    img.info["sdedit"] = json.dumps({"preview": "unconditional samples of the EMA model", "model": str(out),
+                                     "t0": 1.0, "steps": steps, "sampler": "ddpm", "seeds": f"{seed}-{seed + n - 1}"})
+    return save_png(img, path, overwrite=True)
 
 
 BUDGET = ("max_steps", "minutes", "save_every", "precision")  # what a resumed run may change
@@ -439,12 +634,21 @@ def initial_weights(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, torch.Tens
     return cfg, widen_weights(tensors, shapes, k, seed=cfg.seed)
 
 
+def note(progress: bool, text: str) -> None:
+    """One line of progress on stderr (between the bars), unless quiet."""
+    if progress:
+        tqdm.write(printable(text), file=sys.stderr)
+
+
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | None = None, progress: bool = True,
-          cache: Path | None = None, explicit: frozenset[str] = frozenset()) -> TrainState:
+          cache: Path | None = None, explicit: frozenset[str] = frozenset(), started: float | None = None) -> TrainState:
     """Train (or resume) a run in folder out; write the model, loss.png and samples.png.
 
     explicit: the fields of cfg the user set; on resume any of them other than the budget must equal the run's.
+    started: time.monotonic() when the command began (default: now); cfg.minutes counts from it and covers
+    everything, setup, training, the preview grid and the writing (PREVIEW_SHARE, WRITING_S).
     """
+    started = time.monotonic() if started is None else started
     from diffusers import UNet2DModel
 
     from ..devices import pick_device
@@ -483,12 +687,37 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | No
         cfg, init = initial_weights(cfg)
     dev = pick_device(device)
     check_output_folder(out)  # it takes files: proved before the data is made
-    data = synthetic_data(cfg.num_images, cfg.size, cache, progress) if cfg.data == "synthetic" else load_folder(
-        Path(cfg.data), cfg.size)
+    data: Data
+    if cfg.data == "synthetic":
+        data = synthetic_data(cfg.num_images, cfg.size, cache)
+        note(progress, f"data: {cfg.num_images} built-in landscapes at {cfg.size} px, " + (
+            "read from the cache" if data.made else "each made the first time a batch draws it"))
+    else:
+        note(progress, f"data: reading the images of {cfg.data} at {cfg.size} px")
+        data = load_folder(Path(cfg.data), cfg.size)
+        note(progress, f"data: {len(data)} images")
+    note(progress, "setup: building the network" + (", timing fp32 against bf16 autocast (--precision auto)"
+                                                    if requested(None, cfg.precision) == "auto" else ""))
     trainer = Trainer(cfg, data, out, dev, init)
     if resume:
         trainer.load(state_path)
-    state = trainer.run(progress=progress)
+    budget_s = None if cfg.minutes is None else cfg.minutes * 60
+
+    def after_training(step_s: float) -> float:  # the preview's estimated time and the writing's
+        return preview_steps(step_s, cfg.batch_size, budget_s) * forward_seconds(step_s, cfg.batch_size) + WRITING_S
+
+    stop = [f"step {cfg.max_steps}"] if cfg.max_steps is not None else []
+    if budget_s is not None:
+        stop.append(f"{cfg.minutes:g} minutes after the start, less the time kept for the preview and writing")
+    note(progress, f"training in {'bf16 autocast' if trainer.bf16 else 'fp32'} on {dev}, until "
+         + (" or ".join(stop) if stop else "Ctrl-C (the state is saved)"))
+    state = trainer.run(progress=progress, started=started, reserve=after_training)
+    note(progress, f"wrote the model and training/state.safetensors in {out} (step {state.step})")
     loss_plot(state, out / "training" / "loss.png")
-    sample_grid(out, out / "training" / "samples.png")
+    note(progress, f"wrote {out / 'training' / 'loss.png'}")
+    steps = preview_steps(trainer.step_seconds(), cfg.batch_size, budget_s)
+    note(progress, f"preview: {PREVIEW_SAMPLES} samples of the EMA model, {steps} DDPM steps"
+         + (f" (as many as fit in {PREVIEW_SHARE:.0%} of --minutes)" if steps < PREVIEW_STEPS else ""))
+    sample_grid(out, out / "training" / "samples.png", steps=steps, progress=progress)
+    note(progress, f"wrote {out / 'training' / 'samples.png'}")
     return state
