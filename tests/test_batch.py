@@ -253,6 +253,24 @@ def test_a_batch_killed_after_publishing_an_output_but_before_recording_it_finis
     assert last["status"] == "done" and last["input"] == records[-1]["input"]
 
 
+def test_manifest_lines_of_any_other_shape_are_ignored_with_one_warning_and_never_followed(tmp_path):
+    """Malformed lines (edited by hand, another tool's) used to stop the batch with an exception name."""
+    inp, masks = make_folder(tmp_path, 2)
+    out = tmp_path / "out"
+    assert subprocess.run(batch_cmd(inp, out, masks), env=ENV, capture_output=True).returncode == 0
+    want = files(out)
+    bad = ['["a list"]', '{"input": ["item000.png"], "status": "done"}', '{"input": "item000.png", "status": 3}',
+           '{"input": "item000.png", "status": "done", "outputs": "item000.png"}',
+           '{"input": "item001.png", "status": "done", "outputs": [{"file": "../../secret", "sha256": "0"}]}',
+           "[" * 100000 + "]" * 100000, "not json"]
+    with open(out / "manifest.jsonl", "a") as f:
+        f.write("\n".join(bad) + "\n")
+    r = subprocess.run(batch_cmd(inp, out, masks), env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "7 manifest line(s) are not records of this tool" in r.stderr and "Error" not in r.stderr
+    assert "| 2 | 2 | 0 | 0 |" in r.stdout and files(out) == want
+
+
 def test_masks_folder_with_unmasked_and_corrupt_images(tmp_path):
     """An image without a mask fails by default (saying --unmasked edit), or is edited whole with it; a corrupt
     image is reported as unreadable, not as missing its mask."""

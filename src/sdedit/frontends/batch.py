@@ -157,6 +157,7 @@ class Manifest:
         self.folder = folder
         self.path = folder / (f"{MANIFEST}.jsonl" if world == 1 else f"{MANIFEST}.{rank}.jsonl")
         self.records: dict[str, dict[str, Any]] = {}
+        self.skipped = 0  # lines that are no record of this tool's (cut by a kill, or edited by hand): ignored
         for p in sorted(folder.glob(f"{MANIFEST}*.jsonl")):
             self._read(p)
 
@@ -172,10 +173,13 @@ class Manifest:
         for line in data.decode("utf-8", "replace").splitlines():
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a cut line from a killed process in another rank's file
-            if isinstance(rec, dict) and "input" in rec:
+            except (json.JSONDecodeError, RecursionError):
+                self.skipped += 1  # a cut line from a killed process in another rank's file, or not ours
+                continue
+            if well_formed(rec):
                 self.records[rec["input"]] = rec
+            else:
+                self.skipped += 1
 
     def written_by_us(self, name: str, folder: Path) -> bool:
         """Whether the file `name` in folder is exactly what this batch wrote there (name and bytes recorded)."""
@@ -191,6 +195,16 @@ class Manifest:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def well_formed(rec: Any) -> bool:
+    """Whether a manifest line is a record of the shape this tool writes (anything else is ignored, not trusted)."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("input"), str) or not isinstance(rec.get("status"), str):
+        return False
+    outputs = rec.get("outputs", [])
+    return isinstance(outputs, list) and all(isinstance(o, dict) and isinstance(o.get("sha256"), str)
+                                             and isinstance(o.get("file"), str) and Path(o["file"]).name == o["file"]
+                                             and o["file"] not in ("", ".", "..") for o in outputs)
 
 
 def is_done(rec: dict[str, Any] | None, input_sha: str, params: str, folder: Path) -> bool:
@@ -438,6 +452,9 @@ def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, 
     groups = group_items(items, max(1, settings.batch_size // settings.num_samples))
     mine = groups[dist.rank::dist.world]
     manifest = Manifest(output_dir, dist.rank, dist.world)
+    if manifest.skipped:
+        say(f"sdedit batch: {manifest.skipped} manifest line(s) are not records of this tool (cut by a kill or "
+            "edited): ignored, their items are redone", err=True)
     if model.device.type == "cpu":
         import torch
 
