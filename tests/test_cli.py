@@ -43,6 +43,27 @@ def test_edit_writes_pngs_with_settings_and_never_overwrites(tmp_path, capsys):
     assert Path(second[0]).read_bytes() == before[first[0]]  # same seed, same image
 
 
+def test_the_writer_reports_every_file_it_wrote_even_when_another_save_failed(capsys):
+    """A full disk used to leave an earlier (or concurrent) output written but never reported."""
+    import threading
+
+    from sdedit.frontends.common import Writer
+
+    gate = threading.Event()
+
+    def full_disk() -> str:
+        gate.wait(5)
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        with Writer() as writer:
+            writer.submit(lambda: "a.png")
+            writer.submit(full_disk)
+            writer.submit(lambda: "c.png")  # saved on another thread while the second waits
+            gate.set()
+    assert capsys.readouterr().out.split() == ["a.png", "c.png"]
+
+
 def test_quiet_prints_nothing_on_success_for_every_command_that_writes_files(tmp_path, capsys):
     src, mask = stroke_png(tmp_path / "in.png"), mask_png(tmp_path / "m.png")
     folder = tmp_path / "folder"

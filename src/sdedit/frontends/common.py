@@ -89,14 +89,32 @@ class Writer:
         """Queue one save; print each saved path, in submission order."""
         self.queue.append(self.pool.submit(save))
         while len(self.queue) > self.pending or (self.queue and self.queue[0].done()):
+            error = self.queue[0].exception()
+            if error is not None:
+                raise error  # stop sampling; leaving the block still reports the saves that were written
             say(self.queue.pop(0).result())
 
     def __exit__(self, *exc: object) -> None:
+        """Wait for every save and print each saved path, also when one failed (a full disk, say): the files that
+        were written are reported; then the first error is raised (saves not started after a failure are dropped)."""
+        failing = exc[0] is not None
+        if failing:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        error: BaseException | None = None
         try:
-            while self.queue:
-                say(self.queue.pop(0).result())
+            for future in self.queue:
+                if future.cancelled():
+                    continue
+                e = future.exception()
+                if e is None:
+                    say(future.result())
+                elif error is None:
+                    error = e
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
+            self.queue.clear()
+            self.pool.shutdown(wait=True)
+        if error is not None and not failing:
+            raise error
 
 
 def one_line(e: BaseException) -> str:
