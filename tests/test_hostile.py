@@ -149,12 +149,12 @@ def test_file_names_that_are_not_utf8_or_hold_escape_sequences(tmp_path):
     weird = [os.fsdecode(b"caf\xe9.png"), "bell\x07\x1b[31mred.png", "plain.png"]
     for i, name in enumerate(weird):
         stroke_png(inp / name, (32, 32), seed=i)
-    r = run_cli("batch", str(inp), "-o", str(tmp_path / "out"), *TINY, "--steps", "1", "-q")
+    r = run_cli("batch", str(inp), "-o", str(tmp_path / "out"), *TINY, "--steps", "1")
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
     assert "\x1b" not in r.stdout + r.stderr and "\x07" not in r.stdout + r.stderr
-    r = run_cli("edit", str(inp / weird[1]), *TINY, "--steps", "1", "-o", str(tmp_path / "e"), "-q")
-    assert r.returncode == 0 and "\\x1b[31m" in r.stdout and "\x1b" not in r.stdout
+    r = run_cli("edit", str(inp / weird[1]), *TINY, "--steps", "1", "-o", str(tmp_path / "e"))  # prints the path
+    assert r.returncode == 0 and "\\x1b[31m" in r.stdout and "\x1b" not in r.stdout + r.stderr
     r = run_cli("edit", str(inp / "missing\x1b]0;pwned\x07.png"), *TINY, "-o", str(tmp_path / "e"))
     assert r.returncode == 2 and "\x1b" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
@@ -187,7 +187,7 @@ def test_batch_never_overwrites_an_output_the_user_changed(tmp_path):
     assert run_cli(*args).returncode == 0
     (out / "a.png").write_bytes(b"my retouched version")
     r = run_cli(*args, "--t0", "0.3")  # new settings: the item is redone, but its output is no longer ours
-    assert r.returncode == 1 and "not written by this batch" in r.stdout
+    assert r.returncode == 1 and "not written by this batch" in r.stderr
     assert (out / "a.png").read_bytes() == b"my retouched version"
 
 

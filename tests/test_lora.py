@@ -103,7 +103,7 @@ def test_lora_in_the_cli_and_in_metadata(sd_with_loras, tmp_path, capsys):
     folder, (a, _) = sd_with_loras
     Image.new("RGB", (48, 32), (90, 120, 60)).save(tmp_path / "in.png")
     assert main(["edit", str(tmp_path / "in.png"), "--model", str(folder), "--prompt", "x", "--steps", "2",
-                 "--lora", f"{a}:0.5", "-q", "-o", str(tmp_path / "o")]) == 0
+                 "--lora", f"{a}:0.5", "-o", str(tmp_path / "o")]) == 0
     from sdedit import read_settings
 
     path = capsys.readouterr().out.split()[0]
