@@ -43,6 +43,38 @@ def test_edit_writes_pngs_with_settings_and_never_overwrites(tmp_path, capsys):
     assert Path(second[0]).read_bytes() == before[first[0]]  # same seed, same image
 
 
+def test_temporaries_of_killed_writers_are_removed_by_the_next_command_and_nothing_else(tmp_path):
+    """kill -9 during a save leaves '.NAME.PID.XXXXXXXX.tmp'; any later command writing to that folder removes those
+    whose process is gone (only batch used to, and only its own outputs)."""
+    from sdedit.files import write_file
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that is gone
+    gone = out / f".in_t0.30_ddim_s1.png.{dead.pid}.ab12cd_9.tmp"
+    live = out / f".x.png.{os.getppid()}.ab12cd_9.tmp"  # a writer still running
+    old_style, user = out / ".x.png.ab12cd_9.tmp", out / f".notes.{dead.pid}.txt"
+    link = out / f".y.png.{dead.pid}.zz12cd_9.tmp"
+    for p in (gone, live, old_style, user):
+        p.write_bytes(b"x")
+    link.symlink_to(user)
+    write_file(tmp_path / "probe.bin", lambda f: f.write(b"1"))  # the writer's own temporary carries its pid
+    src = stroke_png(tmp_path / "in.png")
+    assert main(["edit", str(src), *TINY, "--steps", "1", "-q", "-o", str(out)]) == 0
+    assert not gone.exists() and all(p.exists() for p in (live, old_style, user)) and link.is_symlink()
+
+
+def test_an_output_name_too_long_for_the_file_system_is_refused_before_sampling(tmp_path, capsys, monkeypatch):
+    import sdedit.api
+
+    src = stroke_png(tmp_path / ("p" * 200 + ".png"))  # a legal input name; its output name is not
+    monkeypatch.setattr(sdedit.api, "iter_edits", lambda *a, **k: pytest.fail("sampled before the check"))
+    assert main(["edit", str(src), *TINY, "--steps", "1", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "too long" in err and not list((tmp_path / "o").iterdir())
+
+
 def test_the_writer_reports_every_file_it_wrote_even_when_another_save_failed(capsys):
     """A full disk used to leave an earlier (or concurrent) output written but never reported."""
     import threading

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable
@@ -69,14 +70,53 @@ def refuse_non_folder(folder: Path) -> None:
         raise InputError(f"output folder {printable(folder)} exists and is not a folder")
 
 
+# write_file's temporary: '.NAME.PID.XXXXXXXX.tmp' (mkstemp's 8 characters); older versions wrote no PID
+TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>[0-9]+)\.)?[a-z0-9_]{8}\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user counts: never touch what may be live)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temporaries(folder: Path) -> int:
+    """Delete the temporary files write_file left when its process was killed (kill -9, power loss): regular files
+    of this user named as write_file names them, whose writing process is gone; returns how many."""
+    n = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        m = TEMPORARY.match(entry.name)
+        if m is None or m.group("pid") is None or int(m.group("pid")) == os.getpid() or _alive(int(m.group("pid"))):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+                os.unlink(entry.path)
+                n += 1
+        except FileNotFoundError:
+            continue  # another run removed it first
+    return n
+
+
 def check_output_folder(folder: Path) -> Path:
-    """Create the folder (and parents) and prove it takes files, before any work is spent; InputError if not."""
+    """Create the folder (and parents) and prove it takes files, before any work is spent; InputError if not.
+    Temporaries of killed writers there are removed (remove_dead_temporaries)."""
     refuse_non_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".sdedit-probe-", dir=folder)
         os.close(fd)
         os.unlink(probe)
+        remove_dead_temporaries(folder)
     except OSError as e:
         raise _os_error(e, f"cannot write in the output folder {printable(folder)}") from None
     return folder
@@ -90,7 +130,7 @@ def check_output_file(path: Path) -> Path:
     if kind is not None:
         raise InputError(f"{printable(path)} is {kind}; name a file to write")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -141,7 +181,7 @@ def write_file(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     except OSError as e:
         raise _os_error(e, f"cannot write in {printable(folder)}") from None
     try:

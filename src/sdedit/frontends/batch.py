@@ -248,7 +248,7 @@ def remove_stray_temporaries(folder: Path, outputs: set[str]) -> int:
     return n
 
 
-STRAY = re.compile(r"^\.(.+\.png)\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp's 8 characters between prefix and suffix
+STRAY = re.compile(r"^\.(.+?\.png)\.(?:[0-9]+\.)?[a-z0-9_]{8}\.tmp$")  # files.TEMPORARY, of PNG outputs
 
 
 class StopRequest:

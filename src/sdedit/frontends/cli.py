@@ -356,7 +356,8 @@ def _parser() -> Parser:
 
 def _edit(a: argparse.Namespace) -> int:
     from ..api import check_strength_levels, iter_edits, prepare_guide
-    from ..files import check_output_folder
+    from ..files import MAX_FREE_NAMES, check_output_file, check_output_folder
+    from ..settings import MAX_SEED
     from ..images import open_image, save_png
     from ..loader import load_model
 
@@ -380,6 +381,9 @@ def _edit(a: argparse.Namespace) -> int:
         say(f"strength map: {guide.strength_levels} grey levels, each one more step (--strength-levels)", err=True)
     check_output_folder(a.outdir)
     assert settings.seed is not None
+    # the longest name this run may write (and its temporary's) must fit the file system: known before sampling
+    longest = max(SAMPLERS, key=len)
+    check_output_file(a.outdir / f"{a.input.stem}_t1.00_{longest}_s{MAX_SEED}-{MAX_FREE_NAMES}.png")
     # Each output is written as soon as its batch is done: memory stays bounded and an interrupted run
     # keeps what it finished.
     with Writer() as writer:
