@@ -199,7 +199,8 @@ class Landscapes:
             try:
                 arr = np.load(self.path, allow_pickle=False)
             except (OSError, ValueError) as e:
-                raise InputError(f"{printable(self.path)}: not a landscape cache ({first_line(e)}); delete it") from None
+                raise InputError(f"{printable(self.path)}: not a landscape cache ({first_line(e)}); "
+                                 f"delete it") from None
             if arr.shape != (count, size, size, 3) or arr.dtype != np.uint8:
                 raise InputError(f"{printable(self.path)}: holds {arr.shape} {arr.dtype}, not {count} landscapes "
                                  f"of {size} px; delete it")
@@ -296,7 +297,8 @@ class Trainer:
         """'auto': fp32 or bf16 autocast, whichever runs a forward and backward pass of up to PROBE_BATCH training
         images faster here (timed side by side within engine.precision's budget); fp32 untimed where bf16 is not
         native (a CPU without AVX512-BF16 or AMX emulates it, 3-4x slower than fp32 on an AVX2 EPYC)."""
-        native = self.device.type != "cpu" or torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        cpu = torch.cpu
+        native = self.device.type != "cpu" or cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
         if not (native and bf16_runs(self.device)):
             return "fp32"
         size, n = self.cfg.size, min(self.cfg.batch_size, PROBE_BATCH)
@@ -643,7 +645,8 @@ def note(progress: bool, text: str) -> None:
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | None = None, progress: bool = True,
-          cache: Path | None = None, explicit: frozenset[str] = frozenset(), started: float | None = None) -> TrainState:
+          cache: Path | None = None, explicit: frozenset[str] = frozenset(),
+          started: float | None = None) -> TrainState:
     """Train (or resume) a run in folder out; write the model, loss.png and samples.png.
 
     explicit: the fields of cfg the user set; on resume any of them other than the budget must equal the run's.
@@ -711,7 +714,8 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | No
 
     stop = [f"step {cfg.max_steps}"] if cfg.max_steps is not None else []
     if budget_s is not None:
-        stop.append(f"{cfg.minutes:g} minutes after the start, less the time kept for the preview and writing")
+        stop.append(f"{cfg.minutes:g} minute{'s' * (cfg.minutes != 1)} after the start, less the time kept for "
+                    f"the preview and writing")
     note(progress, f"training in {'bf16 autocast' if trainer.bf16 else 'fp32'} on {dev}, until "
          + (" or ".join(stop) if stop else "Ctrl-C (the state is saved)"))
     state = trainer.run(progress=progress, started=started, reserve=after_training)
@@ -719,7 +723,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | No
     loss_plot(state, out / "training" / "loss.png")
     note(progress, f"wrote {out / 'training' / 'loss.png'}")
     steps = preview_steps(trainer.step_seconds(), cfg.batch_size, budget_s)
-    note(progress, f"preview: {PREVIEW_SAMPLES} samples of the EMA model, {steps} DDPM steps"
+    note(progress, f"preview: {PREVIEW_SAMPLES} samples of the EMA model, {steps} DDPM step{'s' * (steps != 1)}"
          + (f" (as many as fit in {PREVIEW_SHARE:.0%} of --minutes)" if steps < PREVIEW_STEPS else ""))
     sample_grid(out, out / "training" / "samples.png", steps=steps, progress=progress)
     note(progress, f"wrote {out / 'training' / 'samples.png'}")
