@@ -137,12 +137,17 @@ def bad_cases(tmp_path: Path) -> dict[str, list[str]]:
         "unknown model": ["edit", str(good), "--model", "no/such/model.ckpt", *base],
         "unknown flag": ["edit", str(good), "--bogus", *base],
         "bad t0 text": ["edit", str(good), *TINY, "--t0", "half", *base],
+        # accepted and ignored, once: each acts on something not given
+        "crop-to-mask without a mask": ["edit", str(good), *TINY, "--crop-to-mask", *base],
+        "strength levels without a map": ["edit", str(good), *TINY, "--strength-levels", "4", *base],
+        "guidance for an unconditional model": ["edit", str(good), *TINY, "--guidance", "3", *base],
     }
 
 
 CASES = ["corrupt image", "declared 30000x30000", "missing image", "mask of another size",
          "pickle posing as checkpoint", "t0 of 0", "t0 of 1.5", "steps 0", "repeats 0", "unknown model",
-         "unknown flag", "bad t0 text"]
+         "unknown flag", "bad t0 text", "crop-to-mask without a mask", "strength levels without a map",
+         "guidance for an unconditional model"]
 
 
 def test_cases_are_all_listed(tmp_path):

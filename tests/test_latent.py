@@ -260,6 +260,8 @@ def test_latent_models_work_within_their_area_unless_asked_and_come_back_at_the_
     assert run() == ((256, 192), [144, 104])  # 148x111 keeps 4 x 64^2 px; sides multiples of 8
     assert run(full_size=True) == ((256, 192), [256, 192])
     assert run(original_size=False) == ((144, 104), [144, 104])
+    with pytest.raises(InputError, match="negative prompt acts through guidance"):
+        edit(model, img, prompt="x", negative_prompt="fog", guidance=1.0, steps=2, progress=False)
     assert "fit" not in json.loads(edit(model, photo((64, 48)), prompt="x", steps=2, seed=0,
                                         progress=False)[0].info["sdedit"])  # fit does not act on latent models
     img.save(tmp_path / "in.png")

@@ -100,6 +100,8 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
         full_mask = grow_and_feather(full_mask, mask_grow, mask_feather)
     if fit not in ("crop", "stretch"):
         raise InputError(f"fit must be 'crop' or 'stretch', got {fit!r}")
+    if crop_to_mask not in (None, False) and mask is None and strength_map is None:
+        raise InputError("crop-to-mask edits the box of a mask: give a mask (or a strength map)")
     if crop_to_mask not in (None, False) and not original_size:
         raise InputError("crop-to-mask returns the whole photo at its own size: it cannot keep the model's size")
     frame = _crop_frame(model, full, full_mask, crop_to_mask if original_size else False) \

@@ -169,6 +169,8 @@ class Model(ABC):
             raise InputError(f"{self.name} is not text-conditioned: a prompt needs a Stable Diffusion-style model")
         if settings.guidance not in (None, NO_GUIDANCE) and not self.takes_guidance:
             raise InputError(f"{self.name} takes no guidance weight (it has no guidance input): leave --guidance out")
+        if settings.negative_prompt and settings.guidance == NO_GUIDANCE:
+            raise InputError("a negative prompt acts through guidance, and guidance 1 is none: it would be ignored")
 
     def denoiser(self, settings: RunSettings) -> Denoiser:
         """D(x, sigma) for one run's conditioning; unconditional models take none."""

@@ -471,7 +471,8 @@ def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, 
                 grow = (job.mask_grow, job.mask_feather) if mask is not None else (0, 0)  # nothing to grow unmasked
                 guides.append(prepare_guide(model, image, mask, fit=fit, original_size=job.original_size,
                                             mask_grow=grow[0], mask_feather=grow[1],
-                                            crop_to_mask=job.crop_to_mask, strength_map=strength,
+                                            crop_to_mask=job.crop_to_mask if matched is not None else None,
+                                            strength_map=strength,
                                             full_size=job.full_size, strength_levels=job.strength_levels))
                 order.append(item)
             except SdeditError as e:  # an unreadable input fails alone, and is in no batch

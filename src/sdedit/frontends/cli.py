@@ -114,9 +114,20 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
 
 
 def _add_strength_levels(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strength-levels", type=int, default=DEFAULT_STRENGTH_LEVELS, metavar="N",
+    p.add_argument("--strength-levels", type=int, metavar="N",
                    help=f"a strength map with more grey levels is posterized to N evenly spaced ones first (default "
                         f"{DEFAULT_STRENGTH_LEVELS}, at most {MAX_STRENGTH_LEVELS}): each level costs one more step")
+
+
+def strength_levels_option(levels: int | None, maps: bool, flag: str) -> int:
+    """--strength-levels: checked before any work, and only with strength maps (it acts on nothing else)."""
+    from ..api import check_strength_levels
+
+    if levels is not None and not maps:
+        raise InputError(f"--strength-levels posterizes strength maps: give {flag} too")
+    levels = DEFAULT_STRENGTH_LEVELS if levels is None else levels
+    check_strength_levels(levels)
+    return levels
 
 
 def _add_crop(p: argparse.ArgumentParser) -> None:
@@ -355,7 +366,7 @@ def _parser() -> Parser:
 
 
 def _edit(a: argparse.Namespace) -> int:
-    from ..api import check_strength_levels, iter_edits, prepare_guide
+    from ..api import iter_edits, prepare_guide
     from ..files import MAX_FREE_NAMES, check_output_file, check_output_folder
     from ..settings import MAX_SEED
     from ..images import open_image, save_png
@@ -363,7 +374,7 @@ def _edit(a: argparse.Namespace) -> int:
 
     # Check everything cheap before loading a model, and the output folder before sampling.
     settings = run_settings(a)
-    check_strength_levels(a.strength_levels)
+    levels = strength_levels_option(a.strength_levels, a.strength_map is not None, "--strength-map")
     crop = _crop_option(a)
     image = open_image(a.input)
     mask = open_image(a.mask) if a.mask is not None else None
@@ -376,7 +387,7 @@ def _edit(a: argparse.Namespace) -> int:
     fit = fit_for(model, a.fit)
     guide = prepare_guide(model, image, mask, fit=fit, original_size=a.original_size, strength_map=strength_map,
                           mask_grow=a.mask_grow, mask_feather=a.mask_feather, crop_to_mask=crop,
-                          full_size=a.full_size, strength_levels=a.strength_levels)
+                          full_size=a.full_size, strength_levels=levels)
     if guide.strength_levels > DEFAULT_STRENGTH_LEVELS:
         say(f"strength map: {guide.strength_levels} grey levels, each one more step (--strength-levels)", err=True)
     check_output_folder(a.outdir)
@@ -609,15 +620,13 @@ def _sweep(a: argparse.Namespace) -> int:
 def _batch(a: argparse.Namespace) -> int:
     from .batch import BatchJob, run_folder
 
-    from ..api import check_strength_levels
-
     settings = run_settings(a, seed=a.seed if a.seed is not None else 0)
     check_threads(a.threads)
-    check_strength_levels(a.strength_levels)
+    levels = strength_levels_option(a.strength_levels, a.strength_maps is not None, "--strength-maps")
     offload_device(a.offload, a.device)
     job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora), a.mask_grow,
                    a.mask_feather, _crop_option(a), strength_maps=a.strength_maps is not None, unmasked=a.unmasked,
-                   full_size=a.full_size, strength_levels=a.strength_levels)
+                   full_size=a.full_size, strength_levels=levels)
     return run_folder(a.input_dir, a.outdir, a.masks or a.strength_maps, job, config=a.config, device=a.device,
                       quiet=a.quiet, threads=a.threads, offload=a.offload)
 
