@@ -87,6 +87,14 @@ def test_strokes_kernel_acts_and_is_recorded(tmp_path, capsys):
         simulate_strokes(landscape(1, 64), kernel=0)  # 0 is not "the default"
 
 
+def test_paintings_up_to_the_papers_case_are_the_papers_method_exactly():
+    for side in (64, 256):  # the default model's size, and the paper's (kernel 23)
+        img = landscape(7, side)
+        expected = img.filter(ImageFilter.MedianFilter(median_kernel(side))).quantize(
+            colors=6, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).convert("RGB")
+        assert simulate_strokes(img).tobytes() == expected.tobytes()
+
+
 def test_median_filters_match_pillows_median():
     from sdedit.research.strokes import COUNT_STEP, _median_counted, _median_pillow
 

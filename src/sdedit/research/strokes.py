@@ -2,9 +2,10 @@
 
 The cost is bounded whatever the input and the kernel: an image of more than WORK_AREA pixels is filtered and given
 its palette at that area (its kernel scaled with it), and the painting is then enlarged to the image's own size with
-smooth region borders; the median is Pillow's exact one for small kernels and otherwise counted per grey level from
-running sums, a cost that does not grow with the kernel.  All work runs in short steps (bands of rows, one grey level
-at a time), so Ctrl-C and SIGTERM are answered within a fraction of a second.
+smooth region borders.  The median is Pillow's exact one up to the cost of the paper's own case (256 px, kernel 23),
+and beyond it counted per grey level from running sums, a cost that does not grow with the kernel.  All work runs in
+short steps (bands of rows, one grey level at a time), so Ctrl-C and SIGTERM are answered within a fraction of a
+second.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ..errors import InputError
 PAPER_KERNEL, PAPER_SIDE = 23, 256  # the paper's median kernel at 256 px, scaled with the image
 MAX_COLORS = 256  # a PNG palette's size
 WORK_AREA = 512 * 512  # pixels the median and the palette are computed at, at most
-PILLOW_MAX_KERNEL = 11  # up to this kernel Pillow's exact median is the faster (its cost grows as kernel^2)
+PILLOW_MAX_WORK = (PAPER_SIDE * PAPER_KERNEL) ** 2  # pixels x kernel^2 up to which Pillow's exact median is used:
+# the paper's own case (256 px, kernel 23) and anything cheaper; its cost grows as kernel^2, the counted one's does not
 COUNT_STEP = 4  # larger kernels: the exact median of value // 4 (64 levels), i.e. within 3 of the 8-bit median
 BAND_ROWS = 128  # rows per step of Pillow's median and of the enlargement
 
@@ -99,10 +101,11 @@ def _median_counted(img: Image.Image, k: int) -> Image.Image:
 
 
 def median_filter(img: Image.Image, k: int) -> Image.Image:
-    """A k x k median of an L or RGB image, edges replicated: Pillow's for small k, else counted (within 3 levels)."""
+    """A k x k median of an L or RGB image, edges replicated: Pillow's exact one up to PILLOW_MAX_WORK, else counted
+    (within 3 grey levels)."""
     if k == 1:  # the pixel itself (Pillow's MedianFilter(1) dies of a division by zero)
         return img.copy()
-    return _median_pillow(img, k) if k <= PILLOW_MAX_KERNEL else _median_counted(img, k)
+    return _median_pillow(img, k) if img.width * img.height * k * k <= PILLOW_MAX_WORK else _median_counted(img, k)
 
 
 def _source_coords(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
