@@ -117,7 +117,7 @@ def sweep_plot(points: list[SweepPoint], path: Path, caution: str | None = None)
                                 label=sampler)
     axes[0, 0].set(xlabel="t0", ylabel="L2 to the input (lower = more faithful)")
     if has_kid:
-        axes[0, 1].set(xlabel="t0", ylabel="KID to real images +- s.e. (lower = more realistic)")
+        axes[0, 1].set(xlabel="t0", ylabel="KID +- s.e. (lower = more realistic)")
         if caution:
             axes[0, 1].set_title("too few samples: KID is mostly noise", fontsize=9, color="darkred")
     for ax in axes[0]:
