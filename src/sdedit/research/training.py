@@ -113,7 +113,7 @@ class TrainConfig:
     time_embedding_dim: int | None = None  # None: 4 x widths[0], diffusers' default (a widened run keeps its source's)
 
     def __post_init__(self) -> None:
-        """InputError in one line, naming the option, for any number outside LIMITS or a network that cannot run."""
+        """InputError in one line, naming the option, for any number outside LIMITS (each on its own)."""
         whole = {f.name for f in fields(self) if f.type in ("int", "int | None")}
         for name, bound in LIMITS.items():
             value = getattr(self, name)
@@ -127,6 +127,12 @@ class TrainConfig:
         if not 1 <= len(widths) <= MAX_LEVELS or not all(isinstance(w, int) and 1 <= w <= MAX_WIDTH for w in widths):
             raise InputError(f"--widths must be 1 to {MAX_LEVELS} channel counts from 1 to {MAX_WIDTH}, "
                              f"got {_shown(','.join(map(str, widths)))}")
+
+    def check_together(self) -> None:
+        """InputError in one line for settings that do not go together: a network that cannot run, too much memory.
+
+        Checked on the run's final settings (a resumed run's saved ones with the new budget), before any work."""
+        widths = self.widths
         if self.size % 2 ** (len(widths) - 1):
             raise InputError(f"--size {self.size} must be a multiple of {2 ** (len(widths) - 1)} for "
                              f"{len(widths)} levels (each level halves it)")
@@ -679,6 +685,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, device: str | No
         refuse_non_folder(out)
         if out.exists() and any(out.iterdir()):
             raise InputError(f"{out} is not empty; pass --resume to continue its run, or choose a new folder")
+    cfg.check_together()
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise InputError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {printable(cfg.lr_schedule)}")
     if cfg.lr_schedule == "cosine" and cfg.max_steps is None:
