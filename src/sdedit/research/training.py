@@ -519,10 +519,12 @@ def loss_plot(state: TrainState, path: Path) -> Path:
         last = f"; loss {state.losses[-1][1]:.4f}" if state.losses else ""
         ax.text(0.5, 0.5, f"too few steps to plot a curve ({state.step} step{'s' * (state.step != 1)}{last})",
                 ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
     ax.set_xlabel("step")
     ax.set_ylabel(f"epsilon MSE\n(steps 1-{EARLY_STEPS} each, then means of {LOSS_WINDOW})", fontsize=8)
     hours = state.seconds / 3600
-    ax.set_title(f"{state.step} steps, " + (f"{hours:.2f} h" if hours >= 1 else f"{state.seconds / 60:.1f} min"))
+    ax.set_title(f"{state.step} step{'s' * (state.step != 1)}, " + (f"{hours:.2f} h" if hours >= 1 else f"{state.seconds / 60:.1f} min"))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
