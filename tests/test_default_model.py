@@ -46,7 +46,7 @@ def test_outputs_follow_their_strokes_and_are_neither_copies_nor_noise():
 
 def test_main_command_of_the_readme(tmp_path, capsys):
     out = tmp_path / "outputs"
-    assert main(["edit", str(EXAMPLES / "landscape-strokes.png"), "-n", "4", "--seed", "0", "-o", str(out), "-q"]) == 0
+    assert main(["edit", str(EXAMPLES / "landscape-strokes.png"), "-n", "4", "--seed", "0", "-o", str(out)]) == 0
     files = capsys.readouterr().out.split()
     assert len(files) == 4 and all(Path(f).is_file() for f in files)
     assert read_settings(files[0])["model"] == "landscapes"
