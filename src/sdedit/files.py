@@ -74,7 +74,7 @@ def refuse_non_folder(folder: Path) -> None:
 TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>[0-9]+)\.)?[a-z0-9_]{8}\.tmp$")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether a process with this id exists (one of another user counts: never touch what may be live)."""
     try:
         os.kill(pid, 0)
@@ -95,7 +95,8 @@ def remove_dead_temporaries(folder: Path) -> int:
         return 0
     for entry in entries:
         m = TEMPORARY.match(entry.name)
-        if m is None or m.group("pid") is None or int(m.group("pid")) == os.getpid() or _alive(int(m.group("pid"))):
+        pid = None if m is None or m.group("pid") is None else int(m.group("pid"))
+        if pid is None or pid == os.getpid() or process_alive(pid):
             continue
         try:
             info = entry.stat(follow_symlinks=False)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..files import printable, write_file
+from ..files import printable, process_alive, write_file
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -165,13 +165,7 @@ def _start_time(pid: int) -> str:
 
 def _alive(pid: int, start: str) -> bool:
     """Whether the process that wrote an owner file still runs (a pid owned by another user counts as running)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not start or _start_time(pid) in ("", start)
+    return process_alive(pid) and (not start or _start_time(pid) in ("", start))
 
 
 def _owner(folder: Path) -> tuple[int, str] | None:
