@@ -412,7 +412,8 @@ def _edit(a: argparse.Namespace) -> int:
 def _composite(a: argparse.Namespace) -> int:
     from ..api import iter_edits, prepare_guide
     from ..compositing import paste_patch
-    from ..files import check_output_folder
+    from ..files import MAX_FREE_NAMES, check_output_file, check_output_folder
+    from ..settings import MAX_SEED
     from ..images import check_grow, open_image, save_png
     from ..loader import load_model
 
@@ -426,6 +427,7 @@ def _composite(a: argparse.Namespace) -> int:
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
     model.check_conditioning(settings)
     check_output_folder(a.outdir)
+    check_output_file(a.outdir / f"{a.background.stem}_composite_t1.00_s{MAX_SEED}-{MAX_FREE_NAMES}.png")
     guide = prepare_guide(model, composed, mask, fit="stretch", original_size=True, mask_grow=a.mask_grow,
                           mask_feather=a.mask_feather, crop_to_mask=crop)
     # what made the guide, beside the run's settings: the output depends on it
