@@ -68,7 +68,7 @@ def test_settings_rules_for_auto_and_model_defaults(model):
     model.recommended_t0 = 0.35
     try:
         resolved = model.run_settings(RunSettings(steps=7))
-        assert (resolved.t0, resolved.steps, resolved.guidance) == (0.35, 7, 7.5)
+        assert (resolved.t0, resolved.steps, resolved.guidance) == (0.35, 7, 1.0)  # an unconditional model: no guidance
         out = edit(model, Image.new("RGB", (64, 64), (90, 120, 200)), seed=0, progress=False)[0]
         assert json.loads(out.info["sdedit"])["t0"] == 0.35
     finally:
