@@ -262,12 +262,14 @@ def test_manifest_lines_of_any_other_shape_are_ignored_with_one_warning_and_neve
     bad = ['["a list"]', '{"input": ["item000.png"], "status": "done"}', '{"input": "item000.png", "status": 3}',
            '{"input": "item000.png", "status": "done", "outputs": "item000.png"}',
            '{"input": "item001.png", "status": "done", "outputs": [{"file": "../../secret", "sha256": "0"}]}',
+           '{"input": "item000.png", "status": "done", "params": [1], "input_sha256": {}}',
+           '{"input": "item001.png", "status": "done", "outputs": [{"file": "%s.png", "sha256": "0"}]}' % ("x" * 300),
            "[" * 100000 + "]" * 100000, "not json"]
     with open(out / "manifest.jsonl", "a") as f:
         f.write("\n".join(bad) + "\n")
     r = subprocess.run(batch_cmd(inp, out, masks), env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "7 manifest line(s) are not records of this tool" in r.stderr and "Error" not in r.stderr
+    assert "9 manifest line(s) are not records of this tool" in r.stderr and "Error" not in r.stderr
     assert "| 2 | 2 | 0 | 0 |" in r.stdout and files(out) == want
 
 

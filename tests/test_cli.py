@@ -52,17 +52,22 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_command_and_nothi
     out.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a process id that is gone
-    gone = out / f".in_t0.30_ddim_s1.png.{dead.pid}.ab12cd_9.tmp"
-    live = out / f".x.png.{os.getppid()}.ab12cd_9.tmp"  # a writer still running
-    old_style, user = out / ".x.png.ab12cd_9.tmp", out / f".notes.{dead.pid}.txt"
-    link = out / f".y.png.{dead.pid}.zz12cd_9.tmp"
-    for p in (gone, live, old_style, user):
+    gone = out / f".in_t0.30_ddim_s1.png.sdedit-{dead.pid}.ab12cd_9.tmp"
+    live = out / f".x.png.sdedit-{os.getppid()}.ab12cd_9.tmp"  # a writer still running
+    old_style, user = out / ".x.png.ab12cd_9.tmp", out / f".notes.{dead.pid}.ab12cd_9.tmp"  # the user's own
+    fresh = out / f".z.png.sdedit-{dead.pid}.ab12cd_9.tmp"  # just written: maybe a writer this machine cannot see
+    huge, newline = out / ".x.png.sdedit-99999999999999999999.ab12cd_9.tmp", out / f".x.png.sdedit-{dead.pid}.ab12cd_9.tmp\n"
+    link = out / f".y.png.sdedit-{dead.pid}.zz12cd_9.tmp"
+    for p in (gone, live, old_style, user, fresh, huge, newline):
         p.write_bytes(b"x")
+        if p is not fresh:
+            os.utime(p, (1e9, 1e9))  # untouched for years
     link.symlink_to(user)
     write_file(tmp_path / "probe.bin", lambda f: f.write(b"1"))  # the writer's own temporary carries its pid
     src = stroke_png(tmp_path / "in.png")
     assert main(["edit", str(src), *TINY, "--steps", "1", "-q", "-o", str(out)]) == 0
-    assert not gone.exists() and all(p.exists() for p in (live, old_style, user)) and link.is_symlink()
+    assert not gone.exists() and all(p.exists() for p in (live, old_style, user, fresh, huge, newline))
+    assert link.is_symlink()
 
 
 def test_an_output_name_too_long_for_the_file_system_is_refused_before_sampling(tmp_path, capsys, monkeypatch):

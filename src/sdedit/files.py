@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -70,8 +71,9 @@ def refuse_non_folder(folder: Path) -> None:
         raise InputError(f"output folder {printable(folder)} exists and is not a folder")
 
 
-# write_file's temporary: '.NAME.PID.XXXXXXXX.tmp' (mkstemp's 8 characters); older versions wrote no PID
-TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>[0-9]+)\.)?[a-z0-9_]{8}\.tmp$")
+# write_file's temporary: '.NAME.sdedit-PID.XXXXXXXX.tmp' (mkstemp's 8 characters); older versions wrote no PID
+TEMPORARY = re.compile(r"\.(?P<name>.+?)\.(?:sdedit-(?P<pid>[0-9]{1,7})\.)?[a-z0-9_]{8}\.tmp")  # fullmatch
+TEMPORARY_MIN_AGE_S = 600  # a writer's temporary is seconds old; one untouched this long is no live writer's
 
 
 def process_alive(pid: int) -> bool:
@@ -80,27 +82,30 @@ def process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except (PermissionError, OverflowError):
+        return True  # another user's, or no process id at all: never judged gone
     return True
 
 
 def remove_dead_temporaries(folder: Path) -> int:
     """Delete the temporary files write_file left when its process was killed (kill -9, power loss): regular files
-    of this user named as write_file names them, whose writing process is gone; returns how many."""
+    of this user named as write_file names them, whose writing process is gone (not seen here) and which have
+    not changed for TEMPORARY_MIN_AGE_S (a writer in another PID namespace or machine sharing the folder); returns
+    how many."""
     n = 0
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return 0
     for entry in entries:
-        m = TEMPORARY.match(entry.name)
+        m = TEMPORARY.fullmatch(entry.name)
         pid = None if m is None or m.group("pid") is None else int(m.group("pid"))
         if pid is None or pid == os.getpid() or process_alive(pid):
             continue
         try:
             info = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() \
+                    and time.time() - info.st_mtime > TEMPORARY_MIN_AGE_S:
                 os.unlink(entry.path)
                 n += 1
         except FileNotFoundError:
@@ -131,7 +136,7 @@ def check_output_file(path: Path) -> Path:
     if kind is not None:
         raise InputError(f"{printable(path)} is {kind}; name a file to write")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.sdedit-{os.getpid()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -182,7 +187,7 @@ def write_file(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.sdedit-{os.getpid()}.", suffix=".tmp", dir=folder)
     except OSError as e:
         raise _os_error(e, f"cannot write in {printable(folder)}") from None
     try:

@@ -201,18 +201,24 @@ def well_formed(rec: Any) -> bool:
     """Whether a manifest line is a record of the shape this tool writes (anything else is ignored, not trusted)."""
     if not isinstance(rec, dict) or not isinstance(rec.get("input"), str) or not isinstance(rec.get("status"), str):
         return False
+    if any(key in rec and not isinstance(rec[key], str) for key in ("params", "input_sha256")):
+        return False
     outputs = rec.get("outputs", [])
     return isinstance(outputs, list) and all(isinstance(o, dict) and isinstance(o.get("sha256"), str)
                                              and isinstance(o.get("file"), str) and Path(o["file"]).name == o["file"]
-                                             and o["file"] not in ("", ".", "..") for o in outputs)
+                                             and o["file"] not in ("", ".", "..") and "\0" not in o["file"]
+                                             and len(os.fsencode(o["file"])) <= MAX_NAME_BYTES for o in outputs)
 
 
 def is_done(rec: dict[str, Any] | None, input_sha: str, params: str, folder: Path) -> bool:
     """Whether a record says this exact input and parameters finished, with its outputs still intact."""
     if not rec or rec.get("status") != "done" or rec.get("input_sha256") != input_sha or rec.get("params") != params:
         return False
-    return all((folder / o["file"]).is_file() and file_digest(folder / o["file"]) == o["sha256"]
-               for o in rec.get("outputs", []))
+    try:
+        return all((folder / o["file"]).is_file() and file_digest(folder / o["file"]) == o["sha256"]
+                   for o in rec.get("outputs", []))
+    except OSError:  # unreadable now: not done, the item is redone (and its file refused if it is not ours)
+        return False
 
 
 @contextmanager
@@ -241,14 +247,16 @@ def remove_stray_temporaries(folder: Path, outputs: set[str]) -> int:
     named exactly as files.write_file names them ('.NAME.XXXXXXXX.tmp', NAME one of `outputs`); hold the lock."""
     n = 0
     for p in folder.iterdir():
-        m = STRAY.match(p.name)
+        m = STRAY.fullmatch(p.name)
         if m and m.group(1) in outputs and p.is_file() and not p.is_symlink():
             p.unlink()
             n += 1
     return n
 
 
-STRAY = re.compile(r"^\.(.+?\.png)\.(?:[0-9]+\.)?[a-z0-9_]{8}\.tmp$")  # files.TEMPORARY, of PNG outputs
+MAX_NAME_BYTES = 255  # the longest file name the usual file systems take
+
+STRAY = re.compile(r"\.(.+?\.png)\.(?:sdedit-[0-9]{1,7}\.)?[a-z0-9_]{8}\.tmp")  # files.TEMPORARY of PNGs (fullmatch)
 
 
 class StopRequest:
