@@ -141,6 +141,9 @@ def test_one_output_size_rule_for_every_path(tmp_path, capsys):
     assert main(["edit", *base, "--mask", str(tmp_path / "m.png"), "--crop-to-mask", "--model-size", "-o",
                  str(tmp_path / "x")]) == 2
     assert "cannot keep the model's size" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["edit", *base, "--mask", str(tmp_path / "m.png"), "--fit", "stretch", "-o", str(tmp_path / "y")]) == 2
+    assert "--fit does not act on a crop-to-mask edit" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert "fit" not in json.loads(Image.open(next((tmp_path / "mask").glob("*.png"))).info["sdedit"])
 
 
 def test_padding_is_checked():

@@ -260,6 +260,11 @@ def test_latent_models_work_within_their_area_unless_asked_and_come_back_at_the_
     assert run() == ((256, 192), [144, 104])  # 148x111 keeps 4 x 64^2 px; sides multiples of 8
     assert run(full_size=True) == ((256, 192), [256, 192])
     assert run(original_size=False) == ((144, 104), [144, 104])
+    from sdedit.api import prepare_guide
+
+    for sliver in ((100000, 1), (1, 30000)):  # the short side is raised to 8: the long one gives way
+        w, h = prepare_guide(model, Image.new("RGB", sliver)).frame.size
+        assert w * h <= 4 * 64 * 64 and min(w, h) == 8
     with pytest.raises(InputError, match="negative prompt acts through guidance"):
         edit(model, img, prompt="x", negative_prompt="fog", guidance=1.0, steps=2, progress=False)
     assert "fit" not in json.loads(edit(model, photo((64, 48)), prompt="x", steps=2, seed=0,

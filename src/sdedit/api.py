@@ -149,8 +149,10 @@ def _within_area(model: Model, frame: Frame, fit: Fit, full_size: bool) -> Frame
     if model.square or full_size or w * h <= limit:
         return frame
     scale = math.sqrt(limit / (w * h))
-    size = model.frame((max(1, round(w * scale)), max(1, round(h * scale))), fit, True).size
-    return dataclasses.replace(frame, size=size)
+    w, h = model.frame((max(1, round(w * scale)), max(1, round(h * scale))), fit, True).size
+    if w * h > limit:  # a sliver: the short side was raised to the latent grid's minimum, so shorten the long one
+        w, h = model.frame((limit // h, h) if w >= h else (w, limit // w), fit, True).size
+    return dataclasses.replace(frame, size=(w, h))
 
 
 def _crop_frame(model: Model, full: Image.Image, keep: Image.Image | None, crop_to_mask: CropToMask) -> Frame | None:
@@ -407,7 +409,7 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
     meta = {"model": model.name, **settings.metadata(text_conditioned=model.text_conditioned, takes_guidance=model.takes_guidance),
             "precision": precision.precision, "precision_reason": precision.reason,
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
-            **({"fit": fit} if model.square else {}), "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
+            **({"fit": fit} if model.square and not frame.whole_input else {}), "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
             **({"strength_map": True, "strength_levels": guide.strength_levels} if guide.strength is not None
                else {}),
             **({"strength_posterized": guide.posterized} if guide.posterized is not None else {}),

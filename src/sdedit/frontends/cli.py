@@ -298,6 +298,7 @@ def _parser() -> Parser:
     v.add_argument("--features", choices=["auto", "inception", "random-cnn"], default="auto",
                    help="KID features: Inception (torch-fidelity) when its weights are available, else random-CNN")
     v.add_argument("--seed", type=int, default=0, help="image i of the set is edited with seed + i (0)")
+    v.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP + "; the tables are in the output folder")
     v.add_argument("--masked", action="store_true",
                    help="masked edits instead: each image's ellipse replaced by its strokes, pasted back with a hard "
                         "mask, a feathered mask and a strength map; adds seam jump and colour shift")
@@ -388,6 +389,9 @@ def _edit(a: argparse.Namespace) -> int:
     guide = prepare_guide(model, image, mask, fit=fit, original_size=a.original_size, strength_map=strength_map,
                           mask_grow=a.mask_grow, mask_feather=a.mask_feather, crop_to_mask=crop,
                           full_size=a.full_size, strength_levels=levels)
+    if a.fit is not None and guide.frame.whole_input:
+        raise InputError("--fit does not act on a crop-to-mask edit (the mask's box is edited): leave it out, or give "
+                         "--no-crop-to-mask")
     if guide.strength_levels > DEFAULT_STRENGTH_LEVELS:
         say(f"strength map: {guide.strength_levels} grey levels, each one more step (--strength-levels)", err=True)
     check_output_folder(a.outdir)
