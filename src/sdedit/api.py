@@ -406,10 +406,12 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
             out = whole
     elif guide.keep is not None:
         out = paste_kept(out, guide.image, guide.keep, blend=guide.strength is None)
-    meta = {"model": model.name, **settings.metadata(text_conditioned=model.text_conditioned, takes_guidance=model.takes_guidance),
+    meta = {"model": model.name,
+            **settings.metadata(text_conditioned=model.text_conditioned, takes_guidance=model.takes_guidance),
             "precision": precision.precision, "precision_reason": precision.reason,
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
-            **({"fit": fit} if model.square and not frame.whole_input else {}), "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
+            **({"fit": fit} if model.square and not frame.whole_input else {}),  # only where fit acted
+            "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
             **({"strength_map": True, "strength_levels": guide.strength_levels} if guide.strength is not None
                else {}),
             **({"strength_posterized": guide.posterized} if guide.posterized is not None else {}),

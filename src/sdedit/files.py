@@ -76,6 +76,11 @@ TEMPORARY = re.compile(r"\.(?P<name>.+?)\.(?:sdedit-(?P<pid>[0-9]{1,7})\.)?[a-z0
 TEMPORARY_MIN_AGE_S = 600  # a writer's temporary is seconds old; one untouched this long is no live writer's
 
 
+def _make_temporary(path: Path) -> tuple[int, str]:
+    """write_file's temporary beside path, named as TEMPORARY says (its writer's pid inside)."""
+    return tempfile.mkstemp(prefix=f".{path.name}.sdedit-{os.getpid()}.", suffix=".tmp", dir=path.parent)
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process with this id exists (one of another user counts: never touch what may be live)."""
     try:
@@ -136,7 +141,7 @@ def check_output_file(path: Path) -> Path:
     if kind is not None:
         raise InputError(f"{printable(path)} is {kind}; name a file to write")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.sdedit-{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        fd, probe = _make_temporary(path)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -187,7 +192,7 @@ def write_file(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.sdedit-{os.getpid()}.", suffix=".tmp", dir=folder)
+        fd, tmp = _make_temporary(path)
     except OSError as e:
         raise _os_error(e, f"cannot write in {printable(folder)}") from None
     try:

@@ -119,6 +119,14 @@ def _add_strength_levels(p: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_STRENGTH_LEVELS}, at most {MAX_STRENGTH_LEVELS}): each level costs one more step")
 
 
+def check_longest_name(outdir: Path, stem: str) -> None:
+    """Before sampling: the longest output name `STEM_s<seed>-<n>.png` a run may write (and its temporary's) fits."""
+    from ..files import MAX_FREE_NAMES, check_output_file
+    from ..settings import MAX_SEED
+
+    check_output_file(outdir / f"{stem}_s{MAX_SEED}-{MAX_FREE_NAMES}.png")
+
+
 def strength_levels_option(levels: int | None, maps: bool, flag: str) -> int:
     """--strength-levels: checked before any work, and only with strength maps (it acts on nothing else)."""
     from ..api import check_strength_levels
@@ -368,8 +376,7 @@ def _parser() -> Parser:
 
 def _edit(a: argparse.Namespace) -> int:
     from ..api import iter_edits, prepare_guide
-    from ..files import MAX_FREE_NAMES, check_output_file, check_output_folder
-    from ..settings import MAX_SEED
+    from ..files import check_output_folder
     from ..images import open_image, save_png
     from ..loader import load_model
 
@@ -396,9 +403,7 @@ def _edit(a: argparse.Namespace) -> int:
         say(f"strength map: {guide.strength_levels} grey levels, each one more step (--strength-levels)", err=True)
     check_output_folder(a.outdir)
     assert settings.seed is not None
-    # the longest name this run may write (and its temporary's) must fit the file system: known before sampling
-    longest = max(SAMPLERS, key=len)
-    check_output_file(a.outdir / f"{a.input.stem}_t1.00_{longest}_s{MAX_SEED}-{MAX_FREE_NAMES}.png")
+    check_longest_name(a.outdir, f"{a.input.stem}_t1.00_{max(SAMPLERS, key=len)}")
     # Each output is written as soon as its batch is done: memory stays bounded and an interrupted run
     # keeps what it finished.
     with Writer() as writer:
@@ -416,8 +421,7 @@ def _edit(a: argparse.Namespace) -> int:
 def _composite(a: argparse.Namespace) -> int:
     from ..api import iter_edits, prepare_guide
     from ..compositing import paste_patch
-    from ..files import MAX_FREE_NAMES, check_output_file, check_output_folder
-    from ..settings import MAX_SEED
+    from ..files import check_output_folder
     from ..images import check_grow, open_image, save_png
     from ..loader import load_model
 
@@ -431,7 +435,7 @@ def _composite(a: argparse.Namespace) -> int:
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
     model.check_conditioning(settings)
     check_output_folder(a.outdir)
-    check_output_file(a.outdir / f"{a.background.stem}_composite_t1.00_s{MAX_SEED}-{MAX_FREE_NAMES}.png")
+    check_longest_name(a.outdir, f"{a.background.stem}_composite_t1.00")
     guide = prepare_guide(model, composed, mask, fit="stretch", original_size=True, mask_grow=a.mask_grow,
                           mask_feather=a.mask_feather, crop_to_mask=crop)
     # what made the guide, beside the run's settings: the output depends on it
