@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from ..errors import InputError, ModelUnavailableError
 from ..files import printable
+from .presets import ControlPreset, control_preset
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
@@ -110,6 +111,42 @@ def hub_pipeline_snapshot(repo_id: str) -> Path | None:
     # the default-precision weights only: "*.fp16.safetensors" variants beside them would double the download
     return Path(snapshot_download(repo_id, allow_patterns=PIPELINE_FILES, ignore_patterns=["*.fp16.*", "*.bin"],
                                   local_files_only=local))
+
+
+def hub_control_snapshot(preset: ControlPreset, *, download: bool = True) -> Path:
+    """The local folder of a ControlNet or IP-Adapter preset (its configs and safetensors only): cache or download."""
+    check_repo_id(preset.repo_id)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    local = not download or not hub_reachable()
+    what = f"{preset.name} ({preset.repo_id})"
+    try:
+        folder: Path | None = Path(snapshot_download(preset.repo_id, allow_patterns=list(preset.files),
+                                                     local_files_only=local))
+    except LocalEntryNotFoundError:  # not cached (offline), or a cached snapshot that lacks requested files
+        folder = None
+    except GatedRepoError:
+        raise ModelUnavailableError(f"{what} is gated: accept its licence on the Hub, then `huggingface-cli login` "
+                                    f"(or set HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise ModelUnavailableError(f"{what}: no such repository on the Hub (or it is private)") from None
+    missing = [f for f in preset.files if folder is None or not (folder / f).is_file()]
+    if folder is not None and not missing:
+        return folder
+    if local:
+        unreachable = f" and the Hub cannot be reached{offline_note()}" if download else ""
+        raise ModelUnavailableError(f"{what} is not in the Hugging Face cache{unreachable}; run "
+                                    f"`sdedit download {preset.name}` once with network access")
+    if folder is None:
+        raise ModelUnavailableError(f"{what} could not be fetched (the connection failed); run "
+                                    f"`sdedit download {preset.name}` again")
+    raise ModelUnavailableError(f"{what}: the repository has no {', '.join(missing)}")
+
+
+def control_preset_folder(name: str, family: str | None = None, *, download: bool = False) -> Path:
+    """The local folder of a control preset (--controlnet NAME, --ip-adapter NAME): the cache only unless download."""
+    return hub_control_snapshot(control_preset(name, family), download=download)
 
 
 def is_cached(repo_id: str) -> bool:

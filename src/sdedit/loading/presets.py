@@ -92,3 +92,96 @@ def bundled_path(name: str) -> Path:
     from importlib import resources
 
     return Path(str(resources.files("sdedit") / "weights" / name))
+
+
+CONTROL_FAMILIES = ("stable-diffusion", "stable-diffusion-xl", "stable-diffusion-3", "flux")
+
+
+@dataclass(frozen=True)
+class ControlPreset:
+    """A named ControlNet or IP-Adapter on the Hub (diffusers format), with what a user should know first."""
+
+    name: str
+    repo_id: str
+    kind: Literal["controlnet", "ip-adapter"]
+    family: str  # the pipeline family it applies to, one of CONTROL_FAMILIES
+    base: str  # the base model it was trained for
+    control: str  # what it is steered by: "scribble", "canny", "union" (several modes), "image prompt"
+    download: str  # approximate size of the files fetched (safetensors, the repository's default precision)
+    licence: str
+    gated: bool  # accept the licence on the Hub and log in (`huggingface-cli login` / HF_TOKEN) first
+    model_class: str = ""  # ControlNets: the diffusers class whose from_pretrained loads the folder
+    modes: tuple[str, ...] = ()  # union ControlNets: the control modes, each at its index (diffusers' control_mode)
+    subfolder: str = ""  # IP-Adapters: the folder of the weight file inside the repository
+    weight_name: str = ""  # IP-Adapters: the weight file (diffusers' load_ip_adapter weight_name)
+    image_encoder: str = ""  # IP-Adapters: the image encoder's folder from the repository's root
+    note: str = ""
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files fetched, relative to the repository's root: configs and safetensors only, never pickles."""
+        if self.kind == "ip-adapter":
+            return (f"{self.subfolder}/{self.weight_name}", f"{self.image_encoder}/config.json",
+                    f"{self.image_encoder}/model.safetensors")
+        return ("config.json", "diffusion_pytorch_model.safetensors")
+
+
+_OPENRAIL = "OpenRAIL"
+CONTROL_PRESETS: dict[str, ControlPreset] = {c.name: c for c in [
+    ControlPreset("sd15-scribble", "lllyasviel/control_v11p_sd15_scribble", "controlnet", "stable-diffusion",
+                  "SD 1.5", "scribble", "~1.45 GB (fp32)", _OPENRAIL, False, model_class="ControlNetModel",
+                  note="white strokes on black"),
+    ControlPreset("sd15-canny", "lllyasviel/control_v11p_sd15_canny", "controlnet", "stable-diffusion",
+                  "SD 1.5", "canny", "~1.45 GB (fp32)", _OPENRAIL, False, model_class="ControlNetModel",
+                  note="white Canny edges on black"),
+    ControlPreset("sdxl-union", "xinsir/controlnet-union-sdxl-1.0", "controlnet", "stable-diffusion-xl",
+                  "SDXL 1.0", "union", "~2.5 GB (fp16)", "Apache 2.0", False, model_class="ControlNetUnionModel",
+                  modes=("pose", "depth", "scribble", "canny", "normal", "segment"),
+                  note="scribble: also HED/PiDi soft edges; canny: also lineart and MLSD lines"),
+    ControlPreset("flux-union", "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro", "controlnet", "flux",
+                  "FLUX.1 dev", "union", "~6.6 GB (bf16)", "FLUX.1 [dev] Non-Commercial", False,
+                  model_class="FluxControlNetModel",
+                  modes=("canny", "tile", "depth", "blur", "pose", "gray", "low quality"),
+                  note="the model card recommends scale 0.3-0.8"),
+    ControlPreset("sd3.5-large-canny", "stabilityai/stable-diffusion-3.5-large-controlnet-canny", "controlnet",
+                  "stable-diffusion-3", "SD3.5 Large", "canny", "~8.6 GB (16-bit)",
+                  "Stability AI Community", True, model_class="SD3ControlNetModel",
+                  note="SD3.5 Large only; its control image is not normalised to [-1, 1] (see its model card)"),
+    ControlPreset("sd15-ip-adapter", "h94/IP-Adapter", "ip-adapter", "stable-diffusion", "SD 1.5", "image prompt",
+                  "~2.6 GB (adapter 45 MB + ViT-H encoder 2.5 GB)", "Apache 2.0", False,
+                  subfolder="models", weight_name="ip-adapter_sd15.safetensors",
+                  image_encoder="models/image_encoder"),
+    ControlPreset("sdxl-ip-adapter", "h94/IP-Adapter", "ip-adapter", "stable-diffusion-xl", "SDXL 1.0",
+                  "image prompt", "~4.4 GB (adapter 0.7 GB + ViT-bigG encoder 3.7 GB)", "Apache 2.0", False,
+                  subfolder="sdxl_models", weight_name="ip-adapter_sdxl.safetensors",
+                  image_encoder="sdxl_models/image_encoder"),
+    ControlPreset("sdxl-ip-adapter-vit-h", "h94/IP-Adapter", "ip-adapter", "stable-diffusion-xl", "SDXL 1.0",
+                  "image prompt", "~3.2 GB (adapter 0.7 GB + ViT-H encoder 2.5 GB)", "Apache 2.0", False,
+                  subfolder="sdxl_models", weight_name="ip-adapter_sdxl_vit-h.safetensors",
+                  image_encoder="models/image_encoder", note="shares its image encoder with sd15-ip-adapter"),
+]}
+
+
+def control_preset(name: str, family: str | None = None) -> ControlPreset:
+    """A control preset by name, checked against the family of the pipeline it is to steer (None: not checked)."""
+    from ..errors import InputError
+
+    preset = CONTROL_PRESETS.get(name)
+    if preset is None:
+        raise InputError(f"unknown control preset {name!r}; control presets: {', '.join(CONTROL_PRESETS)}")
+    if family is not None and preset.family != family:
+        raise InputError(f"{name} is a {preset.kind} for {preset.family} ({preset.base}); this model is {family}")
+    return preset
+
+
+def control_table() -> list[str]:
+    """The lines of `sdedit models`' table of ControlNet and IP-Adapter presets."""
+    rows = [f"{'name':<22} {'applies to':<33} {'type':<19} {'download':<50} licence"]
+    for c in CONTROL_PRESETS.values():
+        applies = f"{c.family} ({c.base})"
+        kind = f"ControlNet {c.control}" if c.kind == "controlnet" else "IP-Adapter"
+        gated = " (gated: accept it on the Hub, then `huggingface-cli login`)" if c.gated else ""
+        rows.append(f"{c.name:<22} {applies:<33} {kind:<19} {c.download:<50} {c.licence}{gated}")
+        if c.modes:
+            rows.append(f"{'':<22} modes: {', '.join(f'{i} {m}' for i, m in enumerate(c.modes))}")
+    return rows
