@@ -3,8 +3,8 @@
     python benchmarks/auto_precision.py [--rounds 3] [--command-rounds 5] [--out docs/benchmarks/auto-precision-<cpu>.json]
 
 1. Per evaluation, variants alternating in one process, medians: the paper's 256x256 DDPM
-   network (church config, random weights) as the original release runs it (eager, contiguous,
-   fp32) and as this package runs it in fp32, in bf16 autocast and at the default ('auto', decided
+   network (church config, random weights) as the original release runs it (diffusers' class, eager,
+   contiguous, fp32) and as this package loads and runs it (its lean network, channels_last) in fp32, in bf16 autocast and at the default ('auto', decided
    by sdedit.precision's measurement on this machine, with a fresh cache; its cost is reported);
    the same for the bundled 64x64 model at batch 1 and 8.
 2. The README's main job as a user runs it, whole commands alternating: the default, --precision
@@ -31,7 +31,7 @@ from speed import medians  # noqa: E402
 
 from sdedit.engine.precision import under_precision  # noqa: E402
 from sdedit.engine.schedules import DiscreteVPSchedule  # noqa: E402
-from sdedit.families.pixel import EpsDenoiser  # noqa: E402
+from sdedit.families.pixel import EpsDenoiser, unet_from_config  # noqa: E402
 from sdedit.loader import load_model  # noqa: E402
 from sdedit.loading.presets import PRESETS  # noqa: E402
 from sdedit.precision import RunPrecision  # noqa: E402
@@ -88,7 +88,7 @@ def networks(rounds: int) -> list[dict]:
     torch.manual_seed(0)
     config = PRESETS["church"].arch.unet_config()
     original = UNet2DModel(**config).eval().requires_grad_(False)
-    ours = UNet2DModel(**config).eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    ours = unet_from_config(config).eval().requires_grad_(False).to(memory_format=torch.channels_last)  # as loaded
     ours.load_state_dict(original.state_dict())
     schedule = DiscreteVPSchedule()
     sigma = float(schedule.sigmas[500])

@@ -54,10 +54,12 @@ class Resnet(nn.Module):
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_emb_proj(F.silu(emb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
-        return (self.conv_shortcut(x) if self.conv_shortcut is not None else x) + h
+        # In place where a fresh intermediate is overwritten (inference only): the same values, about 4%
+        # faster at 256x256 on a 2-core CPU (benchmarks/auto_precision.py).
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h.add_(self.time_emb_proj(F.silu(emb))[:, :, None, None])
+        h = self.conv2(F.silu(self.norm2(h), inplace=True))
+        return h.add_(self.conv_shortcut(x) if self.conv_shortcut is not None else x)
 
 
 class Attention(nn.Module):
@@ -75,7 +77,7 @@ class Attention(nn.Module):
         q, k, v = (proj(t)[:, None] for proj in (self.to_q, self.to_k, self.to_v))  # one head
         out = F.scaled_dot_product_attention(q, k, v)[:, 0]
         out = self.to_out[0](out).transpose(1, 2).reshape(b, c, h, w)
-        return out + x
+        return out.add_(x)
 
 
 class Resample(nn.Module):
@@ -182,7 +184,7 @@ class DDPMUNet(nn.Module):
                     h = block.attentions[j](h)
             if hasattr(block, "upsamplers"):
                 h = block.upsamplers[0](h)
-        return _Output(self.conv_out(F.silu(self.conv_norm_out(h))))
+        return _Output(self.conv_out(F.silu(self.conv_norm_out(h), inplace=True)))
 
 
 class _Output:
