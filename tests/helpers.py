@@ -41,19 +41,27 @@ def mask_png(path: Path, size: tuple[int, int] = (40, 32)) -> Path:
     return path
 
 
-def ddim_on_grid(model, img: Image.Image, sigmas, settings) -> np.ndarray:
-    """Our side of a parity test: the guide encoded and perturbed in diffusers' order (posterior draw, then noise,
-    one generator seeded 0), `ddim` over the given VE sigmas, decoded as diffusers decodes: HxWx3 in [0, 1]."""
+def ddim_on_grid(model, img: Image.Image, sigmas, settings, controls=()) -> np.ndarray:
+    """Our side of a parity test: the guide encoded and perturbed in diffusers' order (control images' latents if
+    any, posterior draw, then noise, one generator seeded 0), `ddim` over the given VE sigmas, decoded as diffusers
+    decodes: HxWx3 in [0, 1]."""
+    import functools
+
     import torch
 
     from sdedit.engine.samplers import SAMPLERS
+    from sdedit.families.control import control_to_tensor
     from sdedit.images import image_to_tensor
 
     gen = torch.Generator().manual_seed(0)
+    condition = model.control_condition([control_to_tensor(c) for c in controls], [gen]) if controls else None
     z_g = model.encode(image_to_tensor(img), [gen])
     z = z_g + sigmas[0] * torch.randn(z_g.shape, generator=gen)
+    denoiser = model.denoiser(settings)
+    if condition is not None:
+        denoiser = functools.partial(denoiser, condition=condition)
     with torch.inference_mode():
-        return decode_as_diffusers(model, SAMPLERS["ddim"](model.denoiser(settings), z, sigmas), sigmas[-1])
+        return decode_as_diffusers(model, SAMPLERS["ddim"](denoiser, z, sigmas), sigmas[-1])
 
 
 def decode_as_diffusers(model, z, last_sigma) -> np.ndarray:

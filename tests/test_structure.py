@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sdedit"
 LAYERS = [
     ["version", "errors", "files", "progress"],
     ["engine"],
-    ["settings", "images", "devices", "crops", "precision"],
+    ["settings", "images", "devices", "crops", "precision", "control_images"],
     ["loading"],
     ["families"],
     ["loader"],

@@ -209,3 +209,25 @@ def make_tiny_qwen_image(folder: Path, *, seed: int = 0):
                                     transformer=transformer)
     pipe.save_pretrained(folder)
     return pipe
+
+
+def make_tiny_controlnet(folder: Path, unet, *, seed: int = 1, std: float = 0.05, hint: float = 1.0):
+    """Save a ControlNetModel made from a UNet (ControlNetModel.from_unet) with its zero-initialised output
+    convolutions given random weights (std; the control image's embedding `hint`, so that the image matters), so
+    that it acts; return it."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 16))
+    with torch.no_grad():
+        for module in (*net.controlnet_down_blocks, net.controlnet_mid_block):
+            for p in module.parameters():
+                p.normal_(0.0, std)
+        for conv in net.controlnet_cond_embedding.modules():  # a hint embedding that follows the image's layout
+            if isinstance(conv, torch.nn.Conv2d):
+                fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+                conv.weight.normal_(0.0, (2.0 / fan_in) ** 0.5 * (hint if conv is net.controlnet_cond_embedding.conv_out
+                                                                 else 1.0))
+                conv.bias.zero_()
+    net.eval().save_pretrained(folder)
+    return net

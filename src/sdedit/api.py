@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .control_images import DEFAULT_CONTROL_PREPROCESS, check_preprocess, load_control_image, preprocess_control
 from .crops import DEFAULT_CROP_PADDING, check_padding, mask_box
 from .engine.editing import edit_tensors, release_grid
 from .errors import InputError, SamplingError
 from .families.base import Frame, Model
+from .families.control import control_to_tensor
 from .precision import Choice, RunPrecision
 from .progress import tqdm
 from .images import Fit, ImageLike, check_grow, grow_and_feather, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
@@ -51,6 +54,9 @@ class Guide:
     mask_feather: int = 0  # pixels its edge was feathered by
     strength_levels: int = 0  # the strength map's grey levels (each adds one step)
     posterized: int | None = None  # the levels it was reduced to, when it had more (strength_levels=)
+    control: tuple[Image.Image, ...] = ()  # one RGB control image per ControlNet, at the frame's size
+    control_source: tuple[str, ...] = ()  # what each is made from ("painting" or the file), for the metadata
+    control_preprocess: str = DEFAULT_CONTROL_PREPROCESS
 
     @property
     def keep(self) -> Image.Image | None:
@@ -70,7 +76,8 @@ class Guide:
 def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None, *, fit: Fit = "crop",
                   original_size: bool = True, strength_map: ImageLike | None = None, mask_grow: int = 0,
                   mask_feather: int = 0, crop_to_mask: CropToMask = None, full_size: bool = False,
-                  strength_levels: int = DEFAULT_STRENGTH_LEVELS) -> Guide:
+                  strength_levels: int = DEFAULT_STRENGTH_LEVELS, control_images: Sequence[ImageLike] = (),
+                  control_preprocess: str = DEFAULT_CONTROL_PREPROCESS) -> Guide:
     """Read an image (and a mask or a strength map), and cut and resize them to where and how the model works.
 
     The output size rule, for every family and path: outputs have the size of the input they edit (the
@@ -82,7 +89,15 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
     True = always, an int = always with that padding in pixels, False = never.
     full_size: latent models work on an input larger than LATENT_MAX_AREA times their trained area at its own
     size (slow) instead of at that area.
+    control_images: one per ControlNet of the model (paired in order), or none: the input itself steers them;
+    each is stretched to the input's size, cut and resized as the input is, then control_preprocess'ed.
     """
+    control_preprocess = check_preprocess(control_preprocess)
+    if control_images and len(control_images) != model.control_count:
+        raise InputError(f"{len(control_images)} control image(s) for {model.control_count} ControlNet(s): give one "
+                         f"per ControlNet, in order, or none (the input steers them)")
+    if control_preprocess != DEFAULT_CONTROL_PREPROCESS and not model.control_count:
+        raise InputError("--control-preprocess makes control images for ControlNets: give --controlnet")
     if mask is not None and strength_map is not None:
         raise InputError("give a mask or a strength map, not both (a strength map of 0 and 255 is a mask)")
     check_grow(mask_grow, mask_feather)
@@ -114,11 +129,39 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
         # a strength map keeps its own levels (each level is one more step of the grid); a mask's edge softens
         resample = Image.Resampling.NEAREST if strength_map is not None else Image.Resampling.BILINEAR
         small_mask = m if m.size == frame.size else m.resize(frame.size, resample)
+    controls = _control_images(model, full, frame, small, control_images, control_preprocess)
+    sources = tuple(_source_name(c) for c in control_images) or ("painting",) * model.control_count
     if strength_map is not None:
         assert small_mask is not None
         return Guide(full, None, frame, small, None, small_mask, full_mask, strength_levels=grey_levels(small_mask),
-                     posterized=posterized)
-    return Guide(full, full_mask, frame, small, small_mask, mask_grow=mask_grow, mask_feather=mask_feather)
+                     posterized=posterized, control=controls, control_source=sources,
+                     control_preprocess=control_preprocess)
+    return Guide(full, full_mask, frame, small, small_mask, mask_grow=mask_grow, mask_feather=mask_feather,
+                 control=controls, control_source=sources, control_preprocess=control_preprocess)
+
+
+def _control_images(model: Model, full: Image.Image, frame: Frame, small: Image.Image, given: Sequence[ImageLike],
+                    preprocess: str) -> tuple[Image.Image, ...]:
+    """The ControlNets' images at the frame's size: each given one (stretched to the input's size, then cut and
+    resized as the input is), or the framed input itself; then preprocessed."""
+    out = []
+    for i in range(model.control_count):
+        if given:
+            img = load_control_image(given[i], "control image")
+            if img.size != full.size:
+                img = img.resize(full.size, Image.Resampling.LANCZOS)
+            img = img.crop(frame.box)
+            if img.size != frame.size:
+                img = img.resize(frame.size, Image.Resampling.LANCZOS)
+        else:
+            img = small
+        out.append(preprocess_control(img, preprocess))
+    return tuple(out)
+
+
+def _source_name(image: ImageLike) -> str:
+    """A control image's name in metadata: its file name, or 'image' for one given in memory."""
+    return os.path.basename(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else "image"
 
 
 def check_strength_levels(levels: int) -> None:
@@ -183,7 +226,8 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
          original_size: bool = True, progress: bool = True, strength_map: ImageLike | None = None,
          mask_grow: int = 0, mask_feather: int = 0, crop_to_mask: CropToMask = None,
          faithfulness: float | None = None, callback: StepCallback | None = None,
-         full_size: bool = False) -> list[Image.Image]:
+         full_size: bool = False, control_images: Sequence[ImageLike] = (),
+         control_preprocess: str = DEFAULT_CONTROL_PREPROCESS) -> list[Image.Image]:
     """SDEdit (Meng et al. 2022) on one guide image: num_samples outputs, sample j seeded with seed + j.
 
     t0: a number in (0, 1], None for the model's recommended t0, or "auto": per image the largest t0
@@ -197,14 +241,16 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
     the stretched image at their resolution; latent models on the whole input at its own size
     (at most LATENT_MAX_AREA times their trained area unless full_size).  Outputs come back at the
     size of the input they edit (original_size=False: at the size the model worked at).  Kept
-    pixels are the input's, bit for bit.  Each output's settings are in img.info["sdedit"].
+    pixels are the input's, bit for bit.  control_images: one per ControlNet loaded with the model (none: the
+    input steers them), control_preprocess: none, canny or scribble.  Each output's settings are in
+    img.info["sdedit"].
     """
     run = settings_from(model, settings, t0=t0, steps=steps, repeats=repeats, sampler=sampler,
                         num_samples=num_samples, seed=seed, batch_size=batch_size, precision=precision,
                         prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, faithfulness=faithfulness)
     guide = prepare_guide(model, image, mask, fit=fit, original_size=original_size, strength_map=strength_map,
                           mask_grow=mask_grow, mask_feather=mask_feather, crop_to_mask=crop_to_mask,
-                          full_size=full_size)
+                          full_size=full_size, control_images=control_images, control_preprocess=control_preprocess)
     assert run.seed is not None
     return list(iter_edits(model, [guide], [run.seed], run, fit=fit, progress=progress, callback=callback))
 
@@ -360,10 +406,15 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
         while end < len(batch) and batch[end].guide is guide:
             end += 1
         x_g = image_to_tensor(guide.image)
+        # ControlNets' images first (FLUX and SD3 draw their latents from the row's generator before the guide's, as
+        # diffusers' ControlNet pipelines do), then the guide's posterior, then an inpainting model's extra input
+        control = model.control_condition([control_to_tensor(c) for c in guide.control], generators[start:end]) \
+            if guide.control else None
         parts.append(model.encode(x_g, generators[start:end]))
-        # inpainting models: the guide and its mask (or strength map) as extra input, drawn after the guide's posterior
         keep = None if guide.keep is None else mask_to_tensor(guide.keep)
-        conditions.append(model.edit_condition(x_g, keep, generators[start:end]))
+        extra = model.edit_condition(x_g, keep, generators[start:end])
+        given = [c for c in (extra, control) if c is not None]
+        conditions.append(torch.cat(given, dim=1) if given else None)
         if guide.mask is not None:
             masks.append(model.encode_mask(mask_to_tensor(guide.mask)).expand(end - start, -1, -1, -1))
         if guide.strength is not None:
@@ -410,6 +461,7 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
             **settings.metadata(text_conditioned=model.text_conditioned, takes_guidance=model.takes_guidance),
             "precision": precision.precision, "precision_reason": precision.reason,
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
+            **_control_metadata(model, guide),
             **({"fit": fit} if model.square and not frame.whole_input else {}),  # only where fit acted
             "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
             **({"strength_map": True, "strength_levels": guide.strength_levels} if guide.strength is not None
@@ -422,6 +474,15 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
             **({"t0_auto": row.auto} if row.auto is not None else {})}
     out.info["sdedit"] = json.dumps(meta)
     return out
+
+
+def _control_metadata(model: Model, guide: Guide) -> dict[str, Any]:
+    """What steered an output besides its prompt: each ControlNet with its scale and image, the preprocess, the window."""
+    if not guide.control:
+        return {}
+    return {"controlnets": model.info.get("controlnets", []), "control_images": list(guide.control_source),
+            "control_preprocess": guide.control_preprocess,
+            **({"control_window": model.info["control_window"]} if "control_window" in model.info else {})}
 
 
 def steps_total(settings: RunSettings, guides: int = 1) -> int:

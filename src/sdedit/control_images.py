@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -32,6 +31,8 @@ def canny_edges(rgb: np.ndarray) -> np.ndarray:
     A colour array is taken as it is (as the diffusers and ControlNet examples do): OpenCV then uses, at each pixel,
     the channel with the strongest gradient, so colour boundaries of equal brightness are edges too.
     """
+    import cv2  # here, not at import: it costs about 0.5 s of every command's start
+
     return cv2.Canny(np.ascontiguousarray(rgb, dtype=np.uint8), CANNY_LOW, CANNY_HIGH) > 0
 
 
@@ -49,6 +50,8 @@ def scribble_width(size: tuple[int, int]) -> int:
 
 def _scribble(img: Image.Image) -> np.ndarray:
     """Binary HxW uint8 (0 or 255) stroke map of an RGB image, by the rule in `preprocess_control`."""
+    import cv2  # here, not at import: it costs about 0.5 s of every command's start
+
     w, h = img.size
     scale = min(1.0, SCRIBBLE_WORK_SIDE / min(w, h))
     work = img

@@ -25,6 +25,8 @@ from .loading.checkpoints import WEIGHT_SUFFIXES, check_parameter_count, check_r
     safetensors_shapes
 from .loading.single_file import check_parts, ldm_version
 from .loading.lora import LoraSpec, check_lora_files
+from .loading.controlnets import ControlSpec, load_controlnet
+from .families.control import FULL_WINDOW, AttachedControl, check_window
 from .loading.hub import hub_config_snapshot, hub_pipeline_snapshot, hub_snapshot, is_repo_id
 from .loading.presets import BUNDLED_MODELS, PIPELINE_PRESETS, PRESETS, bundled_path
 from .precision import autocast_dtype, offload_storage
@@ -32,12 +34,15 @@ from .settings import DEFAULT_PRECISION, DEFAULT_T0, PRECISIONS
 
 def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str] | None = None,
                device: str | torch.device | None = None, precision: str = DEFAULT_PRECISION,
-               loras: Sequence[LoraSpec | str] = (), offload: Offload = "none") -> Model:
+               loras: Sequence[LoraSpec | str] = (), offload: Offload = "none",
+               controlnets: Sequence[ControlSpec | str] = (), control_window: tuple[float, float] = FULL_WINDOW) -> Model:
     """Load a model by preset name, local checkpoint file, diffusers folder or Hub id; see README 'Models'.
 
     precision: the default of the model's runs (a run's own setting wins): 'auto' (the faster of fp32 and bf16,
     measured once per machine, network and shape; sdedit.precision), 'fp32', 'bf16' or 'fp16'.
     loras: LoRA files, folders or Hub ids, each with its scale ('path:0.7' or LoraSpec).
+    controlnets: ControlNet folders, Hub ids, single files or control presets, each with its scale ('path:0.5' or
+    ControlSpec), run beside the main network between the times control_window = (start, end) of its schedule.
     offload: 'model' or 'sequential' keeps a latent model's networks in CPU memory and runs them on the (GPU)
     device, whole networks or layer by layer; at bf16/fp16 their weights (the VAE's aside) are stored in it.
     """
@@ -45,16 +50,35 @@ def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str]
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     check_lora_files(specs)  # a missing or unreadable LoRA is reported before the model loads
+    controls = [s if isinstance(s, ControlSpec) else ControlSpec.parse(s) for s in controlnets]
+    start, end = check_window(*control_window)
     if offload == "none":
         model = _load(source, config, device)
         model.add_loras(specs)
+        _add_controlnets(model, controls, start, end, model.device)
     else:
         run_on = offload_device(offload, device)  # checked before anything loads: an unknown mode, or no accelerator
         model = _load(source, config, "cpu")
         model.add_loras(specs)
+        _add_controlnets(model, controls, start, end, torch.device("cpu"))
         model.offload(offload, run_on, autocast_dtype(offload_storage(precision, run_on)))
     model.info["precision"] = precision
     return model
+
+
+def _add_controlnets(model: Model, specs: list[ControlSpec], start: float, end: float, device: torch.device) -> None:
+    """Load each ControlNet (after the model, so a model that takes none is refused first) onto the model's device."""
+    if not specs:
+        return
+    if not model.takes_controlnets:  # refused before any ControlNet loads
+        raise InputError(f"{model.name}: ControlNets run with Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX models")
+    attached = []
+    for spec in specs:
+        net, kind = load_controlnet(spec)
+        attached.append(AttachedControl(net.to(device), spec, kind, start, end))
+    model.add_controlnets(attached)
+    if (start, end) != FULL_WINDOW:
+        model.info["control_window"] = [start, end]
 
 
 def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,

@@ -9,6 +9,8 @@
     decode(z)                        the sampler's space -> pixels in [-1, 1]
     edit_condition(x_g, mask, gens)  per-edit network input (inpainting models), or None; a model that
                                      returns one takes it back as denoiser(x, sigma, condition=c)
+    control_condition(images, gens)  the ControlNets' images on the sampler's grid (after edit_condition's
+                                     channels in `condition`), or None
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from ..engine.samplers import Denoiser
+from .control import AttachedControl
 from ..engine.schedules import Schedule
 from ..errors import InputError
 from ..images import Fit
@@ -51,6 +54,7 @@ class Model(ABC):
     text_conditioned: bool = False  # takes prompt / negative prompt / guidance
     square: bool = False  # works on square images only (pixel models); latent models take any aspect
     recommended_t0: float = DEFAULT_T0  # t0 when none is given (a model's config may say its own)
+    takes_controlnets: bool = False  # ControlNets can run beside its main network (add_controlnets)
 
     @property
     @abstractmethod
@@ -176,6 +180,22 @@ class Model(ABC):
         """D(x, sigma) for one run's conditioning; unconditional models take none."""
         self.check_conditioning(settings)
         return self.denoise
+
+    def add_controlnets(self, controls: list[AttachedControl]) -> None:
+        """Run ControlNets beside the main network (families with takes_controlnets; each checks their kind)."""
+        if controls:
+            raise InputError(f"{self.name}: ControlNets run with Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX models")
+
+    @property
+    def control_count(self) -> int:
+        """How many ControlNets run beside the main network (each takes one control image per edit)."""
+        return len(getattr(self, "controls", ()))
+
+    def control_condition(self, images: Sequence[torch.Tensor], generators: Sequence[torch.Generator]
+                          ) -> torch.Tensor | None:
+        """The control images (1x3xHxW in [0, 1], one per ControlNet) in the sampler's space, one row per generator;
+        None without ControlNets."""
+        return None
 
     def edit_condition(self, x_g: torch.Tensor, mask: torch.Tensor | None,
                        generators: Sequence[torch.Generator]) -> torch.Tensor | None:

@@ -34,6 +34,7 @@ from ..loading.checkpoints import LOAD_ERRORS, first_line, plan_components, read
     schedule_from, scheduler_config
 from ..settings import RunSettings
 from .base import Frame, Model
+from .control import AttachedControl, check_family, pixels_from_grid, pixels_on_grid, scaled, summed
 from .latent import LatentSpace, latent_mask, repaint_mask  # noqa: F401 (latent_mask: part of this family's API)
 
 LATENT_FACTOR = 8  # pixels per latent cell in Stable Diffusion's VAEs (2 ** (levels - 1))
@@ -57,7 +58,8 @@ class GuidedDenoiser(nn.Module):
 
     def __init__(self, unet: nn.Module, schedule: DiscreteVPSchedule, prediction_type: str, cond: TextCondition,
                  uncond: TextCondition | None, guidance: float, latent_factor: int = LATENT_FACTOR,
-                 extra_channels: int = 0, device: torch.device | str = "cpu"):
+                 extra_channels: int = 0, device: torch.device | str = "cpu",
+                 controls: Sequence[AttachedControl] = ()):
         super().__init__()
         self.extra_channels = extra_channels  # an inpainting UNet's mask and masked-image latents (5), else 0
         self.unet, self.schedule, self.prediction_type = unet, schedule, prediction_type
@@ -65,6 +67,7 @@ class GuidedDenoiser(nn.Module):
         # the schedule's grid where the UNet is, once per run (no copy to the device at every step)
         self.register_buffer("log_sigmas", schedule.log_sigmas.to(device), persistent=False)
         self.latent_factor = latent_factor
+        self.controls = list(controls)  # ControlNets: their images follow the extra channels in `condition`
 
     def _extra(self, branches: list[TextCondition], b: int, x: torch.Tensor) -> dict[str, Any]:
         """SDXL's added conditioning: pooled text embeddings and (original size, crop corner, target size)."""
@@ -77,22 +80,28 @@ class GuidedDenoiser(nn.Module):
                                       "time_ids": time_ids.expand(b * len(branches), -1)}}
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """condition: an inpainting UNet's extra channels (mask, masked-image latents), one row per row of x."""
+        """condition: an inpainting UNet's extra channels (mask, masked-image latents), then each ControlNet's image
+        on the latent grid (control.pixels_on_grid), one row per row of x."""
         b = x.shape[0]
         s = sigma.to(x.device, x.dtype).reshape(-1, 1, 1, 1)
         x_vp = vp_input(x, s)
-        extra = self.extra_channels
-        if (condition.shape[1] if condition is not None else 0) != extra:
+        extra, per_control = self.extra_channels, 3 * self.latent_factor ** 2
+        got = condition.shape[1] if condition is not None else 0
+        if got != extra + per_control * len(self.controls):
             raise InputError(f"this UNet takes {extra} extra input channels (an inpainting model's mask and masked "
-                             f"image: model.edit_condition); got {0 if condition is None else condition.shape[1]}")
-        if condition is not None:
-            x_vp = torch.cat([x_vp, condition.to(x_vp)], dim=1)  # beside the noisy latents, unscaled
+                             f"image: model.edit_condition) and {len(self.controls)} control image(s) "
+                             f"(model.control_condition); got {got} channels")
+        if condition is not None and extra:
+            x_vp = torch.cat([x_vp, condition[:, :extra].to(x_vp)], dim=1)  # beside the noisy latents, unscaled
         step = self.schedule.step(sigma.reshape(-1), self.log_sigmas).to(torch.float32)
         guided = self.uncond is not None and self.guidance != 1.0
         branches = [self.uncond, self.cond] if guided and self.uncond is not None else [self.cond]
-        ctx = torch.cat([c.context.expand(b, -1, -1) for c in branches])
+        ctx = torch.cat([c.context.expand(b, -1, -1) for c in branches]).to(x.device)
         x_in, t_in = (torch.cat([x_vp, x_vp]), torch.cat([step, step])) if guided else (x_vp, step)
-        out = self.unet(x_in, t_in, encoder_hidden_states=ctx.to(x.device), **self._extra(branches, b, x)).sample
+        added = self._extra(branches, b, x)
+        residuals = {} if condition is None or not self.controls else \
+            self._control(x_in, t_in, ctx, added, condition[:, extra:], sigma.reshape(-1), guided)
+        out = self.unet(x_in, t_in, encoder_hidden_states=ctx, **added, **residuals).sample
         out = out.float()
         if guided:
             out_u, out_c = out.chunk(2)
@@ -100,6 +109,36 @@ class GuidedDenoiser(nn.Module):
         if self.prediction_type == "v_prediction":
             out = eps_from_v(out, x_vp[:, :x.shape[1]], s)
         return x0_from_eps(x, s, out)
+
+    def _control(self, x_in: torch.Tensor, t_in: torch.Tensor, ctx: torch.Tensor, added: dict[str, Any],
+                 channels: torch.Tensor, sigma: torch.Tensor, guided: bool) -> dict[str, Any]:
+        """The UNet's extra residuals: each ControlNet's, scaled per row inside its window, summed in order.  A
+        ControlNet with pooled conditions (global_pool_conditions) sees the conditional branch only, and the
+        unconditional branch gets no residual, as diffusers' guess mode does."""
+        down: list[torch.Tensor] | None = None
+        mid: list[torch.Tensor] | None = None
+        for c, image in zip(self.controls, pixels_from_grid(channels, self.latent_factor), strict=True):
+            scale = c.row_scale(sigma, self.schedule)
+            if scale is None:
+                continue
+            cond_only = guided and bool(getattr(c.net.config, "global_pool_conditions", False))
+            if cond_only:
+                half = x_in.shape[0] // 2
+                kw = {k: {n: v[half:] for n, v in val.items()} for k, val in added.items()}
+                args = (x_in[half:], t_in[half:], ctx[half:])
+            else:
+                kw, args = added, (x_in, t_in, ctx)
+                if guided:
+                    image, scale = torch.cat([image, image]), torch.cat([scale, scale])
+            d, m = c.net(args[0], args[1], encoder_hidden_states=args[2], controlnet_cond=image.to(x_in.device),
+                         conditioning_scale=1.0, guess_mode=cond_only, return_dict=False, **kw)
+            d, m = scaled(d, scale), scaled([m], scale)
+            if cond_only:
+                d, m = [torch.cat([torch.zeros_like(r), r]) for r in d], [torch.cat([torch.zeros_like(m[0]), m[0]])]
+            down, mid = summed(down, d), summed(mid, m)
+        if down is None or mid is None:
+            return {}
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid[0]}
 
 
 def snap8(size: tuple[int, int], factor: int = LATENT_FACTOR) -> tuple[int, int]:
@@ -124,7 +163,10 @@ class StableDiffusionModel(LatentSpace, Model):
     text_encoder_2: nn.Module | None = None  # SDXL: the second (projecting) CLIP text encoder
     tokenizer_2: Any = None
     zero_empty_negative: bool = False  # SDXL's force_zeros_for_empty_prompt
+    controls: list[AttachedControl] = field(default_factory=list)  # ControlNets run beside the UNet
+    empty_prompt: TextCondition | None = None  # the empty prompt's embedding, once denoise() has needed it
     text_conditioned = True
+    takes_controlnets = True
 
     @property
     def resolution(self) -> int:
@@ -134,8 +176,30 @@ class StableDiffusionModel(LatentSpace, Model):
 
     def networks(self) -> dict[str, nn.Module]:
         nets = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
-                "text_encoder_2": self.text_encoder_2}
+                "text_encoder_2": self.text_encoder_2, **{f"controlnet{i}": c.net for i, c in enumerate(self.controls)}}
         return {k: v for k, v in nets.items() if v is not None}
+
+    def add_controlnets(self, controls: list[AttachedControl]) -> None:
+        """ControlNets (diffusers' ControlNetModel) for this UNet: the same cross-attention width, and SDXL's added
+        conditioning exactly when the UNet has it."""
+        check_family(controls, ("unet",), "Stable Diffusion 1.x/2.x and SDXL")
+        for c in controls:
+            cfg, unet = c.net.config, self.unet.config
+            if (cfg.cross_attention_dim != unet.cross_attention_dim or cfg.addition_embed_type != unet.addition_embed_type
+                    or tuple(cfg.block_out_channels) != tuple(unet.block_out_channels)):
+                raise InputError(f"ControlNet {c.spec.source} was made for another Stable Diffusion model (text width "
+                                 f"{cfg.cross_attention_dim}, blocks {list(cfg.block_out_channels)}; this UNet: "
+                                 f"{unet.cross_attention_dim}, {list(unet.block_out_channels)})")
+        self.controls.extend(controls)
+        self.info["controlnets"] = [c.label for c in self.controls]
+
+    def control_condition(self, images: Sequence[torch.Tensor], generators: Sequence[torch.Generator]
+                          ) -> torch.Tensor | None:
+        """The run's control images (1x3xHxW in [0, 1], one per ControlNet) on the latent grid, one row per generator."""
+        if not self.controls:
+            return None
+        grid = pixels_on_grid([i.to(self.device, torch.float32) for i in images], self.latent_factor)
+        return grid.expand(len(generators), -1, -1, -1)
 
     def add_loras(self, specs: list[LoraSpec]) -> None:
         """LoRA on the UNet and text encoders, through diffusers' loader (kohya and diffusers formats) and PEFT."""
@@ -179,8 +243,7 @@ class StableDiffusionModel(LatentSpace, Model):
             empty = not settings.negative_prompt and self.zero_empty_negative
             uncond = cond.zeros() if empty else self.encode_prompt(settings.negative_prompt)
         return GuidedDenoiser(self.unet, self.schedule, self.prediction_type, cond, uncond, settings.guidance,
-                              self.latent_factor,
-                              int(self.unet.config.in_channels) - int(self.vae.config.latent_channels), self.device)
+                              self.latent_factor, self.extra_channels, self.device, self.controls)
 
     @property
     def inpainting(self) -> bool:
@@ -200,8 +263,16 @@ class StableDiffusionModel(LatentSpace, Model):
         return torch.cat([cells.expand(len(generators), -1, -1, -1), z_masked], dim=1)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """D(z, sigma) for the empty prompt without guidance."""
-        return self.denoiser(RunSettings(guidance=1.0, seed=0))(x, sigma)
+        """D(z, sigma) for the empty prompt without guidance or control (the empty prompt encoded once, then kept)."""
+        if self.empty_prompt is None:
+            self.empty_prompt = self.encode_prompt("")
+        return GuidedDenoiser(self.unet, self.schedule, self.prediction_type, self.empty_prompt, None, 1.0,
+                              self.latent_factor, self.extra_channels, self.device)(x, sigma)
+
+    @property
+    def extra_channels(self) -> int:
+        """The UNet's input channels beyond the latents (an inpainting model's mask and masked image)."""
+        return int(self.unet.config.in_channels) - int(self.vae.config.latent_channels)
 
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
         """The whole input, at the largest multiple-of-8 size inside it (outputs back at the input's size if asked)."""

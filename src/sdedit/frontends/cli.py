@@ -14,13 +14,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..control_images import CONTROL_PREPROCESS, DEFAULT_CONTROL_PREPROCESS
 from ..crops import DEFAULT_CROP_PADDING
 from ..engine.samplers import SAMPLERS
 from ..engine.schedules import GRIDS
 from ..errors import InputError, ModelUnavailableError
 from ..files import printable
-from ..loading.presets import BUNDLED_MODELS, DEFAULT_MODEL, PIPELINE_PRESETS, PRESETS
+from ..loading.presets import BUNDLED_MODELS, CONTROL_PRESETS, DEFAULT_MODEL, PIPELINE_PRESETS, PRESETS, control_table
 from ..devices import OFFLOADS, offload_device
+from ..families.control import FULL_WINDOW, check_window
+from ..images import open_image
 from ..precision import PRECISION_ENV, requested
 from ..research.evaluation import MAX_EVAL_IMAGES
 from ..research.metrics import KID_MIN_IMAGES, MIN_KID_SAMPLES
@@ -111,6 +114,32 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
                                                         "3.5 for FLUX.1 dev's embedded guidance, 4 for Qwen-Image; "
                                                         "1 = none)")
     p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+
+
+def _add_control(p: argparse.ArgumentParser) -> None:
+    """ControlNet flags (latent families)."""
+    p.add_argument("--controlnet", action="append", default=[], metavar="MODEL[:SCALE]",
+                   help="run a ControlNet beside the network (diffusers folder, single .safetensors file, Hub id or "
+                        "control preset, see 'sdedit models'; scale 1 by default); repeatable, their effects add")
+    p.add_argument("--control-image", action="append", default=[], type=Path, metavar="IMAGE",
+                   help="the control image of each --controlnet, paired in order (default: the input itself steers)")
+    p.add_argument("--control-preprocess", choices=list(CONTROL_PREPROCESS), default=DEFAULT_CONTROL_PREPROCESS,
+                   help="make the control images into canny edges or scribbles first, without network weights "
+                        f"({DEFAULT_CONTROL_PREPROCESS}: use them as they are, e.g. a depth or pose map)")
+    p.add_argument("--control-start", type=float, default=FULL_WINDOW[0], metavar="T",
+                   help="the ControlNets act from time t = T of the schedule (1 = pure noise; default 1: from the "
+                        "first step), exactly, never snapped to a step")
+    p.add_argument("--control-end", type=float, default=FULL_WINDOW[1], metavar="T",
+                   help="... until time t = T (0 = the image; default 0: to the last step)")
+
+
+def control_options(a: argparse.Namespace) -> dict[str, Any]:
+    """load_model's ControlNet arguments from the flags, checked before any model loads."""
+    if (a.control_image or (a.control_start, a.control_end) != FULL_WINDOW) and not a.controlnet:
+        raise InputError("--control-image, --control-start and --control-end steer ControlNets: give --controlnet")
+    for path in a.control_image:
+        open_image(path)  # unreadable, too large or missing: one line before the model loads
+    return {"controlnets": a.controlnet, "control_window": check_window(a.control_start, a.control_end)}
 
 
 def _add_strength_levels(p: argparse.ArgumentParser) -> None:
@@ -213,6 +242,7 @@ def _parser() -> Parser:
     _add_strength_levels(e)
     _add_model(e)
     _add_run(e, seed_help="seed of the first output; output j uses seed + j (random)")
+    _add_control(e)
     _add_offload(e)
     e.add_argument("-o", "--outdir", type=Path, default=Path("outputs"), help="output folder (outputs)")
     e.add_argument("--overwrite", action="store_true", help="replace existing output files (default: new names)")
@@ -368,9 +398,10 @@ def _parser() -> Parser:
     _add_offload(u)
 
     sub.add_parser("models", help="list the preset models, their sizes and whether they are cached")
-    d = sub.add_parser("download", help="fetch a preset or a Stable Diffusion Hub repo into the Hugging Face cache")
-    d.add_argument("name", help=f"a preset ({', '.join(PRESETS)}) or a Hub id such as "
-                                "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    d = sub.add_parser("download", help="fetch a preset, a ControlNet or IP-Adapter preset, or a Stable Diffusion Hub "
+                                        "repo into the Hugging Face cache")
+    d.add_argument("name", help=f"a preset ({', '.join(PRESETS)}, the pipelines and control presets of 'sdedit "
+                                "models') or a Hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5")
     return p
 
 
@@ -387,15 +418,17 @@ def _edit(a: argparse.Namespace) -> int:
     image = open_image(a.input)
     mask = open_image(a.mask) if a.mask is not None else None
     strength_map = open_image(a.strength_map) if a.strength_map is not None else None
+    control = control_options(a)
     offload_device(a.offload, a.device)
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora, offload=a.offload,
-                       precision=settings.precision or DEFAULT_PRECISION)
+                       precision=settings.precision or DEFAULT_PRECISION, **control)
     model.check_conditioning(settings)
     model.optimize(compile=a.compile)
     fit = fit_for(model, a.fit)
     guide = prepare_guide(model, image, mask, fit=fit, original_size=a.original_size, strength_map=strength_map,
                           mask_grow=a.mask_grow, mask_feather=a.mask_feather, crop_to_mask=crop,
-                          full_size=a.full_size, strength_levels=levels)
+                          full_size=a.full_size, strength_levels=levels, control_images=a.control_image,
+                          control_preprocess=a.control_preprocess)
     if a.fit is not None and guide.frame.whole_input:
         raise InputError("--fit does not act on a crop-to-mask edit (the mask's box is edited): leave it out, or give "
                          "--no-crop-to-mask")
@@ -713,12 +746,18 @@ def _models(a: argparse.Namespace) -> int:
     for q in PIPELINE_PRESETS.values():
         gated = " (gated: accept it on the Hub, then `huggingface-cli login`)" if q.gated else ""
         print(f"{q.name:<14} {q.family:<20} {q.resolution:>5} {DEFAULT_T0:>4.2f}  {q.download:<52} {q.licence}{gated}")
+    print("\nControlNets and IP-Adapters (--controlnet NAME, --ip-adapter NAME; `sdedit download NAME` fetches them):")
+    for line in control_table():
+        print(line)
     return 0
 
 
 def _download(a: argparse.Namespace) -> int:
-    from ..loading.hub import hub_pipeline_snapshot, hub_snapshot
+    from ..loading.hub import hub_control_snapshot, hub_pipeline_snapshot, hub_snapshot
 
+    if a.name in CONTROL_PRESETS:
+        say(hub_control_snapshot(CONTROL_PRESETS[a.name]))
+        return 0
     if a.name in PRESETS:
         say(hub_snapshot(PRESETS[a.name].repo_id, what=a.name))
         return 0
@@ -730,8 +769,8 @@ def _download(a: argparse.Namespace) -> int:
         say(folder)
         return 0
     if "/" not in a.name:
-        raise InputError(f"unknown preset {a.name!r}; presets: {', '.join([*PRESETS, *PIPELINE_PRESETS])} "
-                         f"(or give a Hub id OWNER/NAME)")
+        names = ", ".join([*PRESETS, *PIPELINE_PRESETS, *CONTROL_PRESETS])
+        raise InputError(f"unknown preset {a.name!r}; presets: {names} (or give a Hub id OWNER/NAME)")
     folder = hub_pipeline_snapshot(a.name)
     say(folder if folder is not None else hub_snapshot(a.name, what=a.name))
     return 0

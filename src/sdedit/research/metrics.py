@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -156,6 +155,8 @@ def _drawn_edges(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 def _near_share(edges: np.ndarray, other: np.ndarray, tolerance: int) -> float:
     """The share of `edges`' pixels within `tolerance` px (Euclidean) of a pixel of `other` (non-empty both)."""
+    import cv2  # here, not at import: it costs about 0.5 s
+
     distance = cv2.distanceTransform((~other).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     return float((distance[edges] <= tolerance + 1e-6).mean())
 

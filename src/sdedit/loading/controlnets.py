@@ -1,0 +1,114 @@
+"""ControlNets (Zhang et al. 2023) named as `MODEL[:SCALE]`: a diffusers folder, a Hub id or a single safetensors file,
+read into diffusers' ControlNet classes (safetensors only, config checked before any weights load)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import InputError
+from ..files import printable
+from .checkpoints import LOAD_ERRORS, check_regular_files, check_weights_fit, first_line, plan_network, read_json
+from .hub import hub_control_snapshot, is_repo_id
+from .presets import CONTROL_PRESETS, ControlPreset
+
+# diffusers' ControlNet classes by config class name, and the family kind each one steers
+CONTROLNET_KINDS = {"ControlNetModel": "unet", "ControlNetUnionModel": "unet-union", "SD3ControlNetModel": "sd3",
+                    "FluxControlNetModel": "flux"}
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """One ControlNet to run beside the main network: where it is and how strongly (scale 0 = as if absent)."""
+
+    source: str  # a diffusers folder, a Hub id, a .safetensors file, or a control preset's name
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> ControlSpec:
+        """'MODEL' or 'MODEL:SCALE' (the scale is whatever follows the last colon, if it is a number)."""
+        source, sep, tail = text.rpartition(":")
+        if sep and source:
+            try:
+                scale = float(tail)
+            except ValueError:
+                return cls(text)
+            if not math.isfinite(scale):
+                raise InputError(f"--controlnet {printable(text)}: the scale must be a finite number")
+            return cls(source, scale)
+        return cls(text)
+
+
+def _classes() -> dict[str, Any]:
+    from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel, SD3ControlNetModel
+
+    return {"ControlNetModel": ControlNetModel, "ControlNetUnionModel": ControlNetUnionModel,
+            "SD3ControlNetModel": SD3ControlNetModel, "FluxControlNetModel": FluxControlNetModel}
+
+
+def controlnet_folder(spec: ControlSpec) -> Path | None:
+    """The local diffusers folder a spec names (a preset or Hub id fetched into the cache); None for a single file."""
+    path = Path(spec.source).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file() or path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
+        return None
+    if spec.source in CONTROL_PRESETS:
+        preset = CONTROL_PRESETS[spec.source]
+        if preset.kind != "controlnet":
+            raise InputError(f"{spec.source} is an IP-Adapter: give it with --ip-adapter")
+        return hub_control_snapshot(preset)
+    if is_repo_id(spec.source):  # any diffusers-format ControlNet repository: its config and safetensors only
+        return hub_control_snapshot(ControlPreset(spec.source, spec.source, "controlnet", "", "", "", "", "", False))
+    names = ", ".join(n for n, p in CONTROL_PRESETS.items() if p.kind == "controlnet")
+    raise InputError(f"ControlNet not found: {printable(spec.source)} (a diffusers folder, a .safetensors file, "
+                     f"a Hub id or a control preset: {names})")
+
+
+def load_controlnet(spec: ControlSpec) -> tuple[nn.Module, str]:
+    """The ControlNet a spec names, in inference mode, and its kind (CONTROLNET_KINDS)."""
+    folder = controlnet_folder(spec)
+    if folder is None:
+        return _single_file(Path(spec.source).expanduser()), "unet"
+    check_regular_files(folder)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"{printable(folder)}: not a ControlNet folder (no config.json)")
+    cfg = read_json(config_file)
+    name = str(cfg.get("_class_name", ""))
+    if name not in CONTROLNET_KINDS:
+        raise InputError(f"{printable(folder)}: a {name or 'model without _class_name'}, not a ControlNet "
+                         f"({', '.join(CONTROLNET_KINDS)})")
+    cls = _classes()[name]
+    planned = plan_network(lambda: cls.from_config({k: v for k, v in cfg.items() if not k.startswith("_")}),
+                           str(config_file))
+    check_weights_fit(planned, folder, str(config_file))
+    if not any(folder.glob("*.safetensors")):
+        raise InputError(f"{printable(folder)}: no .safetensors weights (pickled .bin files can hold code)")
+    try:
+        net = cls.from_pretrained(folder, use_safetensors=True)
+    except LOAD_ERRORS as e:
+        raise InputError(f"{printable(folder)}: cannot load the ControlNet: {first_line(e)}") from None
+    return net.eval().requires_grad_(False), CONTROLNET_KINDS[name]
+
+
+def _single_file(path: Path) -> nn.Module:
+    """A ControlNet in the original single-file layout (safetensors), through diffusers' single-file loader."""
+    if not path.is_file():
+        raise InputError(f"ControlNet not found: {printable(path)}")
+    if path.suffix != ".safetensors":
+        raise InputError(f"{printable(path)}: ControlNet weights are read from .safetensors files only (pickled "
+                         f"files can hold code)")
+    from diffusers import ControlNetModel
+
+    try:
+        net = ControlNetModel.from_single_file(str(path))
+    except LOAD_ERRORS as e:
+        raise InputError(f"{printable(path)}: cannot load it as a single-file ControlNet (its config is inferred "
+                         f"from the Hub, which may be unreachable; a diffusers folder needs none): "
+                         f"{first_line(e)}") from None
+    return net.eval().requires_grad_(False)

@@ -1,0 +1,190 @@
+"""ControlNet with SDEdit on Stable Diffusion: tiny random ControlNets made from a tiny UNet, diffusers' ControlNet
+img2img pipeline as reference; scale 0, composition, the window in t, masks and the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdedit import edit, load_model
+from sdedit.engine.schedules import DiscreteVPSchedule
+from sdedit.errors import InputError
+from sdedit.families.control import AttachedControl, check_window
+from sdedit.loading.controlnets import ControlSpec
+from sdedit.settings import RunSettings
+
+from .helpers import ddim_on_grid
+from .tiny_sd import make_tiny_controlnet, make_tiny_sd
+
+
+@pytest.fixture(scope="module")
+def sd_cn(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-sd-cn")
+    pipe = make_tiny_sd(folder / "sd")
+    make_tiny_controlnet(folder / "cn", pipe.unet)
+    return folder / "sd", folder / "cn", pipe
+
+
+def picture(size=(64, 64), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    a = np.zeros((size[1], size[0], 3), np.uint8)
+    a[:, : size[0] // 2] = rng.integers(0, 256, 3)
+    a[size[1] // 3:, size[0] // 4: 3 * size[0] // 4] = rng.integers(0, 256, 3)
+    return Image.fromarray(a)
+
+
+def run(model, img, **kw):
+    kw = {"t0": 0.6, "steps": 6, "sampler": "ddim", "seed": 3, "prompt": "a barn", "progress": False, **kw}
+    return np.asarray(edit(model, img, **kw)[0]).astype(int)
+
+
+def test_matches_diffusers_controlnet_img2img_on_its_own_step_grid(sd_cn):
+    """Same components, control image, strength, DDIM, guidance and generator: our engine gives diffusers' images;
+    another control image gives clearly other images."""
+    from diffusers import DDIMScheduler, StableDiffusionControlNetImg2ImgPipeline
+
+    sd, cn, pipe = sd_cn
+    model = load_model(sd, device="cpu", precision="fp32", controlnets=[str(cn)])
+    cnet = model.controls[0].net
+    ref_pipe = StableDiffusionControlNetImg2ImgPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet, controlnet=cnet,
+        scheduler=DDIMScheduler.from_config(pipe.scheduler.config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    img, control = picture(seed=1), picture(seed=2)
+    other = control.transpose(Image.Transpose.ROTATE_90)  # another layout (the networks normalise colours away)
+    strength, n_steps, w, prompt = 0.6, 10, 3.0, "a red barn"
+    ref = ref_pipe(prompt, image=img, control_image=control, strength=strength, num_inference_steps=n_steps,
+                   guidance_scale=w, negative_prompt="", generator=torch.Generator().manual_seed(0),
+                   output_type="np", eta=0.0, controlnet_conditioning_scale=1.0).images[0]  # its default: 0.8
+    sched = ref_pipe.scheduler
+    sched.set_timesteps(n_steps)
+    ts = sched.timesteps[n_steps - int(n_steps * strength):].long()
+    sigmas = torch.cat([model.schedule.sigmas[ts], model.schedule.sigmas[:1]]).float()
+    settings = RunSettings(prompt=prompt, guidance=w)
+    ours = ddim_on_grid(model, img, sigmas, settings, [control])
+    diff = float(np.abs(ours - ref).max())
+    apart = float(np.abs(ddim_on_grid(model, img, sigmas, settings, [other]) - ref).max())
+    print(f"SD ControlNet parity: {diff:.2e}; another control image: {apart:.2e}")
+    assert diff < 1e-3 and apart > 50 * max(diff, 1e-6), (diff, apart)
+
+
+def test_scale_zero_is_no_controlnet_and_two_halves_make_one(sd_cn):
+    sd, cn, _ = sd_cn
+    img, control = picture(seed=1), picture(seed=2)
+    plain = run(load_model(sd, device="cpu", precision="fp32"), img)
+    zero = run(load_model(sd, device="cpu", precision="fp32", controlnets=[f"{cn}:0"]), img, control_images=[control])
+    one = run(load_model(sd, device="cpu", precision="fp32", controlnets=[str(cn)]), img, control_images=[control])
+    halves = run(load_model(sd, device="cpu", precision="fp32", controlnets=[f"{cn}:0.5", f"{cn}:0.5"]), img,
+                 control_images=[control, control])
+    assert np.array_equal(zero, plain)
+    assert np.abs(one - plain).max() > 10
+    assert np.array_equal(halves, one)  # r/2 + r/2 = r exactly: the residuals of two ControlNets add
+
+
+def test_without_a_control_image_the_input_steers(sd_cn):
+    sd, cn, _ = sd_cn
+    img = picture(seed=1)
+    model = load_model(sd, device="cpu", precision="fp32", controlnets=[str(cn)])
+    itself = run(model, img)
+    assert np.array_equal(itself, run(model, img, control_images=[img]))
+    assert not np.array_equal(itself, run(model, img, control_images=[picture(seed=2)]))
+
+
+def test_the_window_is_exact_in_t(sd_cn):
+    sd, cn, _ = sd_cn
+    img, control = picture(seed=1), picture(seed=2)
+    full = run(load_model(sd, device="cpu", precision="fp32", controlnets=[str(cn)]), img, control_images=[control])
+    # starting at t0 exactly includes the first evaluation (at sigma(t0)): the same as the full window
+    at_t0 = run(load_model(sd, device="cpu", precision="fp32", controlnets=[str(cn)], control_window=(0.6, 0.0)), img,
+                control_images=[control])
+    late = run(load_model(sd, device="cpu", precision="fp32", controlnets=[str(cn)], control_window=(0.59, 0.0)),
+               img, control_images=[control])
+    assert np.array_equal(at_t0, full)
+    assert not np.array_equal(late, full)
+    schedule = DiscreteVPSchedule(0.00085, 0.012, 1000, "scaled_linear")
+    c = AttachedControl(torch.nn.Identity(), ControlSpec("x", 0.5), "unet", 0.6, 0.2)
+    sig = torch.tensor([schedule.sigma(0.61), schedule.sigma(0.6), schedule.sigma(0.4), schedule.sigma(0.2),
+                        schedule.sigma(0.19)], dtype=torch.float32)
+    assert c.row_scale(sig, schedule).tolist() == [0.0, 0.5, 0.5, 0.5, 0.0]
+    assert AttachedControl(torch.nn.Identity(), ControlSpec("x", 0.0), "unet").row_scale(sig, schedule) is None
+
+
+def test_masked_controlnet_edit_keeps_unmasked_pixels_exact(sd_cn):
+    sd, cn, _ = sd_cn
+    img = picture((64, 48), seed=1)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:30, 20:50] = 255
+    model = load_model(sd, device="cpu", precision="fp32", controlnets=[str(cn)])
+    out = run(model, img, mask=Image.fromarray(mask), control_preprocess="canny")
+    keep = mask == 0
+    assert np.array_equal(out[keep], np.asarray(img).astype(int)[keep])
+    assert np.abs(out[~keep] - np.asarray(img).astype(int)[~keep]).max() > 0
+
+
+def test_refusals(sd_cn, tmp_path):
+    sd, cn, pipe = sd_cn
+    with pytest.raises(InputError, match="window|--control-end"):
+        check_window(0.2, 0.5)
+    with pytest.raises(InputError, match="control image"):
+        model = load_model(sd, device="cpu", precision="fp32", controlnets=[str(cn)])
+        edit(model, picture(), control_images=[picture(), picture()], progress=False)
+    with pytest.raises(InputError, match="ControlNets run with"):
+        load_model("landscapes", device="cpu", controlnets=[str(cn)])
+    with pytest.raises(InputError, match="give --controlnet"):
+        edit(load_model(sd, device="cpu"), picture(), control_preprocess="canny", prompt="x", progress=False)
+    # a ControlNet made for another UNet (another text width) is one line
+    from diffusers import UNet2DConditionModel
+
+    other = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                 layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24,
+                                 attention_head_dim=8, norm_num_groups=32)
+    make_tiny_controlnet(tmp_path / "other", other)
+    with pytest.raises(InputError, match="another Stable Diffusion model"):
+        load_model(sd, device="cpu", controlnets=[str(tmp_path / "other")])
+    (tmp_path / "notcn").mkdir()
+    (tmp_path / "notcn" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    with pytest.raises(InputError, match="not a ControlNet"):
+        load_model(sd, device="cpu", controlnets=[str(tmp_path / "notcn")])
+
+
+def test_command_line(sd_cn, tmp_path):
+    """The issue's check: --controlnet changes the output, :0 equals none bit for bit, the input steers without
+    --control-image, a masked run keeps the unmasked pixels; a bad control image is one line and exit 2."""
+    sd, cn, _ = sd_cn
+    picture(seed=1).save(tmp_path / "in.png")
+    picture(seed=2).save(tmp_path / "c.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+
+    def cli(out, *extra):
+        r = subprocess.run([sys.executable, "-m", "sdedit", "edit", str(tmp_path / "in.png"), "--model", str(sd),
+                            "--prompt", "a barn", "--steps", "4", "--seed", "1", "-o", str(tmp_path / out), "-q",
+                            "--precision", "fp32", *extra], capture_output=True, text=True)
+        return r
+
+    assert cli("plain").returncode == 0
+    r = cli("cn", "--controlnet", str(cn), "--control-image", str(tmp_path / "c.png"))
+    assert r.returncode == 0, r.stderr
+    assert cli("zero", "--controlnet", f"{cn}:0", "--control-image", str(tmp_path / "c.png")).returncode == 0
+    assert cli("self", "--controlnet", str(cn), "--control-preprocess", "scribble").returncode == 0
+
+    def pixels(out):
+        (f,) = sorted((tmp_path / out).glob("*.png"))
+        return np.asarray(Image.open(f)).astype(int), json.loads(Image.open(f).info["sdedit"])
+
+    plain, cn_out, zero = pixels("plain")[0], pixels("cn"), pixels("zero")[0]
+    assert np.abs(cn_out[0] - plain).max() > 0
+    assert np.array_equal(zero, plain)
+    assert cn_out[1]["controlnets"] == [f"{cn}:1"] and cn_out[1]["control_images"] == ["c.png"]
+    meta = pixels("self")[1]
+    assert meta["control_images"] == ["painting"] and meta["control_preprocess"] == "scribble"
+    r = cli("bad", "--controlnet", str(cn), "--control-image", str(tmp_path / "bad.png"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = cli("bad2", "--controlnet", str(tmp_path / "missing"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
