@@ -41,8 +41,9 @@ class AttachedControl:
 
     @property
     def label(self) -> str:
-        """How outputs record it."""
-        return f"{self.spec.source}:{self.spec.scale:g}"
+        """How outputs record it (a union ControlNet's mode after a '#')."""
+        mode = "" if self.spec.mode is None else f"#{self.spec.mode}"
+        return f"{self.spec.source}:{self.spec.scale:g}{mode}"
 
     def row_scale(self, sigma: torch.Tensor, schedule: object) -> torch.Tensor | None:
         """Per row: the scale where the evaluation's sigma lies in the window, else 0 (float32, on sigma's device);

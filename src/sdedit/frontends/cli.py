@@ -23,6 +23,7 @@ from ..files import printable
 from ..loading.presets import BUNDLED_MODELS, CONTROL_PRESETS, DEFAULT_MODEL, PIPELINE_PRESETS, PRESETS, control_table
 from ..devices import OFFLOADS, offload_device
 from ..families.control import FULL_WINDOW, check_window
+from ..loading.controlnets import ControlSpec, control_mode
 from ..images import open_image
 from ..precision import PRECISION_ENV, requested
 from ..research.evaluation import MAX_EVAL_IMAGES
@@ -123,6 +124,9 @@ def _add_control(p: argparse.ArgumentParser) -> None:
                         "control preset, see 'sdedit models'; scale 1 by default); repeatable, their effects add")
     p.add_argument("--control-image", action="append", default=[], type=Path, metavar="IMAGE",
                    help="the control image of each --controlnet, paired in order (default: the input itself steers)")
+    p.add_argument("--control-mode", action="append", default=[], metavar="TYPE",
+                   help="union ControlNets: the control type of each --controlnet, paired in order (a name of its "
+                        "preset, e.g. canny or depth, or an index)")
     p.add_argument("--control-preprocess", choices=list(CONTROL_PREPROCESS), default=DEFAULT_CONTROL_PREPROCESS,
                    help="make the control images into canny edges or scribbles first, without network weights "
                         f"({DEFAULT_CONTROL_PREPROCESS}: use them as they are, e.g. a depth or pose map)")
@@ -135,11 +139,18 @@ def _add_control(p: argparse.ArgumentParser) -> None:
 
 def control_options(a: argparse.Namespace) -> dict[str, Any]:
     """load_model's ControlNet arguments from the flags, checked before any model loads."""
-    if (a.control_image or (a.control_start, a.control_end) != FULL_WINDOW) and not a.controlnet:
-        raise InputError("--control-image, --control-start and --control-end steer ControlNets: give --controlnet")
+    if (a.control_image or a.control_mode or (a.control_start, a.control_end) != FULL_WINDOW) and not a.controlnet:
+        raise InputError("--control-image, --control-mode, --control-start and --control-end steer ControlNets: give "
+                         "--controlnet")
+    if a.control_mode and len(a.control_mode) != len(a.controlnet):
+        raise InputError(f"{len(a.control_mode)} --control-mode for {len(a.controlnet)} --controlnet: give one per "
+                         f"ControlNet, in order")
     for path in a.control_image:
         open_image(path)  # unreadable, too large or missing: one line before the model loads
-    return {"controlnets": a.controlnet, "control_window": check_window(a.control_start, a.control_end)}
+    specs = [ControlSpec.parse(text) for text in a.controlnet]
+    if a.control_mode:
+        specs = [control_mode(spec, mode) for spec, mode in zip(specs, a.control_mode, strict=True)]
+    return {"controlnets": specs, "control_window": check_window(a.control_start, a.control_end)}
 
 
 def _add_strength_levels(p: argparse.ArgumentParser) -> None:

@@ -27,6 +27,7 @@ class ControlSpec:
 
     source: str  # a diffusers folder, a Hub id, a .safetensors file, or a control preset's name
     scale: float = 1.0
+    mode: int | None = None  # union ControlNets: the control type's index (diffusers' control_mode); others: None
 
     @classmethod
     def parse(cls, text: str) -> ControlSpec:
@@ -41,6 +42,34 @@ class ControlSpec:
                 raise InputError(f"--controlnet {printable(text)}: the scale must be a finite number")
             return cls(source, scale)
         return cls(text)
+
+
+def control_mode(spec: ControlSpec, text: str) -> ControlSpec:
+    """The spec with a union ControlNet's mode: its index, or a name from its preset's modes."""
+    preset = CONTROL_PRESETS.get(spec.source)
+    modes = preset.modes if preset is not None else ()
+    if text.isdigit():
+        mode = int(text)
+    elif text in modes:
+        mode = modes.index(text)
+    else:
+        known = f" ({', '.join(modes)})" if modes else ""
+        raise InputError(f"--control-mode {printable(text)}: a control type's index or a name of its preset{known}")
+    if modes and mode >= len(modes):
+        raise InputError(f"--control-mode {mode}: {spec.source} has {len(modes)} modes ({', '.join(modes)})")
+    return ControlSpec(spec.source, spec.scale, mode)
+
+
+def check_mode(spec: ControlSpec, net: nn.Module, kind: str) -> None:
+    """A union ControlNet needs a mode within its config's count; any other takes none."""
+    count = getattr(net.config, "num_control_type", None) or getattr(net.config, "num_mode", None)
+    union = kind == "unet-union" or bool(count)
+    if union and spec.mode is None:
+        raise InputError(f"ControlNet {spec.source} is a union ControlNet: say which control type with --control-mode")
+    if not union and spec.mode is not None:
+        raise InputError(f"ControlNet {spec.source} has one control type: leave --control-mode out")
+    if union and count and spec.mode is not None and not 0 <= spec.mode < int(count):
+        raise InputError(f"--control-mode {spec.mode}: {spec.source} has {count} control types (0 to {int(count) - 1})")
 
 
 def _classes() -> dict[str, Any]:
@@ -73,7 +102,9 @@ def load_controlnet(spec: ControlSpec) -> tuple[nn.Module, str]:
     """The ControlNet a spec names, in inference mode, and its kind (CONTROLNET_KINDS)."""
     folder = controlnet_folder(spec)
     if folder is None:
-        return _single_file(Path(spec.source).expanduser()), "unet"
+        net = _single_file(Path(spec.source).expanduser())
+        check_mode(spec, net, "unet")
+        return net, "unet"
     check_regular_files(folder)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -93,6 +124,7 @@ def load_controlnet(spec: ControlSpec) -> tuple[nn.Module, str]:
         net = cls.from_pretrained(folder, use_safetensors=True)
     except LOAD_ERRORS as e:
         raise InputError(f"{printable(folder)}: cannot load the ControlNet: {first_line(e)}") from None
+    check_mode(spec, net, CONTROLNET_KINDS[name])
     return net.eval().requires_grad_(False), CONTROLNET_KINDS[name]
 
 
