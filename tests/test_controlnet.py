@@ -188,3 +188,70 @@ def test_command_line(sd_cn, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = cli("bad2", "--controlnet", str(tmp_path / "missing"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.fixture(scope="module")
+def sdxl_cn(tmp_path_factory):
+    from .tiny_sd import make_tiny_sdxl
+
+    folder = tmp_path_factory.mktemp("tiny-sdxl-cn")
+    pipe = make_tiny_sdxl(folder / "sdxl")
+    make_tiny_controlnet(folder / "cn", pipe.unet)
+    make_tiny_controlnet(folder / "union", pipe.unet, union=True)
+    return folder, pipe
+
+
+@pytest.mark.parametrize("union", [False, True])
+def test_matches_diffusers_sdxl_controlnet_img2img(sdxl_cn, union):
+    """SDXL with a ControlNet, and with a union ControlNet in one control mode: diffusers' images on its own grid."""
+    from diffusers import DDIMScheduler, StableDiffusionXLControlNetImg2ImgPipeline, \
+        StableDiffusionXLControlNetUnionImg2ImgPipeline
+
+    folder, pipe = sdxl_cn
+    spec = ControlSpec(str(folder / ("union" if union else "cn")), 1.0, 2 if union else None)
+    model = load_model(folder / "sdxl", device="cpu", precision="fp32", controlnets=[spec])
+    kind = StableDiffusionXLControlNetUnionImg2ImgPipeline if union else StableDiffusionXLControlNetImg2ImgPipeline
+    ref_pipe = kind(vae=pipe.vae, text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2,
+                    tokenizer=pipe.tokenizer, tokenizer_2=pipe.tokenizer_2, unet=pipe.unet,
+                    controlnet=model.controls[0].net, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))
+    img, control = picture((64, 48), seed=1), picture((64, 48), seed=2)
+    other = control.transpose(Image.Transpose.ROTATE_180)
+    strength, n_steps, w, prompt = 0.6, 10, 3.0, "a red barn"
+    extra = {"control_mode": 2} if union else {}
+    ref = ref_pipe(prompt, image=img, control_image=[control] if union else control, strength=strength,
+                   num_inference_steps=n_steps, guidance_scale=w, generator=torch.Generator().manual_seed(0),
+                   output_type="np", eta=0.0, controlnet_conditioning_scale=1.0, **extra).images[0]
+    sched = ref_pipe.scheduler
+    sched.set_timesteps(n_steps)
+    ts = sched.timesteps[n_steps - int(n_steps * strength):].long()
+    sigmas = torch.cat([model.schedule.sigmas[ts], model.schedule.sigmas[:1]]).float()
+    settings = RunSettings(prompt=prompt, guidance=w)
+    ours = ddim_on_grid(model, img, sigmas, settings, [control])
+    diff = float(np.abs(ours - ref).max())
+    apart = float(np.abs(ddim_on_grid(model, img, sigmas, settings, [other]) - ref).max())
+    print(f"SDXL {'union ' if union else ''}ControlNet parity: {diff:.2e}; another control image: {apart:.2e}")
+    assert diff < 1e-3 and apart > 50 * max(diff, 1e-6), (diff, apart)
+
+
+def test_a_union_controlnet_needs_its_mode(sdxl_cn):
+    folder, _ = sdxl_cn
+    with pytest.raises(InputError, match="--control-mode"):
+        load_model(folder / "sdxl", device="cpu", controlnets=[str(folder / "union")])
+    with pytest.raises(InputError, match="leave --control-mode out"):
+        load_model(folder / "sdxl", device="cpu", controlnets=[ControlSpec(str(folder / "cn"), 1.0, 1)])
+
+
+def test_other_scales_make_another_model_and_change_nothing_in_place(sd_cn):
+    sd, cn, _ = sd_cn
+    img, control = picture(seed=1), picture(seed=2)
+    model = load_model(sd, device="cpu", precision="fp32", controlnets=[str(cn)])
+    zero = model.with_control_scales([0.0])
+    assert zero.controls[0].net is model.controls[0].net and model.controls[0].spec.scale == 1.0
+    plain = run(load_model(sd, device="cpu", precision="fp32"), img)
+    assert np.array_equal(run(zero, img, control_images=[control]), plain)
+    out = run(model, img, control_images=[control])
+    assert not np.array_equal(out, plain)
+    assert json.loads(edit(zero, img, t0=0.3, steps=2, prompt="x", progress=False,
+                           control_images=[control])[0].info["sdedit"])["controlnets"] == [f"{cn}:0"]
+    with pytest.raises(InputError, match="scale"):
+        model.with_control_scales([1.0, 2.0])

@@ -211,16 +211,24 @@ def make_tiny_qwen_image(folder: Path, *, seed: int = 0):
     return pipe
 
 
-def make_tiny_controlnet(folder: Path, unet, *, seed: int = 1, std: float = 0.05, hint: float = 1.0):
+def make_tiny_controlnet(folder: Path, unet, *, seed: int = 1, std: float = 0.05, hint: float = 1.0,
+                         union: bool = False):
     """Save a ControlNetModel made from a UNet (ControlNetModel.from_unet) with its zero-initialised output
     convolutions given random weights (std; the control image's embedding `hint`, so that the image matters), so
     that it acts; return it."""
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel, ControlNetUnionModel
 
     torch.manual_seed(seed)
-    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 16))
+    net = (ControlNetUnionModel if union else ControlNetModel).from_unet(
+        unet, conditioning_embedding_out_channels=(8, 8, 8, 16))
+    if union:  # its type transformer sized for the tiny UNet (diffusers' defaults are SDXL's 320 channels)
+        width = unet.config.block_out_channels[0]
+        cfg = {k: v for k, v in net.config.items() if not k.startswith("_")}
+        net = ControlNetUnionModel.from_config({**cfg, "num_trans_channel": width, "num_proj_channel": width,
+                                                "num_trans_head": 2})
     with torch.no_grad():
-        for module in (*net.controlnet_down_blocks, net.controlnet_mid_block):
+        extra = [net.spatial_ch_projs] if union else []  # the union model's zero-initialised type projection
+        for module in (*net.controlnet_down_blocks, net.controlnet_mid_block, *extra):
             for p in module.parameters():
                 p.normal_(0.0, std)
         for conv in net.controlnet_cond_embedding.modules():  # a hint embedding that follows the image's layout

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -185,6 +186,19 @@ class Model(ABC):
         """Run ControlNets beside the main network (families with takes_controlnets; each checks their kind)."""
         if controls:
             raise InputError(f"{self.name}: ControlNets run with Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX models")
+
+    def with_control_scales(self, scales: Sequence[float]) -> Model:
+        """This model with its ControlNets at other scales, one per ControlNet (a new model object sharing every
+        network; nothing is changed in place, so a run's scale cannot leak into another run)."""
+        controls = list(getattr(self, "controls", ()))
+        if len(scales) != len(controls):
+            raise InputError(f"{len(scales)} control scale(s) for {len(controls)} ControlNet(s)")
+        moved = [dataclasses.replace(c, spec=dataclasses.replace(c.spec, scale=float(s)))
+                 for c, s in zip(controls, scales, strict=True)]
+        copy = dataclasses.replace(self, controls=moved, info=dict(self.info))  # type: ignore[type-var]
+        if moved:
+            copy.info["controlnets"] = [c.label for c in moved]
+        return copy
 
     @property
     def control_count(self) -> int:

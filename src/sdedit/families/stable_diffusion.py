@@ -28,6 +28,7 @@ from ..engine.samplers import Denoiser
 from ..engine.schedules import DiscreteVPSchedule
 from ..errors import InputError
 from ..images import Fit
+from ..loading.ip_adapter import IPAdapterSpec, attach_ip_adapters
 from ..loading.lora import LoraSpec
 from ..loading.single_file import ldm_networks
 from ..loading.checkpoints import LOAD_ERRORS, first_line, plan_components, read_json, \
@@ -59,7 +60,7 @@ class GuidedDenoiser(nn.Module):
     def __init__(self, unet: nn.Module, schedule: DiscreteVPSchedule, prediction_type: str, cond: TextCondition,
                  uncond: TextCondition | None, guidance: float, latent_factor: int = LATENT_FACTOR,
                  extra_channels: int = 0, device: torch.device | str = "cpu",
-                 controls: Sequence[AttachedControl] = ()):
+                 controls: Sequence[AttachedControl] = (), image_embeds: Sequence[torch.Tensor] = ()):
         super().__init__()
         self.extra_channels = extra_channels  # an inpainting UNet's mask and masked-image latents (5), else 0
         self.unet, self.schedule, self.prediction_type = unet, schedule, prediction_type
@@ -68,6 +69,7 @@ class GuidedDenoiser(nn.Module):
         self.register_buffer("log_sigmas", schedule.log_sigmas.to(device), persistent=False)
         self.latent_factor = latent_factor
         self.controls = list(controls)  # ControlNets: their images follow the extra channels in `condition`
+        self.image_embeds = list(image_embeds)  # IP-Adapters: each reference image's embedding (1, 1, width)
 
     def _extra(self, branches: list[TextCondition], b: int, x: torch.Tensor) -> dict[str, Any]:
         """SDXL's added conditioning: pooled text embeddings and (original size, crop corner, target size)."""
@@ -78,6 +80,15 @@ class GuidedDenoiser(nn.Module):
         pooled = torch.cat([c.pooled.expand(b, -1) for c in branches if c.pooled is not None])
         return {"added_cond_kwargs": {"text_embeds": pooled.to(x.device),
                                       "time_ids": time_ids.expand(b * len(branches), -1)}}
+
+    def _with_images(self, added: dict[str, Any], b: int, guided: bool, x: torch.Tensor) -> dict[str, Any]:
+        """The UNet's added conditioning with the IP-Adapters' image embeddings, one row per row of its input: zeros
+        for the unconditional branch, as diffusers' pipelines give a base IP-Adapter (ControlNets never see them)."""
+        if not self.image_embeds:
+            return added
+        rows = [e.to(x.device).expand(b, -1, -1) for e in self.image_embeds]
+        embeds = [torch.cat([torch.zeros_like(r), r]) for r in rows] if guided else rows
+        return {"added_cond_kwargs": {**added.get("added_cond_kwargs", {}), "image_embeds": embeds}}
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """condition: an inpainting UNet's extra channels (mask, masked-image latents), then each ControlNet's image
@@ -101,7 +112,8 @@ class GuidedDenoiser(nn.Module):
         added = self._extra(branches, b, x)
         residuals = {} if condition is None or not self.controls else \
             self._control(x_in, t_in, ctx, added, condition[:, extra:], sigma.reshape(-1), guided)
-        out = self.unet(x_in, t_in, encoder_hidden_states=ctx, **added, **residuals).sample
+        out = self.unet(x_in, t_in, encoder_hidden_states=ctx, **self._with_images(added, b, guided, x),
+                        **residuals).sample
         out = out.float()
         if guided:
             out_u, out_c = out.chunk(2)
@@ -130,7 +142,16 @@ class GuidedDenoiser(nn.Module):
                 kw, args = added, (x_in, t_in, ctx)
                 if guided:
                     image, scale = torch.cat([image, image]), torch.cat([scale, scale])
-            d, m = c.net(args[0], args[1], encoder_hidden_states=args[2], controlnet_cond=image.to(x_in.device),
+            image = image.to(x_in.device)
+            if c.kind == "unet-union":  # one control type of a union ControlNet: its one-hot type vector, per row
+                assert c.spec.mode is not None
+                onehot = torch.zeros(1, int(c.net.config.num_control_type), device=x_in.device, dtype=args[2].dtype)
+                onehot[0, c.spec.mode] = 1.0
+                kw = {**kw, "control_type": onehot.expand(args[0].shape[0], -1), "control_type_idx": [c.spec.mode]}
+                image_in: Any = [image]
+            else:
+                image_in = image
+            d, m = c.net(args[0], args[1], encoder_hidden_states=args[2], controlnet_cond=image_in,
                          conditioning_scale=1.0, guess_mode=cond_only, return_dict=False, **kw)
             d, m = scaled(d, scale), scaled([m], scale)
             if cond_only:
@@ -165,8 +186,10 @@ class StableDiffusionModel(LatentSpace, Model):
     zero_empty_negative: bool = False  # SDXL's force_zeros_for_empty_prompt
     controls: list[AttachedControl] = field(default_factory=list)  # ControlNets run beside the UNet
     empty_prompt: TextCondition | None = None  # the empty prompt's embedding, once denoise() has needed it
+    image_embeds: list[torch.Tensor] = field(default_factory=list)  # IP-Adapters' reference embeddings (1, 1, width)
     text_conditioned = True
     takes_controlnets = True
+    takes_ip_adapters = True
 
     @property
     def resolution(self) -> int:
@@ -180,9 +203,9 @@ class StableDiffusionModel(LatentSpace, Model):
         return {k: v for k, v in nets.items() if v is not None}
 
     def add_controlnets(self, controls: list[AttachedControl]) -> None:
-        """ControlNets (diffusers' ControlNetModel) for this UNet: the same cross-attention width, and SDXL's added
-        conditioning exactly when the UNet has it."""
-        check_family(controls, ("unet",), "Stable Diffusion 1.x/2.x and SDXL")
+        """ControlNets (diffusers' ControlNetModel, and ControlNetUnionModel for SDXL) for this UNet: the same
+        cross-attention width and blocks, and SDXL's added conditioning exactly when the UNet has it."""
+        check_family(controls, ("unet", "unet-union"), "Stable Diffusion 1.x/2.x and SDXL")
         for c in controls:
             cfg, unet = c.net.config, self.unet.config
             if (cfg.cross_attention_dim != unet.cross_attention_dim or cfg.addition_embed_type != unet.addition_embed_type
@@ -200,6 +223,13 @@ class StableDiffusionModel(LatentSpace, Model):
             return None
         grid = pixels_on_grid([i.to(self.device, torch.float32) for i in images], self.latent_factor)
         return grid.expand(len(generators), -1, -1, -1)
+
+    def add_ip_adapters(self, specs: list[IPAdapterSpec]) -> None:
+        """IP-Adapters in the UNet (diffusers' processors), their reference images embedded once, here; scale 0 loads
+        nothing."""
+        if specs:
+            self.image_embeds = attach_ip_adapters(self.unet, specs, self.info.get("family"))
+            self.info["ip_adapters"] = [s.label for s in specs]
 
     def add_loras(self, specs: list[LoraSpec]) -> None:
         """LoRA on the UNet and text encoders, through diffusers' loader (kohya and diffusers formats) and PEFT."""
@@ -243,7 +273,7 @@ class StableDiffusionModel(LatentSpace, Model):
             empty = not settings.negative_prompt and self.zero_empty_negative
             uncond = cond.zeros() if empty else self.encode_prompt(settings.negative_prompt)
         return GuidedDenoiser(self.unet, self.schedule, self.prediction_type, cond, uncond, settings.guidance,
-                              self.latent_factor, self.extra_channels, self.device, self.controls)
+                              self.latent_factor, self.extra_channels, self.device, self.controls, self.image_embeds)
 
     @property
     def inpainting(self) -> bool:
@@ -263,11 +293,13 @@ class StableDiffusionModel(LatentSpace, Model):
         return torch.cat([cells.expand(len(generators), -1, -1, -1), z_masked], dim=1)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """D(z, sigma) for the empty prompt without guidance or control (the empty prompt encoded once, then kept)."""
+        """D(z, sigma) for the empty prompt without guidance or control (the empty prompt encoded once, then kept);
+        IP-Adapters get their unconditional (zero) image embeddings."""
         if self.empty_prompt is None:
             self.empty_prompt = self.encode_prompt("")
         return GuidedDenoiser(self.unet, self.schedule, self.prediction_type, self.empty_prompt, None, 1.0,
-                              self.latent_factor, self.extra_channels, self.device)(x, sigma)
+                              self.latent_factor, self.extra_channels, self.device,
+                              image_embeds=[torch.zeros_like(e) for e in self.image_embeds])(x, sigma)
 
     @property
     def extra_channels(self) -> int:
