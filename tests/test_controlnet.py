@@ -255,3 +255,29 @@ def test_other_scales_make_another_model_and_change_nothing_in_place(sd_cn):
                            control_images=[control])[0].info["sdedit"])["controlnets"] == [f"{cn}:0"]
     with pytest.raises(InputError, match="scale"):
         model.with_control_scales([1.0, 2.0])
+
+
+def test_batch_with_a_controlnet(sd_cn, tmp_path):
+    """Batch: each painting steers its own ControlNet, or one control image steers all; a rerun rewrites nothing."""
+    sd, cn, _ = sd_cn
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        picture(seed=10 + i).save(src / f"p{i}.png")
+    picture(seed=2).save(tmp_path / "c.png")
+
+    def batch(out, *extra):
+        r = subprocess.run([sys.executable, "-m", "sdedit", "batch", str(src), "-o", str(tmp_path / out),
+                            "--model", str(sd), "--prompt", "a barn", "--steps", "3", "-q", *extra],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return {f.name: np.asarray(Image.open(f)) for f in sorted((tmp_path / out).glob("*.png"))}
+
+    plain = batch("plain")
+    steered = batch("cn", "--controlnet", str(cn))
+    fixed = batch("fixed", "--controlnet", str(cn), "--control-image", str(tmp_path / "c.png"))
+    assert plain.keys() == steered.keys() == fixed.keys() and len(plain) == 2
+    assert all(not np.array_equal(plain[k], steered[k]) and not np.array_equal(steered[k], fixed[k]) for k in plain)
+    before = {f: f.stat().st_mtime_ns for f in (tmp_path / "cn").glob("*.png")}
+    batch("cn", "--controlnet", str(cn))  # a rerun rewrites nothing
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "cn").glob("*.png")} == before

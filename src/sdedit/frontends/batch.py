@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..control_images import DEFAULT_CONTROL_PREPROCESS
 from ..devices import Offload
+from ..families.control import FULL_WINDOW
+from ..loading.controlnets import ControlSpec
 from ..errors import InputError, SdeditError
 from ..files import check_output_folder, open_regular, printable, write_file
 from ..images import IMAGE_SUFFIXES, Fit, open_image, png_bytes
@@ -41,6 +44,10 @@ class BatchJob:
     unmasked: str = "fail"  # an image without a mask in a masks folder: "fail" it, or "edit" it whole
     full_size: bool = False  # latent models: inputs over their area limit at their own size (api.prepare_guide)
     strength_levels: int = DEFAULT_STRENGTH_LEVELS  # strength maps with more grey levels are posterized
+    controlnets: tuple[ControlSpec, ...] = ()  # ControlNets run beside the network
+    control_window: tuple[float, float] = FULL_WINDOW  # (start, end) in the schedule's time
+    control_images: tuple[Path, ...] = ()  # one file per ControlNet, the same for every item; none: each item steers
+    control_preprocess: str = DEFAULT_CONTROL_PREPROCESS
 
     def digest(self) -> str:
         """A stable hash of what decides the outputs (batch size and precision of the arithmetic aside)."""
@@ -59,6 +66,10 @@ class BatchJob:
             key["unmasked"] = self.unmasked
         if self.full_size:
             key["full_size"] = True
+        if self.controlnets:
+            key.update(controlnets=[[c.source, c.scale, c.mode] for c in self.controlnets],
+                       control_window=list(self.control_window), control_preprocess=self.control_preprocess,
+                       control_images=[file_digest(p) for p in self.control_images])
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -435,7 +446,8 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
     if not items:
         raise InputError(f"no images in {input_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     model = load_model(job.model, config=config, device=dist.device, loras=job.loras, offload=offload,
-                       precision=job.settings.precision or DEFAULT_PRECISION)
+                       precision=job.settings.precision or DEFAULT_PRECISION, controlnets=job.controlnets,
+                       control_window=job.control_window)
     model.check_conditioning(job.settings)
     fit_for(model, job.fit)  # refused before the output folder is made
     check_output_folder(output_dir)  # only once the settings and the model are known to be good
@@ -481,7 +493,9 @@ def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, 
                                             mask_grow=grow[0], mask_feather=grow[1],
                                             crop_to_mask=job.crop_to_mask if matched is not None else None,
                                             strength_map=strength,
-                                            full_size=job.full_size, strength_levels=job.strength_levels))
+                                            full_size=job.full_size, strength_levels=job.strength_levels,
+                                            control_images=job.control_images,
+                                            control_preprocess=job.control_preprocess))
                 order.append(item)
             except SdeditError as e:  # an unreadable input fails alone, and is in no batch
                 results[item.name] = e

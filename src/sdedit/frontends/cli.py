@@ -389,6 +389,7 @@ def _parser() -> Parser:
     _add_threads(b, 1, "CPU threads per process (1: files identical whatever the process count; "
                        "use torchrun --nproc_per_node N for N cores)")
     _add_run(b, seed_help="item seeds derive from (seed, file name) (0)")
+    _add_control(b)
     _add_offload(b)
 
     u = sub.add_parser("ui", help="start the web app: paint strokes or paint on a photo, in the browser")
@@ -677,10 +678,13 @@ def _batch(a: argparse.Namespace) -> int:
     settings = run_settings(a, seed=a.seed if a.seed is not None else 0)
     check_threads(a.threads)
     levels = strength_levels_option(a.strength_levels, a.strength_maps is not None, "--strength-maps")
+    control = control_options(a)
     offload_device(a.offload, a.device)
     job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora), a.mask_grow,
                    a.mask_feather, _crop_option(a), strength_maps=a.strength_maps is not None, unmasked=a.unmasked,
-                   full_size=a.full_size, strength_levels=levels)
+                   full_size=a.full_size, strength_levels=levels, controlnets=tuple(control["controlnets"]),
+                   control_window=control["control_window"], control_images=tuple(a.control_image),
+                   control_preprocess=a.control_preprocess)
     return run_folder(a.input_dir, a.outdir, a.masks or a.strength_maps, job, config=a.config, device=a.device,
                       quiet=a.quiet, threads=a.threads, offload=a.offload)
 
