@@ -281,3 +281,27 @@ def test_batch_with_a_controlnet(sd_cn, tmp_path):
     before = {f: f.stat().st_mtime_ns for f in (tmp_path / "cn").glob("*.png")}
     batch("cn", "--controlnet", str(cn))  # a rerun rewrites nothing
     assert {f: f.stat().st_mtime_ns for f in (tmp_path / "cn").glob("*.png")} == before
+
+
+def test_eval_reports_control_adherence_at_each_scale(sd_cn, tmp_path):
+    """`sdedit eval` with a ControlNet: a row per scale and t0, each with its edge F1 to the painting's edges; at
+    scale 0 the row is the run without the ControlNet (the same outputs)."""
+    sd, cn, _ = sd_cn
+    r = subprocess.run([sys.executable, "-m", "sdedit", "eval", "--model", str(sd), "--controlnet", str(cn),
+                        "--control-scale", "0", "1", "--control-preprocess", "canny", "--t0", "0.4", "0.8", "--n",
+                        "3", "--steps", "3", "--prompt", "a hill", "-o", str(tmp_path / "ev"), "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    runs = [row for row in rows if row["nfe"]]
+    assert [row["what"].split(", ")[-1] for row in runs] == ["control x0", "control x1"] * 2
+    assert all(0.0 <= row["edge_f1"] <= 1.0 for row in rows)
+    assert runs[0]["l2_mean"] != runs[1]["l2_mean"]
+    plain = subprocess.run([sys.executable, "-m", "sdedit", "eval", "--model", str(sd), "--t0", "0.4", "--n", "3",
+                            "--steps", "3", "--prompt", "a hill", "-o", str(tmp_path / "ev0"), "-q"],
+                           capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    base = json.loads((tmp_path / "ev0" / "eval.json").read_text())
+    base = base["rows"] if isinstance(base, dict) else base
+    assert [row for row in base if row["nfe"]][0]["l2_mean"] == runs[0]["l2_mean"]

@@ -7,7 +7,9 @@ rules of the settings are not repeated here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -117,13 +119,15 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
 
-def _add_control(p: argparse.ArgumentParser) -> None:
-    """ControlNet flags (latent families)."""
+def _add_control(p: argparse.ArgumentParser, images: bool = True) -> None:
+    """ControlNet flags (latent families); images=False: each input steers its ControlNets itself."""
     p.add_argument("--controlnet", action="append", default=[], metavar="MODEL[:SCALE]",
                    help="run a ControlNet beside the network (diffusers folder, single .safetensors file, Hub id or "
                         "control preset, see 'sdedit models'; scale 1 by default); repeatable, their effects add")
-    p.add_argument("--control-image", action="append", default=[], type=Path, metavar="IMAGE",
-                   help="the control image of each --controlnet, paired in order (default: the input itself steers)")
+    if images:
+        p.add_argument("--control-image", action="append", default=[], type=Path, metavar="IMAGE",
+                       help="the control image of each --controlnet, paired in order (default: the input itself "
+                            "steers)")
     p.add_argument("--control-mode", action="append", default=[], metavar="TYPE",
                    help="union ControlNets: the control type of each --controlnet, paired in order (a name of its "
                         "preset, e.g. canny or depth, or an index)")
@@ -139,18 +143,26 @@ def _add_control(p: argparse.ArgumentParser) -> None:
 
 def control_options(a: argparse.Namespace) -> dict[str, Any]:
     """load_model's ControlNet arguments from the flags, checked before any model loads."""
-    if (a.control_image or a.control_mode or (a.control_start, a.control_end) != FULL_WINDOW) and not a.controlnet:
+    images = getattr(a, "control_image", [])
+    if (images or a.control_mode or (a.control_start, a.control_end) != FULL_WINDOW) and not a.controlnet:
         raise InputError("--control-image, --control-mode, --control-start and --control-end steer ControlNets: give "
                          "--controlnet")
     if a.control_mode and len(a.control_mode) != len(a.controlnet):
         raise InputError(f"{len(a.control_mode)} --control-mode for {len(a.controlnet)} --controlnet: give one per "
                          f"ControlNet, in order")
-    for path in a.control_image:
+    for path in images:
         open_image(path)  # unreadable, too large or missing: one line before the model loads
     specs = [ControlSpec.parse(text) for text in a.controlnet]
     if a.control_mode:
         specs = [control_mode(spec, mode) for spec, mode in zip(specs, a.control_mode, strict=True)]
     return {"controlnets": specs, "control_window": check_window(a.control_start, a.control_end)}
+
+
+def check_control_scale(x: float) -> float:
+    """A ControlNet scale: a finite number."""
+    if not math.isfinite(x):
+        raise InputError(f"--control-scale must be a finite number, got {x}")
+    return x
 
 
 def _add_strength_levels(p: argparse.ArgumentParser) -> None:
@@ -348,6 +360,9 @@ def _parser() -> Parser:
                    help="KID features: Inception (torch-fidelity) when its weights are available, else random-CNN")
     v.add_argument("--seed", type=int, default=0, help="image i of the set is edited with seed + i (0)")
     v.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP + "; the tables are in the output folder")
+    _add_control(v, images=False)
+    v.add_argument("--control-scale", type=float, nargs="+", metavar="S",
+                   help="ControlNets: rows at each of these scales (every ControlNet at that scale; default: as given)")
     v.add_argument("--masked", action="store_true",
                    help="masked edits instead: each image's ellipse replaced by its strokes, pasted back with a hard "
                         "mask, a feathered mask and a strength map; adds seam jump and colour shift")
@@ -586,9 +601,15 @@ def _eval(a: argparse.Namespace) -> int:
     for folder in (a.data if a.data != "synthetic" else None, a.real):
         if folder is not None and not Path(folder).is_dir():
             raise InputError(f"not a folder of images: {printable(folder)}")
+    control = control_options(a)
+    if a.control_scale and not a.controlnet:
+        raise InputError("--control-scale sets the scale of ControlNets: give --controlnet")
+    scales = [check_control_scale(x) for x in dict.fromkeys(a.control_scale or [])]
     check_output_folder(a.outdir)
-    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora)
+    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora, **control)
     model.check_conditioning(grid[0])
+    models = [(f", control x{x:g}", model.with_control_scales([x] * model.control_count)) for x in scales] or \
+        [("", model)]
     r = model.resolution
     check_eval_count(a.n, r)
     if a.data == "synthetic":
@@ -606,17 +627,23 @@ def _eval(a: argparse.Namespace) -> int:
     if a.features == "auto" and bench.feature_name != "inception":
         print("note: Inception features unavailable (torch-fidelity or its weights); KID uses the offline "
               "random-CNN features, comparable only with other random-CNN numbers", file=sys.stderr)
+    bench.control_preprocess = a.control_preprocess
     rows = bench.baselines()
     print(markdown_table(rows))
     for settings in grid:
-        for variant in MASK_VARIANTS if isinstance(bench, MaskedBenchmark) else [None]:
-            row, _ = bench.run(model, settings) if variant is None else bench.run_variant(model, settings, variant)
-            rows.append(row)
-            print(markdown_table([row]).splitlines()[-1], flush=True)
+        for suffix, scaled in models:
+            for variant in MASK_VARIANTS if isinstance(bench, MaskedBenchmark) else [None]:
+                row, _ = bench.run(scaled, settings) if variant is None else \
+                    bench.run_variant(scaled, settings, variant)
+                row = dataclasses.replace(row, what=row.what + suffix)
+                rows.append(row)
+                print(markdown_table([row]).splitlines()[-1], flush=True)
     if bench.kid_undefined:
         say(f"note: {bench.kid_undefined}", err=True)
     what = "masked stroke edits (an ellipse of each image replaced by its strokes)" if a.masked else "stroke inputs"
-    header = (f"sdedit eval: model {a.model or DEFAULT_MODEL}, data {a.data}, {len(originals)} {what} "
+    steer = f", ControlNets {', '.join(a.controlnet)} steered by each painting ({a.control_preprocess})" \
+        if a.controlnet else ""
+    header = (f"sdedit eval: model {a.model or DEFAULT_MODEL}{steer}, data {a.data}, {len(originals)} {what} "
               f"({a.colors} colours), {len(reals)} real images for KID ({bench.feature_name} features).")
     caution = kid_caution(len(originals), len(reals))
     for p in write_tables(rows, a.outdir / "eval", header + (f"\n\n{caution}" if caution else ""), overwrite=False):

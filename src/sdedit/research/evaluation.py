@@ -9,19 +9,21 @@ import resource
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..api import Guide, iter_edits, prepare_guide
+from ..control_images import DEFAULT_CONTROL_PREPROCESS
 from ..engine.samplers import evaluations
 from ..errors import InputError
 from ..families.base import Model
 from ..images import grow_and_feather
 from ..settings import RunSettings
 from .landscapes import HELD_OUT_START, landscape
-from .metrics import FeatureKind, edge_sharpness, feature_extractor, image_features, kid_score, l2_distance, \
+from .metrics import FeatureKind, edge_f1, edge_sharpness, feature_extractor, image_features, kid_score, l2_distance, \
     layout_correlation, seam_metrics, sharpness, standardize
 from .strokes import simulate_strokes
 
@@ -68,6 +70,7 @@ class Row:
     edge_sharpness: float | None = None  # mean Sobel gradient of the strongest edges (metrics.edge_sharpness)
     seam_jump: float | None = None  # masked edits: extra gradient on the mask's border (metrics.seam_metrics)
     colour_shift: float | None = None  # masked edits: mean colour change just outside the mask
+    edge_f1: float | None = None  # control adherence: edge F1 to the guide's edges (metrics.edge_f1), mean
 
 
 def _reset_peak_rss() -> None:
@@ -100,6 +103,7 @@ class StrokeBenchmark:
         self.strokes = [simulate_strokes(o, colors) for o in originals]
         self.feature_name, self.extract = feature_extractor(features)
         self.kid_undefined: str | None = None  # why KID could not be computed, when it could not
+        self.control_preprocess = DEFAULT_CONTROL_PREPROCESS  # how each painting becomes its ControlNets' image
         self.real_features = self.features(reals)
 
     def features(self, images: list[Image.Image]) -> torch.Tensor:
@@ -118,7 +122,8 @@ class StrokeBenchmark:
         l2 = l2_distance(images, self.strokes)
         return Row(what, t0, nfe, seconds / max(len(images), 1), _peak_rss_mb(), float(l2.mean()), float(l2.std()),
                    k_mean, k_std, kid_se=k_se, layout=float(layout_correlation(images, self.strokes).mean()),
-                   sharpness=float(sharpness(images).mean()), edge_sharpness=float(edge_sharpness(images).mean()))
+                   sharpness=float(sharpness(images).mean()), edge_sharpness=float(edge_sharpness(images).mean()),
+                   edge_f1=float(edge_f1(images, self.strokes).mean()))
 
     def run_guides(self, model: Model, settings: RunSettings, guides: list[Guide]) -> tuple[list[Image.Image], float]:
         """SDEdit of prepared guides (guide i seeded settings.seed + i), one output each; and the seconds taken."""
@@ -129,6 +134,11 @@ class StrokeBenchmark:
                                settings.with_(num_samples=1), progress=False))
         return outs, time.perf_counter() - start
 
+    def guide(self, model: Model, image: Image.Image, mask: Image.Image | None = None, **kw: Any) -> Guide:
+        """One painting prepared for the model; a model with ControlNets is steered by the painting itself."""
+        return prepare_guide(model, image, mask, control_preprocess=self.control_preprocess if model.control_count
+                             else DEFAULT_CONTROL_PREPROCESS, **kw)
+
     def baselines(self) -> list[Row]:
         """The stroke inputs themselves, and the originals they were made from."""
         return [self.score("stroke inputs", self.strokes), self.score("originals of the strokes", self.originals)]
@@ -136,7 +146,7 @@ class StrokeBenchmark:
     def run(self, model: Model, settings: RunSettings) -> tuple[Row, list[Image.Image]]:
         """SDEdit every stroke input with one setting (stroke i seeded settings.seed + i); its row and outputs."""
         settings = model.run_settings(settings)
-        outs, sec = self.run_guides(model, settings, [prepare_guide(model, g) for g in self.strokes])
+        outs, sec = self.run_guides(model, settings, [self.guide(model, g) for g in self.strokes])
         t0, nfe = run_cost(outs)
         return self.score(f"SDEdit {settings.label()}", outs, t0, nfe, sec), outs
 
@@ -177,16 +187,16 @@ class MaskedBenchmark(StrokeBenchmark):
     def guides(self, model: Model, variant: str) -> list[Guide]:
         """The prepared guides of one paste-back variant."""
         if variant == "hard mask":
-            return [prepare_guide(model, g, m) for g, m in zip(self.strokes, self.masks, strict=True)]
+            return [self.guide(model, g, m) for g, m in zip(self.strokes, self.masks, strict=True)]
         if variant == "feathered mask":
-            return [prepare_guide(model, g, m, mask_feather=FEATHER) for g, m in zip(self.strokes, self.masks,
-                                                                                   strict=True)]
+            return [self.guide(model, g, m, mask_feather=FEATHER) for g, m in zip(self.strokes, self.masks,
+                                                                                strict=True)]
         if variant == "strength map":
             ramps = []  # t0 falls from full inside the mask to 0 over FEATHER pixels outside, in RAMP_LEVELS steps
             for m in self.masks:
                 soft = np.asarray(grow_and_feather(m, 0, FEATHER), np.float64) / 255
                 ramps.append(Image.fromarray(np.round(np.ceil(soft * RAMP_LEVELS) / RAMP_LEVELS * 255).astype(np.uint8)))
-            return [prepare_guide(model, g, strength_map=r) for g, r in zip(self.strokes, ramps, strict=True)]
+            return [self.guide(model, g, strength_map=r) for g, r in zip(self.strokes, ramps, strict=True)]
         raise ValueError(f"unknown variant {variant!r}; one of {', '.join(MASK_VARIANTS)}")
 
     def run_variant(self, model: Model, settings: RunSettings, variant: str) -> tuple[Row, list[Image.Image]]:
@@ -203,7 +213,8 @@ def _kid_text(r: Row) -> str:
     return "undefined" if r.kid_mean is None or r.kid_se is None else f"{r.kid_mean:.4f} +- {r.kid_se:.4f}"
 
 
-EXTRA_COLUMNS = (("layout", "layout corr."), ("sharpness", "sharpness"), ("edge_sharpness", "edge sharpness"),
+EXTRA_COLUMNS = (("layout", "layout corr."), ("edge_f1", "edge F1"), ("sharpness", "sharpness"),
+                 ("edge_sharpness", "edge sharpness"),
                  ("seam_jump", "seam jump"), ("colour_shift", "colour shift"))
 
 
