@@ -283,3 +283,164 @@ def test_pending_editor_images_are_held_within_a_budget(monkeypatch):
         editor.accept_blobs(AcceptBlobs(data={"type": "background", "index": None, "id": run, "file": b""},
                                         files=[("background.png", b"x" * 100)]))
     assert list(editor.blob_storage) == ["c", "d"]  # the oldest runs' images went first
+
+
+@pytest.mark.parametrize("field, value", [
+    ("scale", float("nan")), ("scale", "nan"), ("scale", -1), ("scale", 2.5), ("scale", "strong"), ("scale", True),
+    ("scale", [1.0]), ("source", "webcam"), ("source", 1), ("preprocess", "sobel"), ("preprocess", ["canny"]),
+    ("preprocess", "x" * 100_000), ("source", "y\n" * 100_000),
+])
+def test_validate_control_rejects_what_a_page_could_send(field, value):
+    from sdedit.frontends.ui_handlers import validate_control
+
+    good = dict(scale=0.7, source="painting", image=None, preprocess="canny")
+    assert validate_control(Limits(), **good, active=True).scale == 0.7
+    for active in (True, False):  # a hidden panel's values are checked too, then ignored
+        with pytest.raises(InputError) as e:
+            validate_control(Limits(), **{**good, field: value}, active=active)
+        assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+@pytest.fixture(scope="module")
+def sd_cn(tmp_path_factory):
+    from .tiny_sd import make_tiny_controlnet, make_tiny_sd
+
+    folder = tmp_path_factory.mktemp("ui-sd-cn")
+    pipe = make_tiny_sd(folder / "sd")
+    make_tiny_controlnet(folder / "cn", pipe.unet)
+    return folder / "sd", folder / "cn"
+
+
+def _control_pool(sd_cn, scale="1"):
+    from sdedit.frontends.ui import ModelPool
+
+    sd, cn = sd_cn
+    return ModelPool({"landscapes": "landscapes", "sd": str(sd)}, device="cpu",
+                     controlnets={"sd": [f"{cn}:{scale}"]})
+
+
+def _control_panel(app):
+    return next(c["props"] for c in app.get_config_file()["components"] if c["props"].get("elem_id") == "control")
+
+
+def _scale_slider(app):
+    return next(c["props"] for c in app.get_config_file()["components"]
+                if c["props"].get("elem_id") == "control-scale")
+
+
+def test_the_control_panel_shows_only_for_a_model_given_a_controlnet(sd_cn, tmp_path):
+    from sdedit.frontends.ui import ModelPool, build_app
+
+    pool = _control_pool(sd_cn, "0.6")
+    assert _control_panel(build_app(pool, outdir=tmp_path, default_model="landscapes"))["visible"] is False
+    app = build_app(pool, outdir=tmp_path, default_model="sd")
+    assert _control_panel(app)["visible"] is True
+    assert _scale_slider(app)["value"] == 0.6 and _scale_slider(app)["maximum"] == 2.0
+    assert ModelPool({"sd": str(sd_cn[0])}).control_scale("sd") is None  # the same model without one: no panel
+    with pytest.raises(InputError, match="one ControlNet per model"):
+        ModelPool({"sd": str(sd_cn[0])}, controlnets={"sd": [str(sd_cn[1])] * 2})
+    with pytest.raises(InputError, match="from 0 to 2"):
+        ModelPool({"sd": str(sd_cn[0])}, controlnets={"sd": [f"{sd_cn[1]}:3"]})
+
+
+def _pixels(gallery):
+    (path, _), = gallery
+    return np.asarray(Image.open(path)).astype(int), read_settings(path)
+
+
+def _structured(size=64):
+    a = np.zeros((size, size, 3), np.uint8)
+    a[:, : size // 2] = (250, 240, 30)
+    a[size // 3:, size // 4: 3 * size // 4] = (20, 30, 200)
+    return Image.fromarray(a)
+
+
+def test_control_scale_zero_from_the_page_is_the_run_without_a_controlnet_bit_for_bit(sd_cn, tmp_path):
+    from sdedit.frontends.ui import ModelPool, make_handler
+
+    pool = _control_pool(sd_cn)
+    handler = make_handler(pool, Limits(), tmp_path, photo=False)
+    plain = make_handler(ModelPool({"sd": str(sd_cn[0])}, device="cpu"), Limits(), tmp_path, photo=False)
+    without, meta = _pixels(_paint(plain, "sd", prompt="a barn"))
+    zero, zero_meta = _pixels(_paint(handler, "sd", prompt="a barn", control_scale=0.0))
+    one, one_meta = _pixels(_paint(handler, "sd", prompt="a barn", control_scale=1.0, control_preprocess="none"))
+    assert np.array_equal(zero, without) and "controlnets" not in meta
+    assert np.abs(one - without).max() > 0  # the ControlNet acts at scale 1
+    assert zero_meta["controlnets"] == [f"{sd_cn[1]}:0"] and one_meta["controlnets"] == [f"{sd_cn[1]}:1"]
+    assert one_meta["control_images"] == ["painting"] and one_meta["control_preprocess"] == "none"
+    assert pool.get("sd").controls[0].spec.scale == 1.0  # a run's scale never reaches the cached model
+    sd, cn = sd_cn
+    late = ModelPool({"sd": str(sd)}, device="cpu", controlnets={"sd": [str(cn)]}, control_window=(0.3, 0.1))
+    assert (late.get("sd").controls[0].start, late.get("sd").controls[0].end) == (0.3, 0.1)
+
+
+def test_an_uploaded_control_image_steers_instead_of_the_painting(sd_cn, tmp_path):
+    from sdedit.frontends.ui import make_handler
+
+    _structured().save(tmp_path / "edges.png")
+    handler = make_handler(_control_pool(sd_cn), Limits(), tmp_path / "out", photo=False)
+    painting, _ = _pixels(_paint(handler, "sd", prompt="a barn", control_source="painting",
+                                 control_image=str(tmp_path / "edges.png")))  # chosen: the painting; upload unused
+    default, _ = _pixels(_paint(handler, "sd", prompt="a barn"))
+    uploaded, meta = _pixels(_paint(handler, "sd", prompt="a barn", control_source="image",
+                                    control_image=str(tmp_path / "edges.png")))
+    assert np.array_equal(painting, default)
+    assert np.abs(uploaded - painting).max() > 0
+    assert meta["control_images"] == ["image"]  # no server path in the PNG
+    canny, meta = _pixels(_paint(handler, "sd", prompt="a barn", control_source="image",
+                                 control_image=str(tmp_path / "edges.png"), control_preprocess="canny"))
+    assert meta["control_preprocess"] == "canny" and not np.array_equal(canny, uploaded)
+
+
+@pytest.mark.parametrize("model", ["sd", "landscapes"])
+@pytest.mark.parametrize("field, value, message", [
+    ("control_scale", float("nan"), "finite"), ("control_scale", -1, "from 0 to 2"),
+    ("control_scale", "strong", "must be a number"), ("control_preprocess", "sobel", "control preprocess"),
+    ("control_source", "webcam", "control image source"),
+])
+def test_bad_control_values_from_a_page_are_one_line_page_errors(sd_cn, tmp_path, model, field, value, message):
+    """Refused before any model loads or runs, whether or not the panel is shown for the model."""
+    import gradio as gr
+
+    from sdedit.frontends.ui import make_handler
+
+    pool = _control_pool(sd_cn)
+    with pytest.raises(gr.Error) as e:
+        _paint(make_handler(pool, Limits(), tmp_path, photo=False), model, **{field: value})
+    assert re.search(message, str(e.value.message)) and "\n" not in str(e.value.message)
+    assert not pool._loaded
+
+
+def test_the_hidden_panel_is_ignored_for_a_model_without_a_controlnet_and_an_upload_is_needed(sd_cn, tmp_path):
+    import gradio as gr
+
+    from sdedit.frontends.ui import make_handler
+
+    pool = _control_pool(sd_cn)
+    handler = make_handler(pool, Limits(), tmp_path, photo=False)
+    (path, _), = _paint(handler, "landscapes", control_scale=1.5, control_preprocess="canny", control_source="image")
+    assert "controlnets" not in read_settings(path)
+    with pytest.raises(gr.Error, match="upload a control image first"):
+        _paint(handler, "sd", prompt="a barn", control_source="image")
+
+
+@pytest.mark.parametrize("kind, message", [("bomb", "not a readable image|over the limit"),
+                                           ("truncated", "corrupt or truncated image")])
+def test_a_bad_control_image_upload_is_refused_in_one_line_before_gradio_decodes_it(tmp_path, kind, message):
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    from sdedit.frontends.ui import checked_image
+
+    from .helpers import bomb_png
+
+    path = bomb_png(tmp_path / "up.png", 13000, 13000) if kind == "bomb" else tmp_path / "up.png"
+    if kind == "truncated":
+        path.write_bytes(_truncated_png())
+    upload = checked_image(Limits(), type="filepath", format="png")
+    with pytest.raises(gr.Error) as e:
+        upload.preprocess(ImageData(path=str(path)))
+    text = str(e.value.message)
+    assert re.search(message, text) and "\n" not in text and str(tmp_path) not in text, text
+    _structured().save(tmp_path / "good.png")
+    assert Image.open(upload.preprocess(ImageData(path=str(tmp_path / "good.png")))).size == (64, 64)

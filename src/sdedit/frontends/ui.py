@@ -15,23 +15,27 @@ from typing import Any
 
 from PIL import Image
 
+from ..control_images import CONTROL_PREPROCESS, DEFAULT_CONTROL_PREPROCESS
 from ..devices import Offload
 from ..engine.samplers import SAMPLERS
 from ..errors import InputError, SdeditError
+from ..families.control import FULL_WINDOW
 from ..families.base import Model
 from ..images import open_image, save_png
 from ..loader import is_text_conditioned, load_model, recommended_t0_of
+from ..loading.controlnets import ControlSpec
 from ..loading.hub import is_cached
 from ..loading.presets import BUNDLED_MODELS, PRESETS
 from ..settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0
-from .ui_handlers import Limits, Progress, guide_and_mask, mask_strength, read_canvas, run_steps, t0_hint, validate
+from .ui_handlers import CONTROL_SOURCES, MAX_CONTROL_SCALE, Limits, Progress, guide_and_mask, mask_strength, \
+    read_canvas, run_steps, t0_hint, validate, validate_control
 from .ui_server import BodyCap, LoginBrake
 
 PALETTE = ["#87b5e0", "#f2f2f2", "#f0a050", "#7a7f8c", "#3d4a5c", "#2f5a2a", "#6f9a3a", "#3a6ea5", "#d8c48a"]
 # translucent brushes for the mask layer: a weaker edit there (per-pixel t0 = t0 x opacity, a strength map)
 MASK_BRUSHES = [("#ff00ff", 0.25), ("#ff00ff", 0.5), ("#ff00ff", 0.75)]
 CANVAS = 512  # side of the blank painting canvas, pixels
-UPLOAD_FILES = 4  # images one request may carry: an editor's background, its two layers and the composite
+UPLOAD_FILES = 5  # images one request may carry: an editor's background, its two layers, the composite, a control
 LISTEN_NEEDS_AUTH = ("--listen exposes the app to the network: give it a password with SDEDIT_UI_AUTH=USER:PASS, "
                      "--auth-file FILE (first line USER:PASS) or --auth USER:PASS")
 
@@ -55,12 +59,25 @@ class ModelPool:
     text: set[str] = field(default_factory=set)  # names of the text-conditioned models seen so far
     guidance: dict[str, float | None] = field(default_factory=dict)  # loaded so far: recommended guidance, or None
     loras: dict[str, list[str]] = field(default_factory=dict)  # LoRAs per model name (from the command line)
+    # the ControlNet per model name (from the command line): the page's control panel steers it
+    controlnets: dict[str, list[ControlSpec | str]] = field(default_factory=dict)
+    control_window: tuple[float, float] = FULL_WINDOW  # (start, end) in t where the ControlNets act
     offload: Offload = "none"  # for latent models; the bundled and preset pixel models are small and stay resident
     _loaded: dict[str, Model] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.text |= {n for n, src in self.sources.items() if is_text_conditioned(src)}
+        self.controlnets = {n: [s if isinstance(s, ControlSpec) else ControlSpec.parse(s) for s in specs]
+                            for n, specs in self.controlnets.items() if specs}
+        for name, specs in self.controlnets.items():
+            if name not in self.sources:
+                raise InputError(f"ControlNet for {name}, a model this server does not offer")
+            if len(specs) > 1:
+                raise InputError(f"the web app steers one ControlNet per model; {name} was given {len(specs)}")
+            if not 0.0 <= specs[0].scale <= MAX_CONTROL_SCALE:
+                raise InputError(f"ControlNet {specs[0].source}: the web app's scale runs from 0 to "
+                                 f"{MAX_CONTROL_SCALE:g}, got {specs[0].scale:g}")
 
     def get(self, name: str) -> Model:
         """The model behind a validated name, loading it on first use."""
@@ -70,7 +87,9 @@ class ModelPool:
                 src = self.sources[name]
                 own = src not in BUNDLED_MODELS and src not in PRESETS
                 self._loaded[name] = load_model(src, config=self.config if own else None, device=self.device,
-                                                loras=self.loras.get(name, []), offload=self.offload if own else "none")
+                                                loras=self.loras.get(name, []), offload=self.offload if own else "none",
+                                                controlnets=self.controlnets.get(name, []),
+                                                control_window=self.control_window)
                 net = self._loaded[name]
                 if net.text_conditioned:
                     self.text.add(name)
@@ -84,6 +103,21 @@ class ModelPool:
     def start_guidance(self, name: str) -> float:
         """The guidance the page starts at for a model: its own recommendation once loaded, else the default."""
         return self.guidance.get(name) or DEFAULT_GUIDANCE
+
+    def control_scale(self, name: str) -> float | None:
+        """The scale the control panel starts at for a model: its ControlNet's, or None (no ControlNet: no panel)."""
+        specs = self.controlnets.get(name)
+        return specs[0].scale if specs else None
+
+    def slider_scale(self, name: str) -> float:
+        """Where the scale slider stands for a model: its ControlNet's scale, else 1 (the panel is then hidden)."""
+        scale = self.control_scale(name)
+        return 1.0 if scale is None else scale
+
+    def control_title(self, name: str) -> str:
+        """The control panel's heading for a model: its ControlNet's name (a folder's or file's own name only)."""
+        specs = self.controlnets.get(name)
+        return f"**ControlNet** {Path(specs[0].source).name}" if specs else ""
 
     def recommended_t0(self, name: str) -> float:
         """The t0 the page starts at for a model: its own recommendation (read from its files if not loaded)."""
@@ -105,11 +139,16 @@ def make_handler(pool: ModelPool, limits: Limits, outdir: Path, *, photo: bool) 
 
     def handler(editor: Any, model: Any, t0: Any, sampler: Any, steps: Any, repeats: Any, samples: Any, seed: Any,
                 grow: Any, feather: Any, prompt: Any = "", negative_prompt: Any = "", guidance: Any = None,
-                auto_t0: Any = False, progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
+                auto_t0: Any = False, control_scale: Any = None, control_source: Any = None,
+                control_image: Any = None, control_preprocess: Any = None,
+                progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
         try:
             name, settings = validate(list(pool.sources), limits, model=model, t0=t0, sampler=sampler, steps=steps,
                                       repeats=repeats, samples=samples, seed=seed, prompt=prompt,
                                       negative_prompt=negative_prompt, guidance=guidance, auto_t0=auto_t0)
+            # the panel always sends its values: checked, then used only for a model with a ControlNet
+            control = validate_control(limits, scale=control_scale, source=control_source, image=control_image,
+                                       preprocess=control_preprocess, active=pool.control_scale(name) is not None)
             canvas = read_canvas(editor, limits)
             guide, mask = guide_and_mask(canvas, photo=photo, grow=grow, feather=feather, limits=limits)
             strength = mask_strength(canvas) if photo else None
@@ -118,7 +157,7 @@ def make_handler(pool: ModelPool, limits: Limits, outdir: Path, *, photo: bool) 
                 settings = settings.with_(guidance=None)
             progress(0.0, desc="starting")
             for ev in run_steps(net, settings, guide, mask, fit="stretch" if photo else "crop", original_size=photo,
-                                strength_map=strength):
+                                strength_map=strength, control=control):
                 if isinstance(ev, Progress):
                     progress(ev.fraction, desc=f"sampling {settings.num_samples} image(s)")
                     yield gr.update(), _enlarge(ev.preview)
@@ -167,6 +206,25 @@ def checked_editor(limits: Limits, **kwargs: Any) -> Any:
                 self.blob_storage.pop(next(iter(self.blob_storage)))
 
     return Editor(**kwargs)
+
+
+def checked_image(limits: Limits, **kwargs: Any) -> Any:
+    """A Gradio image upload checked by our own reader (formats, pixel limit from the header, whole decode) before
+    Gradio decodes it, as the editors are."""
+    import gradio as gr
+
+    class Upload(gr.Image):
+        is_template = True  # the browser draws it as the plain image component
+
+        def preprocess(self, payload: Any) -> Any:
+            if payload is not None and payload.path:
+                try:
+                    open_image(payload.path, max_pixels=limits.max_pixels, name="control image")
+                except SdeditError as e:
+                    raise gr.Error(public_message(e), print_exception=False) from None
+            return super().preprocess(payload)
+
+    return Upload(**kwargs)
 
 
 def _editor_images(payload: Any, blobs: dict[str, Any]) -> Iterator[tuple[str, str | bytes]]:
@@ -251,6 +309,19 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                         # shown only for models that take guidance (the handler sends none to the others)
                         guidance = gr.Slider(1.0, 20.0, value=pool.start_guidance(first), step=0.5, label="guidance",
                                              visible=pool.takes_guidance(first), elem_id="guidance")
+                with gr.Group(visible=pool.control_scale(first) is not None, elem_id="control") as control_box:
+                    control_title = gr.Markdown(pool.control_title(first))
+                    with gr.Row():
+                        control_scale = gr.Slider(0.0, MAX_CONTROL_SCALE, value=pool.slider_scale(first), step=0.05,
+                                                  label="control scale (0 = as if no ControlNet)",
+                                                  elem_id="control-scale")
+                        control_preprocess = gr.Radio(list(CONTROL_PREPROCESS), value=DEFAULT_CONTROL_PREPROCESS,
+                                                      label="control preprocess", elem_id="control-preprocess")
+                    control_source = gr.Radio([(label, value) for value, label in CONTROL_SOURCES.items()],
+                                              value="painting", label="control image", elem_id="control-source")
+                    control_image = checked_image(limits, type="filepath", format="png", image_mode="RGB",
+                                                  label="control image to upload (edges, scribble, depth or pose map)",
+                                                  sources=("upload", "clipboard"), elem_id="control-image")
                 start_t0 = pool.recommended_t0(first)
                 with gr.Row():
                     t0 = gr.Slider(0.05, 1.0, value=start_t0, step=0.01, label="t0 (noise level)", scale=4)
@@ -272,10 +343,15 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
 
         controls = [model, t0, sampler, steps, repeats, samples, seed, grow, feather, prompt, negative, guidance,
-                    auto_t0]
+                    auto_t0, control_scale, control_source, control_image, control_preprocess]
         model.change(lambda name: (gr.update(visible=name in pool.text), gr.update(value=pool.recommended_t0(name)),
-                                   gr.update(visible=pool.takes_guidance(name), value=pool.start_guidance(name))),
-                     model, [text_box, t0, guidance], queue=False, api_name=False)
+                                   gr.update(visible=pool.takes_guidance(name), value=pool.start_guidance(name)),
+                                   gr.update(visible=pool.control_scale(name) is not None),
+                                   gr.update(value=pool.slider_scale(name)),
+                                   gr.update(value=pool.control_title(name))),
+                     model, [text_box, t0, guidance, control_box, control_scale, control_title], queue=False,
+                     api_name=False)
+        control_image.upload(lambda: "image", None, control_source, queue=False, api_name=False)
         ev_paint = paint_go.click(make_handler(pool, limits, outdir, photo=False), [paint, *controls],
                                   [gallery, preview], api_name="paint", concurrency_id="sdedit")
         ev_photo = photo_go.click(make_handler(pool, limits, outdir, photo=True), [photo, *controls],

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ..api import choose_t0, iter_edits, prepare_guide, steps_total
+from ..control_images import CONTROL_PREPROCESS, DEFAULT_CONTROL_PREPROCESS
 from ..errors import InputError
 from ..families.base import Model
 from ..images import Fit, grow_and_feather, open_image, tensor_to_images, to_rgb
@@ -102,6 +103,43 @@ def _bounded(value: Any, what: str, lo: float, hi: float) -> float:
     if not lo <= x <= hi:
         raise InputError(f"{what} must be from {lo:g} to {hi:g}, got {_short(value)}")
     return x
+
+
+MAX_CONTROL_SCALE = 2.0  # the control panel's scale slider runs from 0 (as if no ControlNet) to this
+CONTROL_SOURCES = {"painting": "use the painting", "image": "an uploaded control image"}  # value -> label
+
+
+@dataclass(frozen=True)
+class ControlChoice:
+    """The control panel's checked values: the ControlNet's scale (None: the command line's), the uploaded control
+    image (None: the painting steers) and the preprocess."""
+
+    scale: float | None
+    image: Image.Image | None
+    preprocess: str
+
+
+def validate_control(limits: Limits, *, scale: Any, source: Any, image: Any, preprocess: Any,
+                     active: bool) -> ControlChoice | None:
+    """Check the control panel's values a page sent (None: the panel's default); None when the model has no
+    ControlNet (active False: the hidden panel's values are checked, then ignored). The image is read only when
+    it is the chosen source."""
+    source = "painting" if source is None else source
+    if not isinstance(source, str) or source not in CONTROL_SOURCES:
+        raise InputError(f"control image source must be one of {', '.join(CONTROL_SOURCES)}, got {_short(source)}")
+    preprocess = DEFAULT_CONTROL_PREPROCESS if preprocess is None else preprocess
+    if not isinstance(preprocess, str) or preprocess not in CONTROL_PREPROCESS:
+        raise InputError(f"control preprocess must be one of {', '.join(CONTROL_PREPROCESS)}, got {_short(preprocess)}")
+    checked = None if scale is None else _bounded(scale, "control scale", 0.0, MAX_CONTROL_SCALE)
+    if not active:
+        return None
+    picture = None
+    if source == "image":
+        picture = _load(image, "the control image", limits)
+        if picture is None:
+            raise InputError(f"upload a control image first, or choose '{CONTROL_SOURCES['painting']}'")
+        picture = to_rgb(picture)
+    return ControlChoice(checked, picture, preprocess)
 
 
 def t0_hint(t0: float) -> str:
@@ -242,15 +280,22 @@ class Result:
 def run_steps(model: Model, settings: RunSettings, guide: Image.Image, mask: Image.Image | None, *,
               fit: Fit = "crop", original_size: bool = False, strength_map: Image.Image | None = None,
               preview_every: float = 0.25, edit_fn: Callable[..., Iterator[Image.Image]] = iter_edits,
-              ) -> Iterator[Progress | Result]:
+              control: ControlChoice | None = None) -> Iterator[Progress | Result]:
     """SDEdit in a worker thread, yielding progress with previews; closing the iterator cancels the run.
 
-    edit_fn has the signature of api.iter_edits (tests wrap it to watch the worker).
+    control: the control panel's choice for a model with one ControlNet (its scale for this run only, on a model
+    sharing the networks; the uploaded image or the painting; the preprocess). edit_fn has the signature of
+    api.iter_edits (tests wrap it to watch the worker).
     """
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     stop = threading.Event()
+    control = control or ControlChoice(None, None, DEFAULT_CONTROL_PREPROCESS)
+    if control.scale is not None:
+        model = model.with_control_scales([control.scale])
     prepared = prepare_guide(model, guide, None if strength_map is not None else mask, fit=fit,
-                             original_size=original_size, strength_map=strength_map)
+                             original_size=original_size, strength_map=strength_map,
+                             control_images=[control.image] if control.image is not None else [],
+                             control_preprocess=control.preprocess)
     settings = model.run_settings(settings)
     if settings.t0 == AUTO_T0:  # probes first; the steps follow from the t0 chosen
         t0, _ = choose_t0(model, model.denoiser(settings), prepared, settings.seed or 0, settings)
