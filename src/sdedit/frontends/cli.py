@@ -421,6 +421,15 @@ def _parser() -> Parser:
     u.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA if present)")
     u.add_argument("--lora", action="append", default=[], metavar="PATH_OR_HUB_ID[:SCALE]",
                    help="LoRA(s) for the --model given here; repeatable")
+    u.add_argument("--controlnet", action="append", default=[], metavar="MODEL[:SCALE]",
+                   help="a ControlNet for the --model given here (folder, Hub id, .safetensors or control preset; "
+                        "scale 0 to 2, 1 by default): the page shows a control panel (scale, 'use the painting' or "
+                        "an uploaded control image, canny/scribble)")
+    u.add_argument("--control-mode", metavar="TYPE", help="a union --controlnet's control type (preset name or index)")
+    u.add_argument("--control-start", type=float, default=FULL_WINDOW[0], metavar="T",
+                   help="the ControlNet acts from time t = T (default 1)")
+    u.add_argument("--control-end", type=float, default=FULL_WINDOW[1], metavar="T",
+                   help="the ControlNet acts down to time t = T (default 0)")
     _add_threads(u)
     _add_offload(u)
 
@@ -740,10 +749,17 @@ def _ui(a: argparse.Namespace) -> int:
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         from .ui import ModelPool, build_app, launch, model_choices
 
-        if a.lora and not a.model:
-            raise InputError("--lora applies to the model named with --model")
+        if (a.lora or a.controlnet) and not a.model:
+            raise InputError("--lora and --controlnet apply to the model named with --model")
+        if (a.control_mode or (a.control_start, a.control_end) != FULL_WINDOW) and not a.controlnet:
+            raise InputError("--control-mode, --control-start and --control-end steer a ControlNet: give --controlnet")
+        specs = [ControlSpec.parse(text) for text in a.controlnet]
+        if a.control_mode:
+            specs = [control_mode(spec, a.control_mode) for spec in specs]
         pool = ModelPool(model_choices(a.model), device=a.device, config=a.config,
-                         loras={a.model: list(a.lora)} if a.model and a.lora else {}, offload=a.offload)
+                         loras={a.model: list(a.lora)} if a.model and a.lora else {}, offload=a.offload,
+                         controlnets={a.model: specs} if specs else {},
+                         control_window=check_window(a.control_start, a.control_end))
         first = a.model or DEFAULT_MODEL
         pool.get(first)  # fail now, with one line, rather than on the first click
         outdir = tmp / "results"
