@@ -69,7 +69,7 @@ class GuidedDenoiser(nn.Module):
         self.register_buffer("log_sigmas", schedule.log_sigmas.to(device), persistent=False)
         self.latent_factor = latent_factor
         self.controls = list(controls)  # ControlNets: their images follow the extra channels in `condition`
-        self.image_embeds = list(image_embeds)  # IP-Adapters: each reference image's embedding (1, 1, width)
+        self.image_embeds = [e.to(device) for e in image_embeds]  # IP-Adapters: each reference's (1, 1, width)
 
     def _extra(self, branches: list[TextCondition], b: int, x: torch.Tensor) -> dict[str, Any]:
         """SDXL's added conditioning: pooled text embeddings and (original size, crop corner, target size)."""
