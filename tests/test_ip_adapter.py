@@ -136,7 +136,7 @@ def test_matches_diffusers_img2img_with_ip_adapter_on_its_own_step_grid(sd_ip):
     diff, apart = parity(model, ref_pipe, picture(seed=1), first, other, "")
     print(f"SD IP-Adapter parity: {diff:.2e}; another reference image: {apart:.2e}")
     assert diff < 1e-3 and apart > 50 * max(diff, 1e-6), (diff, apart)
-    assert model.info["ip_adapters"] == [f"{adapter}:1"]
+    assert model.info["ip_adapters"] == [f"{adapter}:1"] and model.info["ip_images"] == ["image"]
 
 
 def test_sdxl_matches_diffusers_with_ip_adapter(sdxl_ip):

@@ -230,6 +230,7 @@ class StableDiffusionModel(LatentSpace, Model):
         if specs:
             self.image_embeds = attach_ip_adapters(self.unet, specs, self.info.get("family"))
             self.info["ip_adapters"] = [s.label for s in specs]
+            self.info["ip_images"] = [s.image_name for s in specs]
 
     def add_loras(self, specs: list[LoraSpec]) -> None:
         """LoRA on the UNet and text encoders, through diffusers' loader (kohya and diffusers formats) and PEFT."""

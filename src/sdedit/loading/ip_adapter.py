@@ -7,6 +7,7 @@ image is embedded once, at load time, and the encoder is then dropped.  Safetens
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ class IPAdapterSpec:
     def label(self) -> str:
         """How outputs record it."""
         return f"{self.source}:{self.scale:g}"
+
+    @property
+    def image_name(self) -> str:
+        """How outputs record its reference image: the file's name, or 'image' for one given in memory."""
+        return Path(self.image).name if isinstance(self.image, (str, os.PathLike)) else "image"
 
 
 def ip_adapter_files(spec: IPAdapterSpec, family: str | None = None) -> tuple[Path, Path]:
