@@ -305,3 +305,20 @@ def test_eval_reports_control_adherence_at_each_scale(sd_cn, tmp_path):
     base = json.loads((tmp_path / "ev0" / "eval.json").read_text())
     base = base["rows"] if isinstance(base, dict) else base
     assert [row for row in base if row["nfe"]][0]["l2_mean"] == runs[0]["l2_mean"]
+
+
+def test_repeats_auto_precision_and_crop_to_mask_keep_the_control_image_aligned(sd_cn):
+    """K repeats and 'auto' precision run with a ControlNet; with crop-to-mask a given control image is cut as the
+    input is, so the input given as its own control image equals the input steering itself."""
+    sd, cn, _ = sd_cn
+    model = load_model(sd, device="cpu", controlnets=[str(cn)])
+    big = picture((160, 128), seed=4)
+    mask = np.zeros((128, 160), np.uint8)
+    mask[40:80, 60:110] = 255
+    kw = {"mask": Image.fromarray(mask), "crop_to_mask": True, "repeats": 2, "precision": "auto"}
+    itself = run(model, big, **kw)
+    given = run(model, big, control_images=[big], **kw)
+    assert itself.shape == (128, 160, 3) and np.array_equal(itself, given)
+    keep = mask == 0
+    assert np.array_equal(itself[keep], np.asarray(big).astype(int)[keep])
+    assert not np.array_equal(itself, run(model, big, control_images=[picture((160, 128), seed=9)], **kw))

@@ -461,6 +461,8 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
             **settings.metadata(text_conditioned=model.text_conditioned, takes_guidance=model.takes_guidance),
             "precision": precision.precision, "precision_reason": precision.reason,
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
+            **({"ip_adapters": model.info["ip_adapters"], "ip_images": model.info["ip_images"]}
+               if model.info.get("ip_adapters") else {}),
             **_control_metadata(model, guide),
             **({"fit": fit} if model.square and not frame.whole_input else {}),  # only where fit acted
             "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,

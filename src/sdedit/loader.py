@@ -26,6 +26,7 @@ from .loading.checkpoints import WEIGHT_SUFFIXES, check_parameter_count, check_r
 from .loading.single_file import check_parts, ldm_version
 from .loading.lora import LoraSpec, check_lora_files
 from .loading.controlnets import ControlSpec, load_controlnet
+from .loading.ip_adapter import IPAdapterSpec, add_ip_adapters
 from .families.control import FULL_WINDOW, AttachedControl, check_window
 from .loading.hub import hub_config_snapshot, hub_pipeline_snapshot, hub_snapshot, is_repo_id
 from .loading.presets import BUNDLED_MODELS, PIPELINE_PRESETS, PRESETS, bundled_path
@@ -35,7 +36,8 @@ from .settings import DEFAULT_PRECISION, DEFAULT_T0, PRECISIONS
 def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str] | None = None,
                device: str | torch.device | None = None, precision: str = DEFAULT_PRECISION,
                loras: Sequence[LoraSpec | str] = (), offload: Offload = "none",
-               controlnets: Sequence[ControlSpec | str] = (), control_window: tuple[float, float] = FULL_WINDOW) -> Model:
+               controlnets: Sequence[ControlSpec | str] = (), control_window: tuple[float, float] = FULL_WINDOW,
+               ip_adapters: Sequence[IPAdapterSpec] = ()) -> Model:
     """Load a model by preset name, local checkpoint file, diffusers folder or Hub id; see README 'Models'.
 
     precision: the default of the model's runs (a run's own setting wins): 'auto' (the faster of fp32 and bf16,
@@ -43,6 +45,8 @@ def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str]
     loras: LoRA files, folders or Hub ids, each with its scale ('path:0.7' or LoraSpec).
     controlnets: ControlNet folders, Hub ids, single files or control presets, each with its scale ('path:0.5' or
     ControlSpec), run beside the main network between the times control_window = (start, end) of its schedule.
+    ip_adapters: IP-Adapters (SD 1.x/2.x, SDXL), each a .safetensors file with image_encoder/ beside it or a preset,
+    its scale and its reference image (IPAdapterSpec); the references are embedded once, here.
     offload: 'model' or 'sequential' keeps a latent model's networks in CPU memory and runs them on the (GPU)
     device, whole networks or layer by layer; at bf16/fp16 their weights (the VAE's aside) are stored in it.
     """
@@ -56,11 +60,13 @@ def load_model(source: str | os.PathLike[str], *, config: str | os.PathLike[str]
         model = _load(source, config, device)
         model.add_loras(specs)
         _add_controlnets(model, controls, start, end, model.device)
+        add_ip_adapters(model, list(ip_adapters))
     else:
         run_on = offload_device(offload, device)  # checked before anything loads: an unknown mode, or no accelerator
         model = _load(source, config, "cpu")
         model.add_loras(specs)
         _add_controlnets(model, controls, start, end, torch.device("cpu"))
+        add_ip_adapters(model, list(ip_adapters))
         model.offload(offload, run_on, autocast_dtype(offload_storage(precision, run_on)))
     model.info["precision"] = precision
     return model

@@ -56,6 +56,7 @@ class Model(ABC):
     square: bool = False  # works on square images only (pixel models); latent models take any aspect
     recommended_t0: float = DEFAULT_T0  # t0 when none is given (a model's config may say its own)
     takes_controlnets: bool = False  # ControlNets can run beside its main network (add_controlnets)
+    takes_ip_adapters: bool = False  # IP-Adapters (an image as a prompt) load into its main network
 
     @property
     @abstractmethod
@@ -186,6 +187,11 @@ class Model(ABC):
         """Run ControlNets beside the main network (families with takes_controlnets; each checks their kind)."""
         if controls:
             raise InputError(f"{self.name}: ControlNets run with Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX models")
+
+    def add_ip_adapters(self, specs: Sequence[Any]) -> None:
+        """Load IP-Adapters into the main network (families with takes_ip_adapters)."""
+        if specs:
+            raise InputError(f"{self.name}: IP-Adapters run with Stable Diffusion 1.x/2.x and SDXL models")
 
     def with_control_scales(self, scales: Sequence[float]) -> Model:
         """This model with its ControlNets at other scales, one per ControlNet (a new model object sharing every

@@ -19,6 +19,7 @@ from ..control_images import DEFAULT_CONTROL_PREPROCESS
 from ..devices import Offload
 from ..families.control import FULL_WINDOW
 from ..loading.controlnets import ControlSpec
+from ..loading.ip_adapter import IPAdapterSpec
 from ..errors import InputError, SdeditError
 from ..files import check_output_folder, open_regular, printable, write_file
 from ..images import IMAGE_SUFFIXES, Fit, open_image, png_bytes
@@ -48,6 +49,7 @@ class BatchJob:
     control_window: tuple[float, float] = FULL_WINDOW  # (start, end) in the schedule's time
     control_images: tuple[Path, ...] = ()  # one file per ControlNet, the same for every item; none: each item steers
     control_preprocess: str = DEFAULT_CONTROL_PREPROCESS
+    ip_adapters: tuple[IPAdapterSpec, ...] = ()  # IP-Adapters, each with its reference file (the same for every item)
 
     def digest(self) -> str:
         """A stable hash of what decides the outputs (batch size and precision of the arithmetic aside)."""
@@ -70,6 +72,8 @@ class BatchJob:
             key.update(controlnets=[[c.source, c.scale, c.mode] for c in self.controlnets],
                        control_window=list(self.control_window), control_preprocess=self.control_preprocess,
                        control_images=[file_digest(p) for p in self.control_images])
+        if self.ip_adapters:
+            key["ip_adapters"] = [[s.source, s.scale, file_digest(Path(s.image))] for s in self.ip_adapters]
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -447,7 +451,7 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
         raise InputError(f"no images in {input_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     model = load_model(job.model, config=config, device=dist.device, loras=job.loras, offload=offload,
                        precision=job.settings.precision or DEFAULT_PRECISION, controlnets=job.controlnets,
-                       control_window=job.control_window)
+                       control_window=job.control_window, ip_adapters=job.ip_adapters)
     model.check_conditioning(job.settings)
     fit_for(model, job.fit)  # refused before the output folder is made
     check_output_folder(output_dir)  # only once the settings and the model are known to be good

@@ -26,6 +26,7 @@ from ..loading.presets import BUNDLED_MODELS, CONTROL_PRESETS, DEFAULT_MODEL, PI
 from ..devices import OFFLOADS, offload_device
 from ..families.control import FULL_WINDOW, check_window
 from ..loading.controlnets import ControlSpec, control_mode
+from ..loading.ip_adapter import IPAdapterSpec
 from ..images import open_image
 from ..precision import PRECISION_ENV, requested
 from ..research.evaluation import MAX_EVAL_IMAGES
@@ -139,6 +140,27 @@ def _add_control(p: argparse.ArgumentParser, images: bool = True) -> None:
                         "first step), exactly, never snapped to a step")
     p.add_argument("--control-end", type=float, default=FULL_WINDOW[1], metavar="T",
                    help="... until time t = T (0 = the image; default 0: to the last step)")
+
+
+def _add_ip_adapter(p: argparse.ArgumentParser) -> None:
+    """IP-Adapter flags (Stable Diffusion 1.x/2.x and SDXL): an image as a prompt."""
+    p.add_argument("--ip-adapter", action="append", default=[], metavar="MODEL[:SCALE]",
+                   help="an IP-Adapter (SD 1.x/2.x, SDXL): a reference image as a prompt; a .safetensors file with "
+                        "its CLIP image encoder in image_encoder/ beside it, or a preset (see 'sdedit models'); "
+                        "scale 1 by default, lower keeps more of the text prompt; repeatable")
+    p.add_argument("--ip-image", action="append", default=[], type=Path, metavar="IMAGE",
+                   help="the reference image of each --ip-adapter, paired in order")
+
+
+def ip_adapter_options(a: argparse.Namespace) -> dict[str, Any]:
+    """load_model's IP-Adapter argument from the flags, the reference images read before any model loads."""
+    if len(a.ip_image) != len(a.ip_adapter):
+        raise InputError(f"{len(a.ip_image)} --ip-image for {len(a.ip_adapter)} --ip-adapter: give one reference "
+                         f"image per IP-Adapter, in order")
+    for path in a.ip_image:
+        open_image(path)  # unreadable, too large or missing: one line before the model loads
+    return {"ip_adapters": [IPAdapterSpec.parse(text, path) for text, path in zip(a.ip_adapter, a.ip_image,
+                                                                                   strict=True)]}
 
 
 def control_options(a: argparse.Namespace) -> dict[str, Any]:
@@ -266,6 +288,7 @@ def _parser() -> Parser:
     _add_model(e)
     _add_run(e, seed_help="seed of the first output; output j uses seed + j (random)")
     _add_control(e)
+    _add_ip_adapter(e)
     _add_offload(e)
     e.add_argument("-o", "--outdir", type=Path, default=Path("outputs"), help="output folder (outputs)")
     e.add_argument("--overwrite", action="store_true", help="replace existing output files (default: new names)")
@@ -405,6 +428,7 @@ def _parser() -> Parser:
                        "use torchrun --nproc_per_node N for N cores)")
     _add_run(b, seed_help="item seeds derive from (seed, file name) (0)")
     _add_control(b)
+    _add_ip_adapter(b)
     _add_offload(b)
 
     u = sub.add_parser("ui", help="start the web app: paint strokes or paint on a photo, in the browser")
@@ -455,9 +479,10 @@ def _edit(a: argparse.Namespace) -> int:
     mask = open_image(a.mask) if a.mask is not None else None
     strength_map = open_image(a.strength_map) if a.strength_map is not None else None
     control = control_options(a)
+    ip = ip_adapter_options(a)
     offload_device(a.offload, a.device)
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora, offload=a.offload,
-                       precision=settings.precision or DEFAULT_PRECISION, **control)
+                       precision=settings.precision or DEFAULT_PRECISION, **control, **ip)
     model.check_conditioning(settings)
     model.optimize(compile=a.compile)
     fit = fit_for(model, a.fit)
@@ -715,12 +740,13 @@ def _batch(a: argparse.Namespace) -> int:
     check_threads(a.threads)
     levels = strength_levels_option(a.strength_levels, a.strength_maps is not None, "--strength-maps")
     control = control_options(a)
+    ip = ip_adapter_options(a)
     offload_device(a.offload, a.device)
     job = BatchJob(a.model or DEFAULT_MODEL, settings, a.fit, a.original_size, tuple(a.lora), a.mask_grow,
                    a.mask_feather, _crop_option(a), strength_maps=a.strength_maps is not None, unmasked=a.unmasked,
                    full_size=a.full_size, strength_levels=levels, controlnets=tuple(control["controlnets"]),
                    control_window=control["control_window"], control_images=tuple(a.control_image),
-                   control_preprocess=a.control_preprocess)
+                   control_preprocess=a.control_preprocess, ip_adapters=tuple(ip["ip_adapters"]))
     return run_folder(a.input_dir, a.outdir, a.masks or a.strength_maps, job, config=a.config, device=a.device,
                       quiet=a.quiet, threads=a.threads, offload=a.offload)
 
