@@ -245,3 +245,33 @@ def test_spec_parses_model_and_scale():
     assert IPAdapterSpec.parse("C:/x/ip.safetensors").source == "C:/x/ip.safetensors"
     with pytest.raises(InputError, match="finite"):
         IPAdapterSpec.parse("ip.safetensors:nan")
+
+
+def test_command_line(sd_ip, tmp_path):
+    """`sdedit edit --ip-adapter A --ip-image R`: changes the output, records the adapter; A:0 is the plain run bit
+    for bit; a missing reference image or a pixel model is one line and exit 2."""
+    import json
+    import subprocess
+    import sys
+
+    sd, adapter = sd_ip[0], sd_ip[1]
+    picture(seed=1).save(tmp_path / "in.png")
+    reference_images()[0].save(tmp_path / "ref.png")
+
+    def cli(out, *extra):
+        return subprocess.run([sys.executable, "-m", "sdedit", "edit", str(tmp_path / "in.png"), "--prompt", "a barn",
+                               "--steps", "3", "--seed", "1", "-o", str(tmp_path / out), "-q", *extra],
+                              capture_output=True, text=True)
+
+    runs = {name: cli(name, "--model", str(sd), *extra) for name, extra in (
+        ("plain", ()), ("ip", ("--ip-adapter", str(adapter), "--ip-image", str(tmp_path / "ref.png"))),
+        ("zero", ("--ip-adapter", f"{adapter}:0", "--ip-image", str(tmp_path / "ref.png"))))}
+    assert all(r.returncode == 0 for r in runs.values()), [r.stderr for r in runs.values()]
+    files = {name: next((tmp_path / name).glob("*.png")) for name in runs}
+    pixels = {name: np.asarray(Image.open(f)) for name, f in files.items()}
+    assert np.array_equal(pixels["zero"], pixels["plain"]) and not np.array_equal(pixels["ip"], pixels["plain"])
+    assert json.loads(Image.open(files["ip"]).info["sdedit"])["ip_images"] == ["ref.png"]
+    for extra in (("--model", str(sd), "--ip-adapter", str(adapter)),
+                  ("--ip-adapter", str(adapter), "--ip-image", str(tmp_path / "ref.png"))):
+        r = cli("bad", *extra)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
