@@ -322,3 +322,18 @@ def test_repeats_auto_precision_and_crop_to_mask_keep_the_control_image_aligned(
     keep = mask == 0
     assert np.array_equal(itself[keep], np.asarray(big).astype(int)[keep])
     assert not np.array_equal(itself, run(model, big, control_images=[picture((160, 128), seed=9)], **kw))
+
+
+def test_the_unconditional_denoiser_encodes_the_empty_prompt_once(sd_cn, monkeypatch):
+    """Conditioning is a value made once: denoise() (no prompt, no guidance, no control) encodes "" on first use only,
+    and its output is the conditional denoiser's for the empty prompt."""
+    sd, cn, _ = sd_cn
+    model = load_model(sd, device="cpu", precision="fp32", controlnets=[str(cn)])
+    calls = []
+    encode = model.encode_prompt
+    monkeypatch.setattr(model, "encode_prompt", lambda p: calls.append(p) or encode(p))
+    x, sigma = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([2.0])
+    first, second = model.denoise(x, sigma), model.denoise(x, sigma)
+    assert calls == [""] and torch.equal(first, second)
+    plain = load_model(sd, device="cpu", precision="fp32")
+    assert torch.equal(first, plain.denoiser(RunSettings(prompt="", guidance=1.0))(x, sigma))

@@ -90,6 +90,7 @@ class QwenImageModel(LatentSpace, Model):
     name: str
     info: dict[str, Any] = field(default_factory=dict)
     prompt_tokens: int = PROMPT_TOKENS
+    empty_prompt: torch.Tensor | None = None  # the empty prompt's embedding, once denoise() has needed it
     text_conditioned = True
 
     @property
@@ -145,7 +146,10 @@ class QwenImageModel(LatentSpace, Model):
         return QwenImageDenoiser(self.transformer, cond, uncond, w)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(RunSettings(guidance=1.0, seed=0))(x, sigma)
+        """D(z, sigma) for the empty prompt without guidance (the empty prompt encoded once, then kept)."""
+        if self.empty_prompt is None:
+            self.empty_prompt = self.encode_prompt("")
+        return QwenImageDenoiser(self.transformer, self.empty_prompt, None, 1.0)(x, sigma)
 
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
         """The whole input at the largest size with sides multiples of VAE factor x 2 (the packing)."""
