@@ -239,3 +239,62 @@ def make_tiny_controlnet(folder: Path, unet, *, seed: int = 1, std: float = 0.05
                 conv.bias.zero_()
     net.eval().save_pretrained(folder)
     return net
+
+
+def make_tiny_flux_controlnet(folder: Path, transformer, *, seed: int = 1, std: float = 0.05, hint: float = 0.3,
+                              num_mode: int | None = None, pixel_hints: bool = False, **changes):
+    """Save a FluxControlNetModel made from a FLUX transformer (FluxControlNetModel.from_transformer; InstantX-style:
+    it takes the control image's latents) with one double and one single block, its zero-initialised output layers
+    given random weights (std) and its control-latent embedding too (hint), so that it acts; return it.
+    num_mode: a union ControlNet with that many control types; pixel_hints: an XLabs-style one (input_hint_block);
+    changes: config overrides (fresh weights then)."""
+    from diffusers import FluxControlNetModel
+
+    torch.manual_seed(seed)
+    tf = transformer.config
+    base = FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=1,
+                                                attention_head_dim=tf.attention_head_dim,
+                                                num_attention_heads=tf.num_attention_heads)
+    # the same without the transformer's out_channels (a ControlNet's config has none), with a union's mode
+    # embedding or a hint block where asked
+    cfg = {k: v for k, v in base.config.items() if not k.startswith("_") and k != "out_channels"}
+    cfg.update(num_mode=num_mode, conditioning_embedding_channels=16 if pixel_hints else None, **changes)
+    net = FluxControlNetModel.from_config(cfg)
+    if not changes:
+        net.load_state_dict(base.state_dict(), strict=False)
+    with torch.no_grad():
+        for module in (*net.controlnet_blocks, *net.controlnet_single_blocks):
+            for p in module.parameters():
+                p.normal_(0.0, std)
+        for p in net.controlnet_x_embedder.parameters():
+            p.normal_(0.0, hint)
+    net.eval().save_pretrained(folder)
+    return net
+
+
+def make_tiny_sd3_controlnet(folder: Path, transformer, *, style: str = "instantx", seed: int = 1, std: float = 0.05,
+                             hint: float = 0.3, **changes):
+    """Save an SD3ControlNetModel for the tiny SD3 transformer with one block, its zero-initialised output layers
+    and control-latent embedding given random weights (std, hint) so that it acts; return it.  style 'instantx':
+    its own patch embedding, text and zero pooled embeddings (force_zeros_for_pooled_projection); 'sd35': SD3.5's
+    layout (no text, the transformer's patch embedding, the pooled embedding, the VAE's shift)."""
+    from diffusers import SD3ControlNetModel
+
+    torch.manual_seed(seed)
+    tf = transformer.config
+    cfg = {"sample_size": tf.sample_size, "patch_size": tf.patch_size, "in_channels": tf.in_channels, "num_layers": 1,
+           "attention_head_dim": tf.attention_head_dim, "num_attention_heads": tf.num_attention_heads,
+           "joint_attention_dim": tf.joint_attention_dim, "caption_projection_dim": tf.caption_projection_dim,
+           "pooled_projection_dim": tf.pooled_projection_dim, "out_channels": tf.out_channels,
+           "pos_embed_max_size": tf.pos_embed_max_size}
+    if style == "sd35":
+        cfg.update(joint_attention_dim=None, use_pos_embed=False, force_zeros_for_pooled_projection=False)
+    net = SD3ControlNetModel(**{**cfg, **changes})
+    with torch.no_grad():
+        for module in net.controlnet_blocks:
+            for p in module.parameters():
+                p.normal_(0.0, std)
+        for p in net.pos_embed_input.parameters():
+            p.normal_(0.0, hint)
+    net.eval().save_pretrained(folder)
+    return net

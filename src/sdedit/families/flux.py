@@ -9,12 +9,16 @@ embedding and T5's token embeddings.  FLUX.1-dev takes its guidance as an embedd
 classifier-free guidance, no negative prompt; 3.5 is its usual value); schnell takes none.
 FLUX.1 Fill also takes, per token, the packed latents of the guide with the repaint region zeroed
 and the packed pixel mask (each latent cell's f x f pixels as f^2 channels): `edit_condition`.
+ControlNets (diffusers' FluxControlNetModel, InstantX-style) see the packed noisy latents and the
+packed latents of their control image (one posterior draw from the row's generator, drawn before
+the guide's, as diffusers' FluxControlNetImg2ImgPipeline draws them); their per-block outputs are
+added to the transformer's double- and single-stream blocks.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from torch import nn
 from ..devices import pick_device
 from ..engine.denoisers import flow_input, x0_from_velocity
 from ..engine.samplers import Denoiser
-from ..engine.schedules import FlowSchedule
+from ..engine.schedules import FlowSchedule, Schedule
 from ..errors import InputError
 from ..images import Fit
 from ..loading.lora import LoraSpec
@@ -33,6 +37,7 @@ from ..loading.checkpoints import LOAD_ERRORS, first_line, plan_components, read
     scheduler_config
 from ..settings import NO_GUIDANCE, RunSettings
 from .base import Frame, Model
+from .control import AttachedControl, check_family, scaled, summed
 from .latent import LatentSpace, repaint_mask
 from .stable_diffusion import snap8
 
@@ -74,30 +79,64 @@ class FluxDenoiser(nn.Module):
     """D(z, sigma) of the FLUX transformer for one prompt: pack, predict the velocity, unpack, x0 = x_t - t v."""
 
     def __init__(self, transformer: nn.Module, context: torch.Tensor, pooled: torch.Tensor, guidance: float | None,
-                 extra_channels: int = 0):
+                 extra_channels: int = 0, controls: Sequence[AttachedControl] = (), latent_channels: int = 16,
+                 schedule_for: Callable[[tuple[int, int]], Schedule] | None = None, latent_factor: int = 8):
         super().__init__()
         self.extra_channels = extra_channels  # FLUX Fill's masked-image latents and mask per latent cell, else 0
         self.transformer, self.context, self.pooled, self.guidance = transformer, context, pooled, guidance
+        self.controls = list(controls)  # ControlNets: their latents follow the extra channels in `condition`
+        self.latent_channels, self.latent_factor = latent_channels, latent_factor
+        self.schedule_for = schedule_for  # the schedule of an image size (its shift), for the control window
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """condition: FLUX Fill's masked-image latents and space-to-depth mask on the latent grid, one row per row."""
+        """condition: FLUX Fill's masked-image latents and space-to-depth mask, then each ControlNet's control
+        latents (model.control_condition), on the latent grid, one row per row of x."""
         b, _, h, w = x.shape
         s = sigma.to(x.device, x.dtype).reshape(-1, 1, 1, 1)
         x_t, t = flow_input(x, s)
-        extra = self.extra_channels
-        if (condition.shape[1] if condition is not None else 0) != extra:
+        extra, controls = self.extra_channels, self.latent_channels * len(self.controls)
+        got = condition.shape[1] if condition is not None else 0
+        if got != extra + controls:
             raise InputError(f"this transformer takes {extra} extra channels per latent cell (FLUX Fill's masked "
-                             f"image and mask: model.edit_condition); got "
-                             f"{0 if condition is None else condition.shape[1]}")
+                             f"image and mask: model.edit_condition) and {len(self.controls)} ControlNet latent(s) "
+                             f"(model.control_condition); got {got} channels")
         # packing channel-major: pack([x_t, cond]) is the tokens of x_t, then of the masked image, then of the mask
-        tokens = pack(x_t if condition is None else torch.cat([x_t, condition.to(x_t)], dim=1))
+        packed = pack(x_t)
+        tokens = packed if not extra or condition is None else pack(torch.cat([x_t, condition[:, :extra].to(x_t)], 1))
         guidance = None if self.guidance is None else torch.full((b,), self.guidance, device=x.device)
-        v = self.transformer(hidden_states=tokens, timestep=t.reshape(-1).expand(b), guidance=guidance,
-                             pooled_projections=self.pooled.expand(b, -1).to(x.device),
-                             encoder_hidden_states=self.context.expand(b, -1, -1).to(x.device),
-                             txt_ids=torch.zeros(self.context.shape[1], 3, device=x.device),
-                             img_ids=patch_ids(h, w, x.device), return_dict=False)[0]
+        common = {"timestep": t.reshape(-1).expand(b), "pooled_projections": self.pooled.expand(b, -1).to(x.device),
+                  "encoder_hidden_states": self.context.expand(b, -1, -1).to(x.device),
+                  "txt_ids": torch.zeros(self.context.shape[1], 3, device=x.device),
+                  "img_ids": patch_ids(h, w, x.device)}
+        residuals = {} if condition is None or not self.controls else \
+            self._control(packed, condition[:, extra:], sigma.reshape(-1), (w, h), guidance, common)
+        v = self.transformer(hidden_states=tokens, guidance=guidance, **common, **residuals, return_dict=False)[0]
         return x0_from_velocity(x_t, t, unpack(v.float(), h, w))
+
+    def _control(self, tokens: torch.Tensor, channels: torch.Tensor, sigma: torch.Tensor, cells: tuple[int, int],
+                 guidance: torch.Tensor | None, common: dict[str, Any]) -> dict[str, Any]:
+        """The transformer's extra block inputs: each ControlNet's, scaled per row inside its window (in the time of
+        this image size's schedule), summed in order.  A ControlNet with a guidance embedding gets the run's
+        guidance (add_controlnets refuses one for a transformer without it)."""
+        assert self.schedule_for is not None
+        schedule = self.schedule_for((cells[0] * self.latent_factor, cells[1] * self.latent_factor))
+        b, c = tokens.shape[0], self.latent_channels
+        double: list[torch.Tensor] | None = None
+        single: list[torch.Tensor] | None = None
+        for i, control in enumerate(self.controls):
+            scale = control.row_scale(sigma, schedule)
+            if scale is None:
+                continue
+            mode = None if control.spec.mode is None else \
+                torch.full((b, 1), control.spec.mode, dtype=torch.long, device=tokens.device)
+            cond = pack(channels[:, i * c:(i + 1) * c].to(tokens))  # packed as the noisy latents are
+            blocks, singles = control.net(hidden_states=tokens, controlnet_cond=cond, controlnet_mode=mode,
+                                          conditioning_scale=1.0, **common, return_dict=False,
+                                          guidance=guidance if control.net.config.guidance_embeds else None)
+            double = double if blocks is None else summed(double, scaled(blocks, scale))
+            single = single if singles is None else summed(single, scaled(singles, scale))
+        out = {} if double is None else {"controlnet_block_samples": double}
+        return out | ({} if single is None else {"controlnet_single_block_samples": single})
 
 
 EMBEDDED_GUIDANCE = 3.5  # FLUX.1 dev's usual guidance value (the guidance embedding; no CFG)
@@ -116,7 +155,9 @@ class FluxModel(LatentSpace, Model):
     name: str
     info: dict[str, Any] = field(default_factory=dict)
     t5_tokens: int = 512  # max_sequence_length of T5 (512 for dev, 256 for schnell in diffusers' examples)
+    controls: list[AttachedControl] = field(default_factory=list)  # ControlNets run beside the transformer
     text_conditioned = True
+    takes_controlnets = True
 
     @property
     def takes_guidance(self) -> bool:
@@ -134,7 +175,53 @@ class FluxModel(LatentSpace, Model):
 
     def networks(self) -> dict[str, nn.Module]:
         return {"transformer": self.transformer, "vae": self.vae, "text_encoder": self.clip[1],
-                "text_encoder_2": self.t5[1]}
+                "text_encoder_2": self.t5[1], **{f"controlnet{i}": c.net for i, c in enumerate(self.controls)}}
+
+    def add_controlnets(self, controls: list[AttachedControl]) -> None:
+        """FLUX ControlNets (diffusers' FluxControlNetModel) that take latents (InstantX-style), made for this
+        transformer: its packed latent width, text and pooled widths, hidden width and guidance embedding."""
+        check_family(controls, ("flux",), "FLUX.1")
+        tf = self.transformer.config
+        latent = 4 * int(self.vae.config.latent_channels)
+        for c in controls:
+            cfg = c.net.config
+            if getattr(c.net, "input_hint_block", None) is not None:
+                raise InputError(f"ControlNet {c.spec.source} takes pixel hints (an XLabs-style input_hint_block); "
+                                 f"FLUX ControlNets that take latents (InstantX-style) are supported")
+            got = (int(cfg.in_channels), int(cfg.joint_attention_dim), int(cfg.pooled_projection_dim),
+                   int(cfg.num_attention_heads) * int(cfg.attention_head_dim))
+            want = (latent, int(tf.joint_attention_dim), int(tf.pooled_projection_dim),
+                    int(tf.num_attention_heads) * int(tf.attention_head_dim))
+            if got != want:
+                raise InputError(f"ControlNet {c.spec.source} was made for another FLUX transformer (latent, text, "
+                                 f"pooled and hidden widths {list(got)}; this one: {list(want)})")
+            if bool(cfg.guidance_embeds) and not bool(tf.guidance_embeds):
+                raise InputError(f"ControlNet {c.spec.source} takes a guidance embedding (made for FLUX.1 dev); this "
+                                 f"transformer has none (schnell)")
+        blocks = {(int(c.net.config.num_layers), int(c.net.config.num_single_layers)) for c in [*self.controls,
+                                                                                               *controls]}
+        if len(blocks) > 1:
+            raise InputError(f"FLUX ControlNets run together must have the same number of blocks (double, single); "
+                             f"got {sorted(blocks)}")
+        self.controls.extend(controls)
+        self.info["controlnets"] = [c.label for c in self.controls]
+
+    @torch.inference_mode()
+    def control_condition(self, images: Sequence[torch.Tensor], generators: Sequence[torch.Generator]
+                          ) -> torch.Tensor | None:
+        """Each control image (1x3xHxW in [0, 1]) as VAE latents, (z - shift) * scale with one posterior draw from
+        each row's generator (as diffusers' FLUX ControlNet pipelines encode it), on the latent grid.  A ControlNet
+        at scale 0 draws nothing (zeros), so that the run is the run without it."""
+        if not self.controls:
+            return None
+        out = []
+        for image, control in zip(images, self.controls, strict=True):
+            if control.spec.scale == 0.0:
+                h, w = (side // self.latent_factor for side in image.shape[-2:])
+                out.append(torch.zeros(len(generators), int(self.vae.config.latent_channels), h, w, device=self.device))
+            else:
+                out.append(self.encode(image * 2.0 - 1.0, generators))  # [0, 1] -> [-1, 1], as its image processor
+        return torch.cat(out, dim=1)
 
     def add_loras(self, specs: list[LoraSpec]) -> None:
         """LoRA on the transformer and CLIP encoder, through diffusers' FLUX loader (kohya/XLabs conversions), PEFT."""
@@ -173,8 +260,14 @@ class FluxModel(LatentSpace, Model):
             raise InputError("FLUX.1 is guidance-distilled: it takes no negative prompt")
         context, pooled = self.encode_prompt(settings.prompt)
         embedded = settings.guidance if self.takes_guidance else None
-        extra = int(self.transformer.config.in_channels) // 4 - int(self.vae.config.latent_channels)
-        return FluxDenoiser(self.transformer, context, pooled, embedded, extra)
+        return self._denoiser(context, pooled, embedded, self.controls)
+
+    def _denoiser(self, context: torch.Tensor, pooled: torch.Tensor, guidance: float | None,
+                  controls: Sequence[AttachedControl]) -> FluxDenoiser:
+        latent = int(self.vae.config.latent_channels)
+        extra = int(self.transformer.config.in_channels) // 4 - latent
+        return FluxDenoiser(self.transformer, context, pooled, guidance, extra, controls, latent, self.schedule_for,
+                            self.latent_factor)
 
     @property
     def inpainting(self) -> bool:
@@ -184,7 +277,8 @@ class FluxModel(LatentSpace, Model):
     @torch.inference_mode()
     def edit_condition(self, x_g: torch.Tensor, mask: torch.Tensor | None,
                        generators: Sequence[torch.Generator]) -> torch.Tensor | None:
-        """FLUX Fill: latents of the guide with the repaint region zeroed, and the mask's f x f pixels per latent cell."""
+        """FLUX Fill: latents of the guide with the repaint region zeroed, and the mask's f x f pixels per latent
+        cell."""
         if not self.inpainting:
             return None
         repaint = repaint_mask(mask, x_g)
@@ -196,7 +290,9 @@ class FluxModel(LatentSpace, Model):
         return torch.cat([z_masked, cells.expand(len(generators), -1, -1, -1)], dim=1)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(RunSettings(guidance=1.0, seed=0))(x, sigma)
+        """D(z, sigma) for the empty prompt at guidance 1 (embedded where the model takes it), without control."""
+        context, pooled = self.encode_prompt("")
+        return self._denoiser(context, pooled, 1.0 if self.takes_guidance else None, ())(x, sigma)
 
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
         """The whole input at the largest size with sides multiples of VAE factor x 2 (the packing)."""
@@ -235,10 +331,10 @@ def load_flux(root: str | Path, *, device: str | torch.device | None = None, nam
     try:
         transformer = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", use_safetensors=True)
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", use_safetensors=True)
-        clip = (CLIPTokenizer.from_pretrained(root / "tokenizer"), CLIPTextModel.from_pretrained(root / "text_encoder",
-                                                                                       use_safetensors=True))
-        t5 = (AutoTokenizer.from_pretrained(root / "tokenizer_2"), T5EncoderModel.from_pretrained(root / "text_encoder_2",
-                                                                                          use_safetensors=True))
+        clip = (CLIPTokenizer.from_pretrained(root / "tokenizer"),
+                CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=True))
+        t5 = (AutoTokenizer.from_pretrained(root / "tokenizer_2"),
+              T5EncoderModel.from_pretrained(root / "text_encoder_2", use_safetensors=True))
     except LOAD_ERRORS as e:
         raise InputError(f"{root}: cannot load its components: {first_line(e)}") from None
     sched = scheduler_config(root)
