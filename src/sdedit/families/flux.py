@@ -156,6 +156,7 @@ class FluxModel(LatentSpace, Model):
     info: dict[str, Any] = field(default_factory=dict)
     t5_tokens: int = 512  # max_sequence_length of T5 (512 for dev, 256 for schnell in diffusers' examples)
     controls: list[AttachedControl] = field(default_factory=list)  # ControlNets run beside the transformer
+    empty_prompt: tuple[torch.Tensor, torch.Tensor] | None = None  # the empty prompt's embeddings, once needed
     text_conditioned = True
     takes_controlnets = True
 
@@ -291,7 +292,9 @@ class FluxModel(LatentSpace, Model):
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """D(z, sigma) for the empty prompt at guidance 1 (embedded where the model takes it), without control."""
-        context, pooled = self.encode_prompt("")
+        if self.empty_prompt is None:
+            self.empty_prompt = self.encode_prompt("")  # encoded once, then kept
+        context, pooled = self.empty_prompt
         return self._denoiser(context, pooled, 1.0 if self.takes_guidance else None, ())(x, sigma)
 
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:

@@ -113,6 +113,7 @@ class StableDiffusion3Model(LatentSpace, Model):
     name: str
     info: dict[str, Any] = field(default_factory=dict)
     controls: list[AttachedControl] = field(default_factory=list)  # ControlNets run beside the transformer
+    empty_prompt: TextCondition | None = None  # the empty prompt's embedding, once denoise() has needed it
     text_conditioned = True
     takes_controlnets = True
 
@@ -226,8 +227,10 @@ class StableDiffusion3Model(LatentSpace, Model):
                                   schedule=self.schedule)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """D for the empty prompt without guidance or control."""
-        return FlowGuidedDenoiser(self.transformer, self.encode_prompt(""), None, 1.0)(x, sigma)
+        """D for the empty prompt without guidance or control (the empty prompt encoded once, then kept)."""
+        if self.empty_prompt is None:
+            self.empty_prompt = self.encode_prompt("")
+        return FlowGuidedDenoiser(self.transformer, self.empty_prompt, None, 1.0)(x, sigma)
 
     def _multiple(self) -> int:
         return self.latent_factor * int(self.transformer.config.patch_size)

@@ -47,6 +47,8 @@ def hide_unactionable_warnings() -> None:
     """Warnings a user cannot act on stay hidden, with or without -q."""
     # torch's note that bf16 autocast cannot use its fused rms_norm (FLUX, SD3): about speed, nothing to act on
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight", category=UserWarning)
+    # diffusers' own FLUX ControlNet class builds a FluxPosEmbed it has deprecated: a note to diffusers, not to a user
+    warnings.filterwarnings("ignore", message=".*FluxPosEmbed.*deprecated", category=FutureWarning)
 
 
 @contextlib.contextmanager
