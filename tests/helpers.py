@@ -104,3 +104,12 @@ def transformer_lora(pipe, path: Path, seed: int = 3) -> Path:
     save_file({f"transformer.{k}": v.contiguous() for k, v in get_peft_model_state_dict(transformer).items()},
               str(path))
     return path
+
+
+def blocks_picture(size: tuple[int, int] = (64, 64), seed: int = 0) -> Image.Image:
+    """Two flat blocks of seeded colours: a layout for a ControlNet or an IP-Adapter to follow."""
+    rng = np.random.default_rng(seed)
+    a = np.zeros((size[1], size[0], 3), np.uint8)
+    a[:, : size[0] // 2] = rng.integers(0, 256, 3)
+    a[size[1] // 3:, size[0] // 4: 3 * size[0] // 4] = rng.integers(0, 256, 3)
+    return Image.fromarray(a)

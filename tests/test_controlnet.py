@@ -19,7 +19,7 @@ from sdedit.families.control import AttachedControl, check_window
 from sdedit.loading.controlnets import ControlSpec
 from sdedit.settings import RunSettings
 
-from .helpers import ddim_on_grid
+from .helpers import blocks_picture, ddim_on_grid
 from .tiny_sd import make_tiny_controlnet, make_tiny_sd
 
 
@@ -32,16 +32,28 @@ def sd_cn(tmp_path_factory):
 
 
 def picture(size=(64, 64), seed=0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    a = np.zeros((size[1], size[0], 3), np.uint8)
-    a[:, : size[0] // 2] = rng.integers(0, 256, 3)
-    a[size[1] // 3:, size[0] // 4: 3 * size[0] // 4] = rng.integers(0, 256, 3)
-    return Image.fromarray(a)
+    return blocks_picture(size, seed)
 
 
 def run(model, img, **kw):
     kw = {"t0": 0.6, "steps": 6, "sampler": "ddim", "seed": 3, "prompt": "a barn", "progress": False, **kw}
     return np.asarray(edit(model, img, **kw)[0]).astype(int)
+
+
+def parity(model, ref_pipe, img, control, other, **pipe_kw) -> tuple[float, float]:
+    """Max |ours - diffusers| on [0, 1] images (strength 0.6, 10 DDIM steps of diffusers' grid, guidance 3, scale 1,
+    generator 0), and ours with another control image against the same reference."""
+    strength, n_steps, w, prompt = 0.6, 10, 3.0, "a red barn"
+    ref = ref_pipe(prompt, image=img, strength=strength, num_inference_steps=n_steps, guidance_scale=w,
+                   generator=torch.Generator().manual_seed(0), output_type="np", eta=0.0,
+                   controlnet_conditioning_scale=1.0, **pipe_kw).images[0]  # diffusers' img2img default: 0.8
+    sched = ref_pipe.scheduler
+    sched.set_timesteps(n_steps)
+    ts = sched.timesteps[n_steps - int(n_steps * strength):].long()
+    sigmas = torch.cat([model.schedule.sigmas[ts], model.schedule.sigmas[:1]]).float()
+    settings = RunSettings(prompt=prompt, guidance=w)
+    diff = float(np.abs(ddim_on_grid(model, img, sigmas, settings, [control]) - ref).max())
+    return diff, float(np.abs(ddim_on_grid(model, img, sigmas, settings, [other]) - ref).max())
 
 
 def test_matches_diffusers_controlnet_img2img_on_its_own_step_grid(sd_cn):
@@ -58,18 +70,7 @@ def test_matches_diffusers_controlnet_img2img_on_its_own_step_grid(sd_cn):
         requires_safety_checker=False)
     img, control = picture(seed=1), picture(seed=2)
     other = control.transpose(Image.Transpose.ROTATE_90)  # another layout (the networks normalise colours away)
-    strength, n_steps, w, prompt = 0.6, 10, 3.0, "a red barn"
-    ref = ref_pipe(prompt, image=img, control_image=control, strength=strength, num_inference_steps=n_steps,
-                   guidance_scale=w, negative_prompt="", generator=torch.Generator().manual_seed(0),
-                   output_type="np", eta=0.0, controlnet_conditioning_scale=1.0).images[0]  # its default: 0.8
-    sched = ref_pipe.scheduler
-    sched.set_timesteps(n_steps)
-    ts = sched.timesteps[n_steps - int(n_steps * strength):].long()
-    sigmas = torch.cat([model.schedule.sigmas[ts], model.schedule.sigmas[:1]]).float()
-    settings = RunSettings(prompt=prompt, guidance=w)
-    ours = ddim_on_grid(model, img, sigmas, settings, [control])
-    diff = float(np.abs(ours - ref).max())
-    apart = float(np.abs(ddim_on_grid(model, img, sigmas, settings, [other]) - ref).max())
+    diff, apart = parity(model, ref_pipe, img, control, other, control_image=control, negative_prompt="")
     print(f"SD ControlNet parity: {diff:.2e}; another control image: {apart:.2e}")
     assert diff < 1e-3 and apart > 50 * max(diff, 1e-6), (diff, apart)
 
@@ -216,19 +217,8 @@ def test_matches_diffusers_sdxl_controlnet_img2img(sdxl_cn, union):
                     controlnet=model.controls[0].net, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))
     img, control = picture((64, 48), seed=1), picture((64, 48), seed=2)
     other = control.transpose(Image.Transpose.ROTATE_180)
-    strength, n_steps, w, prompt = 0.6, 10, 3.0, "a red barn"
     extra = {"control_mode": 2} if union else {}
-    ref = ref_pipe(prompt, image=img, control_image=[control] if union else control, strength=strength,
-                   num_inference_steps=n_steps, guidance_scale=w, generator=torch.Generator().manual_seed(0),
-                   output_type="np", eta=0.0, controlnet_conditioning_scale=1.0, **extra).images[0]
-    sched = ref_pipe.scheduler
-    sched.set_timesteps(n_steps)
-    ts = sched.timesteps[n_steps - int(n_steps * strength):].long()
-    sigmas = torch.cat([model.schedule.sigmas[ts], model.schedule.sigmas[:1]]).float()
-    settings = RunSettings(prompt=prompt, guidance=w)
-    ours = ddim_on_grid(model, img, sigmas, settings, [control])
-    diff = float(np.abs(ours - ref).max())
-    apart = float(np.abs(ddim_on_grid(model, img, sigmas, settings, [other]) - ref).max())
+    diff, apart = parity(model, ref_pipe, img, control, other, control_image=[control] if union else control, **extra)
     print(f"SDXL {'union ' if union else ''}ControlNet parity: {diff:.2e}; another control image: {apart:.2e}")
     assert diff < 1e-3 and apart > 50 * max(diff, 1e-6), (diff, apart)
 

@@ -19,7 +19,7 @@ from sdedit.errors import InputError
 from sdedit.loading.controlnets import ControlSpec
 from sdedit.settings import RunSettings
 
-from .helpers import ddim_on_grid, decode_as_diffusers, flow_sigmas, random_image as photo
+from .helpers import blocks_picture, ddim_on_grid, decode_as_diffusers, flow_sigmas, random_image as photo
 from .tiny_sd import make_tiny_controlnet, make_tiny_flux, make_tiny_flux_controlnet, make_tiny_sd3, \
     make_tiny_sd3_controlnet
 
@@ -43,12 +43,7 @@ def sd3(tmp_path_factory):
 
 
 def picture(size=(64, 48), seed=0) -> Image.Image:
-    """Flat blocks: a layout for a ControlNet to follow."""
-    rng = np.random.default_rng(seed)
-    a = np.zeros((size[1], size[0], 3), np.uint8)
-    a[:, : size[0] // 2] = rng.integers(0, 256, 3)
-    a[size[1] // 3:, size[0] // 4: 3 * size[0] // 4] = rng.integers(0, 256, 3)
-    return Image.fromarray(a)
+    return blocks_picture(size, seed)
 
 
 def rotated(img: Image.Image) -> Image.Image:

@@ -17,7 +17,7 @@ from sdedit.errors import InputError
 from sdedit.loading.ip_adapter import IPAdapterSpec, add_ip_adapters
 from sdedit.settings import RunSettings
 
-from .helpers import ddim_on_grid
+from .helpers import blocks_picture, ddim_on_grid
 from .tiny_sd import make_tiny_controlnet, make_tiny_sd, make_tiny_sdxl
 
 EMBED_DIM = 16  # the tiny image encoder's projection width
@@ -56,11 +56,7 @@ def make_ip_adapter(folder: Path, unet, *, seed: int = 0, embed_dim: int = EMBED
 
 
 def picture(size=(64, 64), seed=0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    a = np.zeros((size[1], size[0], 3), np.uint8)
-    a[:, : size[0] // 2] = rng.integers(0, 256, 3)
-    a[size[1] // 3:, size[0] // 4: 3 * size[0] // 4] = rng.integers(0, 256, 3)
-    return Image.fromarray(a)
+    return blocks_picture(size, seed)
 
 
 def reference_images() -> tuple[Image.Image, Image.Image]:

@@ -228,9 +228,7 @@ def make_tiny_controlnet(folder: Path, unet, *, seed: int = 1, std: float = 0.05
                                                 "num_trans_head": 2})
     with torch.no_grad():
         extra = [net.spatial_ch_projs] if union else []  # the union model's zero-initialised type projection
-        for module in (*net.controlnet_down_blocks, net.controlnet_mid_block, *extra):
-            for p in module.parameters():
-                p.normal_(0.0, std)
+        randomise([*net.controlnet_down_blocks, net.controlnet_mid_block, *extra], std)
         for conv in net.controlnet_cond_embedding.modules():  # a hint embedding that follows the image's layout
             if isinstance(conv, torch.nn.Conv2d):
                 fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
@@ -262,12 +260,8 @@ def make_tiny_flux_controlnet(folder: Path, transformer, *, seed: int = 1, std: 
     net = FluxControlNetModel.from_config(cfg)
     if not changes:
         net.load_state_dict(base.state_dict(), strict=False)
-    with torch.no_grad():
-        for module in (*net.controlnet_blocks, *net.controlnet_single_blocks):
-            for p in module.parameters():
-                p.normal_(0.0, std)
-        for p in net.controlnet_x_embedder.parameters():
-            p.normal_(0.0, hint)
+    randomise([*net.controlnet_blocks, *net.controlnet_single_blocks], std)
+    randomise([net.controlnet_x_embedder], hint)
     net.eval().save_pretrained(folder)
     return net
 
@@ -290,11 +284,15 @@ def make_tiny_sd3_controlnet(folder: Path, transformer, *, style: str = "instant
     if style == "sd35":
         cfg.update(joint_attention_dim=None, use_pos_embed=False, force_zeros_for_pooled_projection=False)
     net = SD3ControlNetModel(**{**cfg, **changes})
-    with torch.no_grad():
-        for module in net.controlnet_blocks:
-            for p in module.parameters():
-                p.normal_(0.0, std)
-        for p in net.pos_embed_input.parameters():
-            p.normal_(0.0, hint)
+    randomise(net.controlnet_blocks, std)
+    randomise([net.pos_embed_input], hint)
     net.eval().save_pretrained(folder)
     return net
+
+
+def randomise(modules, std: float) -> None:
+    """Normal(0, std) weights for a ControlNet's zero-initialised layers, so that it acts."""
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                p.normal_(0.0, std)

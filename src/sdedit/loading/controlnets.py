@@ -3,7 +3,6 @@ read into diffusers' ControlNet classes (safetensors only, config checked before
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from ..errors import InputError
 from ..files import printable
 from .checkpoints import LOAD_ERRORS, check_regular_files, check_weights_fit, first_line, plan_network, read_json
 from .hub import hub_control_snapshot, is_repo_id
+from .lora import split_scale
 from .presets import CONTROL_PRESETS, ControlPreset
 
 # diffusers' ControlNet classes by config class name, and the family kind each one steers
@@ -31,17 +31,9 @@ class ControlSpec:
 
     @classmethod
     def parse(cls, text: str) -> ControlSpec:
-        """'MODEL' or 'MODEL:SCALE' (the scale is whatever follows the last colon, if it is a number)."""
-        source, sep, tail = text.rpartition(":")
-        if sep and source:
-            try:
-                scale = float(tail)
-            except ValueError:
-                return cls(text)
-            if not math.isfinite(scale):
-                raise InputError(f"--controlnet {printable(text)}: the scale must be a finite number")
-            return cls(source, scale)
-        return cls(text)
+        """'MODEL' or 'MODEL:SCALE' (lora.split_scale's rule)."""
+        source, scale = split_scale(text, "--controlnet")
+        return cls(source) if scale is None else cls(source, scale)
 
 
 def control_mode(spec: ControlSpec, text: str) -> ControlSpec:

@@ -22,6 +22,7 @@ from ..images import ImageLike
 from .checkpoints import LOAD_ERRORS, check_regular_files, check_weights_fit, first_line, plan_network, \
     read_safetensors, safetensors_shapes
 from .hub import hub_control_snapshot
+from .lora import split_scale
 from .presets import CONTROL_PRESETS, control_preset
 
 IMAGE_TOKENS = 4  # image tokens of the base IP-Adapter's projection (diffusers' ImageProjection for "proj.weight")
@@ -39,17 +40,9 @@ class IPAdapterSpec:
 
     @classmethod
     def parse(cls, text: str, image: ImageLike | None = None) -> IPAdapterSpec:
-        """'MODEL' or 'MODEL:SCALE' (the scale is whatever follows the last colon, if it is a number)."""
-        source, sep, tail = text.rpartition(":")
-        if sep and source:
-            try:
-                scale = float(tail)
-            except ValueError:
-                return cls(text, image=image)
-            if not math.isfinite(scale):
-                raise InputError(f"--ip-adapter {printable(text)}: the scale must be a finite number")
-            return cls(source, scale, image)
-        return cls(text, image=image)
+        """'MODEL' or 'MODEL:SCALE' (lora.split_scale's rule)."""
+        source, scale = split_scale(text, "--ip-adapter")
+        return cls(source, image=image) if scale is None else cls(source, scale, image)
 
     @property
     def label(self) -> str:

@@ -30,17 +30,24 @@ class LoraSpec:
 
     @classmethod
     def parse(cls, text: str) -> LoraSpec:
-        """'PATH_OR_HUB_ID' or 'PATH_OR_HUB_ID:SCALE' (the scale is whatever follows the last colon, if a number)."""
-        source, sep, tail = text.rpartition(":")
-        if sep and source:
-            try:
-                scale = float(tail)
-            except ValueError:
-                return cls(text)
-            if not math.isfinite(scale):
-                raise InputError(f"--lora {printable(text)}: the scale must be a finite number")
-            return cls(source, scale)
-        return cls(text)
+        """'PATH_OR_HUB_ID' or 'PATH_OR_HUB_ID:SCALE' (split_scale's rule)."""
+        source, scale = split_scale(text, "--lora")
+        return cls(source) if scale is None else cls(source, scale)
+
+
+def split_scale(text: str, option: str) -> tuple[str, float | None]:
+    """'SOURCE[:SCALE]' as (source, scale or None): the scale is whatever follows the last colon if it is a number
+    (so 'C:/x' or 'owner/name' stay whole); a scale that is not finite is an input error naming the option."""
+    source, sep, tail = text.rpartition(":")
+    if not (sep and source):
+        return text, None
+    try:
+        scale = float(tail)
+    except ValueError:
+        return text, None
+    if not math.isfinite(scale):
+        raise InputError(f"{option} {printable(text)}: the scale must be a finite number")
+    return source, scale
 
 
 def _check_readable(path: Path, note: str = "") -> None:
