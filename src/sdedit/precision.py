@@ -35,6 +35,9 @@ CACHE_ENV = "SDEDIT_CACHE_DIR"  # where measured decisions are kept (default: th
 CACHE_FILE = "precision.json"
 CACHE_VERSION = 1
 GUARD = 0.02  # bf16's D may differ from fp32's by at most this rms per (1 + sigma), on the data scale
+MIN_GAIN = 1.1  # a reduced precision must be measured this much faster to replace fp32: a closer ratio is within
+# the noise of a shared machine (measured under load: 1.04x "faster" bf16 that is 2x slower when quiet) and fp32
+# is the more exact; the decision is cached, so a coin flip would stick
 MIN_PROXY_CELLS = 1024  # the smallest proxy measured: batch x height x width cells of the sampler's space
 MAX_CACHE_ENTRIES = 1000  # decisions kept; older ones are dropped first
 MAX_CACHE_BYTES = 4_000_000  # a cache file larger than this is not one this package wrote
@@ -176,6 +179,9 @@ def decide(timing: Timing) -> tuple[str, str]:
     ratio = timing.ratio()
     if fastest != "fp32" and timing.difference > GUARD:
         return "fp32", f"{fastest} {ratio:.2f}x faster but off by {timing.difference:.3g} (guard {GUARD})"
+    gain = timing.seconds["fp32"] / timing.seconds[fastest] if "fp32" in timing.seconds else ratio
+    if fastest != "fp32" and gain < MIN_GAIN:
+        return "fp32", f"{fastest} only {gain:.2f}x faster (under the {MIN_GAIN}x that replaces fp32)"
     slower = [p for p in timing.seconds if p != fastest]
     return fastest, f"{fastest}, {', '.join(slower)} {ratio:.2f}x slower"
 
