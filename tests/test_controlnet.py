@@ -327,3 +327,44 @@ def test_the_unconditional_denoiser_encodes_the_empty_prompt_once(sd_cn, monkeyp
     assert calls == [""] and torch.equal(first, second)
     plain = load_model(sd, device="cpu", precision="fp32")
     assert torch.equal(first, plain.denoiser(RunSettings(prompt="", guidance=1.0))(x, sigma))
+
+
+def test_review_findings_are_refused_or_kept(sd_cn, tmp_path):
+    """Found by a hostile review: each case is one line (InputError) or keeps its state."""
+    from diffusers import ControlNetModel
+    from safetensors.torch import save_file
+
+    from sdedit.loading.controlnets import control_mode
+
+    sd, cn, pipe = sd_cn
+    model = load_model(sd, device="cpu", precision="fp32", controlnets=[str(cn)])
+    # a window that ends above t0 would never act
+    late = load_model(sd, device="cpu", precision="fp32", controlnets=[str(cn)], control_window=(1.0, 0.8))
+    with pytest.raises(InputError, match="never act"):
+        edit(late, picture(), t0=0.5, prompt="x", progress=False)
+    # a copy at another scale keeps the offload state (where the networks run)
+    model.execution_device, model.offloader = torch.device("meta"), object()
+    twin = model.with_control_scales([0.5])
+    assert twin.device == torch.device("meta") and twin.offloader is model.offloader
+    model.execution_device = model.offloader = None
+    # the measured precision's key includes the ControlNets
+    assert model.network_signature() != load_model(sd, device="cpu").network_signature()
+    for text, match in (("x:-1", "0 or more"), ("x:nan", "finite")):
+        with pytest.raises(InputError, match=match):
+            ControlSpec.parse(text)
+    with pytest.raises(InputError, match="index"):
+        control_mode(ControlSpec("x"), "\u00b2")  # a digit to str.isdigit, not to int()
+    four = ControlNetModel.from_unet(pipe.unet, conditioning_channels=4, conditioning_embedding_out_channels=(8, 8, 8, 16))
+    four.save_pretrained(tmp_path / "four")
+    with pytest.raises(InputError, match="4-channel"):
+        load_model(sd, device="cpu", controlnets=[str(tmp_path / "four")])
+    save_file({"model.diffusion_model.x": torch.zeros(2)}, str(tmp_path / "unet.SAFETENSORS"))
+    with pytest.raises(InputError, match="not a ControlNet"):
+        load_model(sd, device="cpu", controlnets=[str(tmp_path / "unet.SAFETENSORS")])
+    # batch refuses control options it cannot pair before any model loads (no output folder made)
+    for extra in (["--control-preprocess", "canny"], ["--controlnet", str(cn), "--control-image", str(cn / "x.png"),
+                                                      "--control-image", str(cn / "y.png")]):
+        r = subprocess.run([sys.executable, "-m", "sdedit", "batch", str(tmp_path), "-o", str(tmp_path / "out"),
+                            "--model", str(sd), *extra], capture_output=True, text=True)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "out").exists()

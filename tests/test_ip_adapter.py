@@ -271,3 +271,18 @@ def test_command_line(sd_ip, tmp_path):
                   ("--ip-adapter", str(adapter), "--ip-image", str(tmp_path / "ref.png"))):
         r = cli("bad", *extra)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_an_image_encoder_of_an_absurd_image_size_is_refused(tmp_path):
+    """The reference image is resized to the encoder's image_size: a hostile config cannot make it gigabytes."""
+    import json
+
+    from sdedit.loading.ip_adapter import encoder_width
+
+    make_image_encoder(tmp_path / "enc")
+    config = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert encoder_width(tmp_path / "enc") == config["projection_dim"]
+    config["image_size"] = 65536
+    (tmp_path / "enc" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="image_size 65536"):
+        encoder_width(tmp_path / "enc")

@@ -277,6 +277,7 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
     model.check_conditioning(settings)
     precision = model.run_precision(settings.precision)  # one precision for the whole run, decided on its first batch
     settings = model.run_settings(settings)
+    check_control_window(model, settings.t0)
     bar = None
     try:
         denoiser = model.denoiser(settings)
@@ -463,7 +464,7 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
             **({"loras": model.info["loras"]} if model.info.get("loras") else {}),
             **({"ip_adapters": model.info["ip_adapters"], "ip_images": model.info["ip_images"]}
                if model.info.get("ip_adapters") else {}),
-            **_control_metadata(model, guide),
+            **_control_metadata(model, guide, float(settings.t0)),  # type: ignore[arg-type]
             **({"fit": fit} if model.square and not frame.whole_input else {}),  # only where fit acted
             "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
             **({"strength_map": True, "strength_levels": guide.strength_levels} if guide.strength is not None
@@ -478,9 +479,19 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
     return out
 
 
-def _control_metadata(model: Model, guide: Guide) -> dict[str, Any]:
-    """What steered an output besides its prompt: each ControlNet with its scale and image, the preprocess, the window."""
-    if not guide.control:
+def check_control_window(model: Model, t0: object) -> None:
+    """A ControlNet whose window ends above t0 would never act: refused (with t0 auto, outputs whose chosen t0 is
+    below every window record no ControlNet)."""
+    for c in getattr(model, "controls", ()):
+        if isinstance(t0, float) and c.end > t0:
+            raise InputError(f"ControlNet {c.spec.source} acts from t = {c.start:g} to {c.end:g}, above t0 = {t0:g}: "
+                             f"it would never act; lower --control-end or raise --t0")
+
+
+def _control_metadata(model: Model, guide: Guide, t0: float) -> dict[str, Any]:
+    """What steered an output besides its prompt: each ControlNet with its scale and image, the preprocess, the window
+    (nothing when no window reaches the output's t0)."""
+    if not guide.control or all(c.end > t0 for c in getattr(model, "controls", ())):
         return {}
     return {"controlnets": model.info.get("controlnets", []), "control_images": list(guide.control_source),
             "control_preprocess": guide.control_preprocess,

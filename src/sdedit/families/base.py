@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
@@ -123,11 +124,14 @@ class Model(ABC):
                             self.size_multiple, stored=self.info.get("weights"))
 
     def network_signature(self) -> str:
-        """A short hash of the main network's class and parameter shapes and dtypes (a key of measured decisions)."""
-        net = self.main_network()
-        h = hashlib.sha256(type(getattr(net, "_orig_mod", net)).__name__.encode())
-        for name, p in net.named_parameters():
-            h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+        """A short hash of the main network's (and any ControlNet's) class and parameter shapes and dtypes (a key of
+        measured decisions)."""
+        h = hashlib.sha256()
+        # the ControlNets run at every evaluation too: a decision measured without them is not theirs
+        for net in (self.main_network(), *(c.net for c in getattr(self, "controls", ()))):
+            h.update(type(getattr(net, "_orig_mod", net)).__name__.encode())
+            for name, p in net.named_parameters():
+                h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
         return h.hexdigest()[:16]
 
     def optimize(self, *, compile: bool = False) -> Model:
@@ -201,10 +205,11 @@ class Model(ABC):
             raise InputError(f"{len(scales)} control scale(s) for {len(controls)} ControlNet(s)")
         moved = [dataclasses.replace(c, spec=dataclasses.replace(c.spec, scale=float(s)))
                  for c, s in zip(controls, scales, strict=True)]
-        copy = dataclasses.replace(self, controls=moved, info=dict(self.info))  # type: ignore[type-var]
+        twin = copy.copy(self)  # every attribute, the offload state (execution device, hooks) included
+        twin.controls, twin.info = moved, dict(self.info)  # type: ignore[attr-defined]
         if moved:
-            copy.info["controlnets"] = [c.label for c in moved]
-        return copy
+            twin.info["controlnets"] = [c.label for c in moved]
+        return twin
 
     @property
     def control_count(self) -> int:

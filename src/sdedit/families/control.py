@@ -65,8 +65,13 @@ class AttachedControl:
 
 
 def scaled(residuals: Sequence[torch.Tensor], scale: torch.Tensor) -> list[torch.Tensor]:
-    """Residuals times a per-row scale (in their own dtype, as diffusers multiplies by its float scale)."""
-    return [r * scale.to(r.dtype).reshape(-1, *([1] * (r.ndim - 1))) for r in residuals]
+    """Residuals times a per-row scale (in their own dtype, as diffusers multiplies by its float scale); a row at
+    scale 0 (outside the window) gets exactly 0, even where a reduced-precision residual overflowed."""
+    out = []
+    for r in residuals:
+        s = scale.to(r.dtype).reshape(-1, *([1] * (r.ndim - 1)))
+        out.append(torch.where(s != 0, r * s, torch.zeros((), dtype=r.dtype, device=r.device)))
+    return out
 
 
 def summed(total: list[torch.Tensor] | None, more: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -208,6 +208,9 @@ class StableDiffusionModel(LatentSpace, Model):
         check_family(controls, ("unet", "unet-union"), "Stable Diffusion 1.x/2.x and SDXL")
         for c in controls:
             cfg, unet = c.net.config, self.unet.config
+            if int(getattr(cfg, "conditioning_channels", 3)) != 3:
+                raise InputError(f"ControlNet {c.spec.source} takes {cfg.conditioning_channels}-channel control "
+                                 f"images; sdedit gives RGB images (3 channels)")
             if (cfg.cross_attention_dim != unet.cross_attention_dim or cfg.addition_embed_type != unet.addition_embed_type
                     or tuple(cfg.block_out_channels) != tuple(unet.block_out_channels)):
                 raise InputError(f"ControlNet {c.spec.source} was made for another Stable Diffusion model (text width "

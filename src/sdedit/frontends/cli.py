@@ -166,9 +166,15 @@ def ip_adapter_options(a: argparse.Namespace) -> dict[str, Any]:
 def control_options(a: argparse.Namespace) -> dict[str, Any]:
     """load_model's ControlNet arguments from the flags, checked before any model loads."""
     images = getattr(a, "control_image", [])
-    if (images or a.control_mode or (a.control_start, a.control_end) != FULL_WINDOW) and not a.controlnet:
-        raise InputError("--control-image, --control-mode, --control-start and --control-end steer ControlNets: give "
-                         "--controlnet")
+    steering = a.control_mode or (a.control_start, a.control_end) != FULL_WINDOW or images or \
+        a.control_preprocess != DEFAULT_CONTROL_PREPROCESS
+    if steering and not a.controlnet:
+        names = "--control-image, " if hasattr(a, "control_image") else ""
+        raise InputError(f"{names}--control-mode, --control-preprocess, --control-start and --control-end steer "
+                         f"ControlNets: give --controlnet")
+    if images and len(images) != len(a.controlnet):
+        raise InputError(f"{len(images)} --control-image for {len(a.controlnet)} --controlnet: give one per "
+                         f"ControlNet, in order, or none (the input steers them)")
     if a.control_mode and len(a.control_mode) != len(a.controlnet):
         raise InputError(f"{len(a.control_mode)} --control-mode for {len(a.controlnet)} --controlnet: give one per "
                          f"ControlNet, in order")

@@ -11,12 +11,14 @@ from torch import nn
 
 from ..errors import InputError
 from ..files import printable
-from .checkpoints import LOAD_ERRORS, check_regular_files, check_weights_fit, first_line, plan_network, read_json
-from .hub import hub_control_snapshot, is_repo_id
+from .checkpoints import LOAD_ERRORS, check_regular_files, check_weights_fit, first_line, plan_network, read_json, \
+    safetensors_shapes
+from .hub import hub_control_snapshot, hub_reachable, is_repo_id
 from .lora import split_scale
 from .presets import CONTROL_PRESETS, ControlPreset
 
 # diffusers' ControlNet classes by config class name, and the family kind each one steers
+SINGLE_FILE_KEYS = ("control_model.input_hint_block.", "input_hint_block.", "controlnet_cond_embedding.")
 CONTROLNET_KINDS = {"ControlNetModel": "unet", "ControlNetUnionModel": "unet-union", "SD3ControlNetModel": "sd3",
                     "FluxControlNetModel": "flux"}
 
@@ -33,6 +35,8 @@ class ControlSpec:
     def parse(cls, text: str) -> ControlSpec:
         """'MODEL' or 'MODEL:SCALE' (lora.split_scale's rule)."""
         source, scale = split_scale(text, "--controlnet")
+        if scale is not None and scale < 0:
+            raise InputError(f"--controlnet {printable(text)}: the scale must be 0 or more (0 = as if absent)")
         return cls(source) if scale is None else cls(source, scale)
 
 
@@ -40,7 +44,7 @@ def control_mode(spec: ControlSpec, text: str) -> ControlSpec:
     """The spec with a union ControlNet's mode: its index, or a name from its preset's modes."""
     preset = CONTROL_PRESETS.get(spec.source)
     modes = preset.modes if preset is not None else ()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         mode = int(text)
     elif text in modes:
         mode = modes.index(text)
@@ -124,13 +128,17 @@ def _single_file(path: Path) -> nn.Module:
     """A ControlNet in the original single-file layout (safetensors), through diffusers' single-file loader."""
     if not path.is_file():
         raise InputError(f"ControlNet not found: {printable(path)}")
-    if path.suffix != ".safetensors":
+    if path.suffix.lower() != ".safetensors":
         raise InputError(f"{printable(path)}: ControlNet weights are read from .safetensors files only (pickled "
                          f"files can hold code)")
+    keys = safetensors_shapes(path)
+    if not any(k.startswith(SINGLE_FILE_KEYS) for k in keys):
+        raise InputError(f"{printable(path)}: not a ControlNet (none of its {len(keys)} tensors is a ControlNet's "
+                         f"hint or condition embedding)")
     from diffusers import ControlNetModel
 
-    try:
-        net = ControlNetModel.from_single_file(str(path))
+    try:  # offline, diffusers' config lookup fails at once instead of retrying
+        net = ControlNetModel.from_single_file(str(path), local_files_only=not hub_reachable())
     except LOAD_ERRORS as e:
         raise InputError(f"{printable(path)}: cannot load it as a single-file ControlNet (its config is inferred "
                          f"from the Hub, which may be unreachable; a diffusers folder needs none): "

@@ -26,6 +26,7 @@ from .lora import split_scale
 from .presets import CONTROL_PRESETS, control_preset
 
 IMAGE_TOKENS = 4  # image tokens of the base IP-Adapter's projection (diffusers' ImageProjection for "proj.weight")
+MAX_ENCODER_SIDE = 1024  # a CLIP image encoder's image_size (224 or 336 in practice): bounds the reference's resize
 ENCODER_FOLDER = "image_encoder"  # a local adapter file's encoder: this folder beside it (diffusers' default)
 
 
@@ -130,9 +131,13 @@ def encoder_width(folder: Path) -> int:
                          f"CLIPVisionModelWithProjection)")
     check_regular_files(folder)
     try:
-        return int(CLIPVisionConfig.from_pretrained(folder).projection_dim)
+        config = CLIPVisionConfig.from_pretrained(folder)
     except LOAD_ERRORS as e:
         raise InputError(f"{printable(folder)}: not a CLIP image encoder config: {first_line(e)}") from None
+    if not 1 <= int(config.image_size) <= MAX_ENCODER_SIDE:
+        raise InputError(f"{printable(folder)}: image_size {config.image_size} (CLIP encoders take 224 or 336 px; at "
+                         f"most {MAX_ENCODER_SIDE})")
+    return int(config.projection_dim)
 
 
 def load_image_encoder(folder: Path, device: torch.device) -> nn.Module:
