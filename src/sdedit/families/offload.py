@@ -4,7 +4,8 @@ one layer's weights at a time (sequential), both through accelerate's forward ho
 model: every network lives in CPU memory; a network's forward (or the VAE's encode/decode, which
 diffusers routes through the same hook) first sends the network that ran before it back to the
 CPU, then brings its own weights over; so at most one network is resident at a time and the UNet
-or transformer stays on the accelerator for the whole sampling loop.  `release` sends the last
+or transformer stays on the accelerator for the whole sampling loop (with ControlNets, it and each
+ControlNet take turns at every evaluation).  `release` sends the last
 one home at the end of a run.  sequential: accelerate's `cpu_offload` keeps each network's
 weights in a CPU state dict and streams every leaf module's weights in for its forward only.
 """
