@@ -74,10 +74,13 @@ def test_the_quality_guard_keeps_fp32_when_bf16_is_off():
 
 
 def test_a_gain_within_the_noise_keeps_fp32():
-    """bf16 measured 1.04x faster (a shared machine's noise) stays fp32; 1.2x faster is bf16."""
+    """bf16 measured 1.04x faster (a shared machine's noise) stays fp32; 1.2x faster is bf16; training's 'auto' has
+    the same rule (precision.faster_enough)."""
     precision, why = P.decide(Timing({"fp32": 1.04, "bf16": 1.0}, (8, 8), difference=0.0, spent=0.1))
     assert precision == "fp32" and "only 1.04x faster" in why
     assert P.decide(Timing({"fp32": 1.2, "bf16": 1.0}, (8, 8), difference=0.0, spent=0.1))[0] == "bf16"
+    assert P.faster_enough(Timing({"fp32": 1.04, "bf16": 1.0}, (8, 8), difference=0.5, spent=0.1)) == "fp32"
+    assert P.faster_enough(Timing({"fp32": 1.2, "bf16": 1.0}, (8, 8), difference=0.5, spent=0.1)) == "bf16"
 
 
 def test_proxy_sizes_are_halvings_the_network_takes():

@@ -173,14 +173,23 @@ def measure(denoiser: Denoiser, x: torch.Tensor, sigma: float, names: list[str],
     return time_precisions(run, names, sizes, sigma=sigma, budget=budget, clock=clock)
 
 
+def faster_enough(timing: Timing) -> str:
+    """The fastest precision of a timing, unless it beats fp32 by less than MIN_GAIN (then fp32): the speed rule of
+    every 'auto' decision (editing and training)."""
+    fastest = timing.fastest()
+    if fastest != "fp32" and "fp32" in timing.seconds and timing.seconds["fp32"] / timing.seconds[fastest] < MIN_GAIN:
+        return "fp32"
+    return fastest
+
+
 def decide(timing: Timing) -> tuple[str, str]:
     """The precision a timing picks (fastest passing the guard) and the reason, e.g. 'measured bf16 1.8x faster'."""
     fastest = timing.fastest()
     ratio = timing.ratio()
     if fastest != "fp32" and timing.difference > GUARD:
         return "fp32", f"{fastest} {ratio:.2f}x faster but off by {timing.difference:.3g} (guard {GUARD})"
-    gain = timing.seconds["fp32"] / timing.seconds[fastest] if "fp32" in timing.seconds else ratio
-    if fastest != "fp32" and gain < MIN_GAIN:
+    if faster_enough(timing) != fastest:
+        gain = timing.seconds["fp32"] / timing.seconds[fastest]
         return "fp32", f"{fastest} only {gain:.2f}x faster (under the {MIN_GAIN}x that replaces fp32)"
     slower = [p for p in timing.seconds if p != fastest]
     return fastest, f"{fastest}, {', '.join(slower)} {ratio:.2f}x slower"

@@ -32,7 +32,7 @@ DEFAULT_STRENGTH_LEVELS = 8  # a map with more is posterized to this many (a smo
 NO_GUIDANCE = 1.0  # the guidance weight that means none (the conditional prediction alone)
 DEFAULT_BATCH_SIZE = 8  # samples per network call
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# 'auto': the faster of fp32 and bf16 autocast, timed once per machine, network, input shape and batch bucket and
+# 'auto': the faster of fp32 and bf16 autocast (bf16 by at least 1.1x), timed once per machine, network, input shape and batch bucket and
 # cached (sdedit/precision.py); bf16 has the same L2 and KID as fp32 within their noise on the bundled model
 # (benchmarks/precision.py), and its speed against fp32 ranges from 3-7x slower (AVX2 only) to 4x faster (AMX)
 # (README 'Precision: measured, not assumed').

@@ -95,9 +95,9 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("--seed", type=int, help=seed_help)
     p.add_argument("--batch-size", type=int, help=f"samples per network call ({DEFAULT_BATCH_SIZE})")
     p.add_argument("--precision", choices=list(PRECISIONS),
-                   help="network precision: auto (default: the faster of fp32 and bf16 autocast, timed once on this "
-                        "machine for the network and shape, then cached; see 'sdedit models'), fp32, bf16 or fp16; "
-                        f"{PRECISION_ENV} sets the default")
+                   help="network precision: auto (default: the faster of fp32 and bf16 autocast, bf16 only if 1.1x "
+                        "faster, timed once on this machine for the network and shape, then cached; see 'sdedit "
+                        f"models'), fp32, bf16 or fp16; {PRECISION_ENV} sets the default")
     p.add_argument("--mask-grow", type=int, default=0, help="grow the mask by this many pixels (0)")
     p.add_argument("--mask-feather", type=int, default=0,
                    help="feather the mask outward by this many pixels: the band blends into the photo (0)")

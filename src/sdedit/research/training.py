@@ -27,7 +27,7 @@ from ..devices import bf16_runs
 from ..engine.precision import AUTOCAST_DTYPES, autocast, time_precisions
 from ..errors import InputError
 from ..files import printable
-from ..precision import requested
+from ..precision import faster_enough, requested
 from ..progress import tqdm
 from ..settings import MAX_SEED
 from ..loading.checkpoints import LOAD_ERRORS, first_line, read_safetensors
@@ -302,7 +302,8 @@ class Trainer:
     def faster_precision(self) -> str:
         """'auto': fp32 or bf16 autocast, whichever runs a forward and backward pass of up to PROBE_BATCH training
         images faster here (timed side by side within engine.precision's budget, as inference's 'auto' is: a CPU flag
-        says bf16 runs, not that it is faster); fp32 where bf16 does not run at all."""
+        says bf16 runs, not that it is faster; bf16 only if at least precision.MIN_GAIN faster); fp32 where bf16 does
+        not run at all."""
         if not bf16_runs(self.device):
             return "fp32"
         size, n = self.cfg.size, min(self.cfg.batch_size, PROBE_BATCH)
@@ -319,7 +320,7 @@ class Trainer:
             return out.detach()
 
         timing = time_precisions(step, ["fp32", "bf16"], [(size, size)], sigma=0.0, clock=time.perf_counter)
-        return timing.fastest()
+        return faster_enough(timing)
 
     def sample_t(self, n: int) -> torch.Tensor:
         """Training steps: a share low_t_share uniform below t_split, the rest uniform above it."""
