@@ -25,7 +25,7 @@ from .crops import DEFAULT_CROP_PADDING, check_padding, mask_box
 from .engine.editing import edit_tensors, release_grid
 from .errors import InputError, SamplingError
 from .families.base import Frame, Model
-from .families.control import control_to_tensor
+from .families.control import check_pairing, control_to_tensor
 from .precision import Choice, RunPrecision
 from .progress import tqdm
 from .images import Fit, ImageLike, check_grow, grow_and_feather, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
@@ -93,11 +93,7 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
     each is stretched to the input's size, cut and resized as the input is, then control_preprocess'ed.
     """
     control_preprocess = check_preprocess(control_preprocess)
-    if control_images and len(control_images) != model.control_count:
-        raise InputError(f"{len(control_images)} control image(s) for {model.control_count} ControlNet(s): give one "
-                         f"per ControlNet, in order, or none (the input steers them)")
-    if control_preprocess != DEFAULT_CONTROL_PREPROCESS and not model.control_count:
-        raise InputError("--control-preprocess makes control images for ControlNets: give --controlnet")
+    check_pairing(len(control_images), model.control_count, control_preprocess)
     if mask is not None and strength_map is not None:
         raise InputError("give a mask or a strength map, not both (a strength map of 0 and 255 is a mask)")
     check_grow(mask_grow, mask_feather)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..control_images import DEFAULT_CONTROL_PREPROCESS
 from ..errors import InputError
 from ..loading.controlnets import ControlSpec
 
@@ -26,6 +27,16 @@ def check_window(start: float, end: float) -> tuple[float, float]:
         raise InputError(f"--control-end ({end:g}) must not exceed --control-start ({start:g}): sampling runs from "
                          f"t0 down to 0, so a ControlNet starts at the larger t")
     return float(start), float(end)
+
+
+def check_pairing(images: int, controlnets: int, preprocess: str) -> None:
+    """The pairing rule of control images: one per ControlNet in order, or none (the input steers them); and a
+    preprocess only where there are ControlNets to steer."""
+    if images and images != controlnets:
+        raise InputError(f"{images} control image(s) for {controlnets} ControlNet(s): give one per ControlNet, in "
+                         f"order, or none (the input steers them)")
+    if preprocess != DEFAULT_CONTROL_PREPROCESS and not controlnets:
+        raise InputError("--control-preprocess makes control images for ControlNets: give --controlnet")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from ..errors import InputError, ModelUnavailableError
 from ..files import printable
 from ..loading.presets import BUNDLED_MODELS, CONTROL_PRESETS, DEFAULT_MODEL, PIPELINE_PRESETS, PRESETS, control_table
 from ..devices import OFFLOADS, offload_device
-from ..families.control import FULL_WINDOW, check_window
+from ..families.control import FULL_WINDOW, check_pairing, check_window
 from ..loading.controlnets import ControlSpec, control_mode
 from ..loading.ip_adapter import IPAdapterSpec
 from ..images import open_image
@@ -166,15 +166,11 @@ def ip_adapter_options(a: argparse.Namespace) -> dict[str, Any]:
 def control_options(a: argparse.Namespace) -> dict[str, Any]:
     """load_model's ControlNet arguments from the flags, checked before any model loads."""
     images = getattr(a, "control_image", [])
-    steering = a.control_mode or (a.control_start, a.control_end) != FULL_WINDOW or images or \
-        a.control_preprocess != DEFAULT_CONTROL_PREPROCESS
-    if steering and not a.controlnet:
+    if (a.control_mode or (a.control_start, a.control_end) != FULL_WINDOW or images) and not a.controlnet:
         names = "--control-image, " if hasattr(a, "control_image") else ""
-        raise InputError(f"{names}--control-mode, --control-preprocess, --control-start and --control-end steer "
-                         f"ControlNets: give --controlnet")
-    if images and len(images) != len(a.controlnet):
-        raise InputError(f"{len(images)} --control-image for {len(a.controlnet)} --controlnet: give one per "
-                         f"ControlNet, in order, or none (the input steers them)")
+        raise InputError(f"{names}--control-mode, --control-start and --control-end steer ControlNets: give "
+                         f"--controlnet")
+    check_pairing(len(images), len(a.controlnet), a.control_preprocess)
     if a.control_mode and len(a.control_mode) != len(a.controlnet):
         raise InputError(f"{len(a.control_mode)} --control-mode for {len(a.controlnet)} --controlnet: give one per "
                          f"ControlNet, in order")
