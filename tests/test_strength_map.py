@@ -184,3 +184,44 @@ def test_batch_takes_a_folder_of_strength_maps_matched_by_stem(tmp_path):
         assert (got[15:] == src[15:]).all() and not (got[:10] == src[:10]).all()
     assert main(["batch", str(inp), "-o", str(tmp_path / "o2"), "--strength-maps", str(maps), "--masks", str(masks),
                  *model]) == 2
+
+
+def test_a_level_next_to_a_grid_point_takes_its_place_and_far_ones_are_inserted():
+    from sdedit.engine.editing import merge_levels
+
+    base = [10.0, 5.0, 2.5, 1.25]
+    merged = merge_levels(base, [10.0, 2.45, 4.0])
+    assert sorted(merged, reverse=True) == [10.0, 5.0, 4.0, 2.45, 1.25]  # 2.45 replaced 2.5; 4.0 inserted
+    assert merge_levels(base, [10.0]) == base
+
+
+def test_multistep_samplers_skip_a_much_shorter_earlier_step():
+    from sdedit.engine.samplers import MIN_STEP_RATIO, recent
+
+    d = torch.zeros(1)
+    assert recent([(d, 0.5), (d, 0.4)], 1.0) == [(d, 0.5), (d, 0.4)]
+    assert recent([(d, 0.5), (d, 0.01)], 1.0) == [(d, 0.5)]
+    assert recent([(d, MIN_STEP_RATIO / 2)], 1.0) == []
+
+
+@pytest.mark.parametrize("sampler", ["dpm++2m-sde", "dpm++3m-sde"])
+def test_eight_bit_levels_beside_the_grid_keep_the_posterior(sampler):
+    """Outpainting's map: levels of 8-bit greys (76/255 of t0 = 1 is not the grid's 0.3) beside the uniform grid's
+    points; each band still has the posterior of its own t0 (before, a step of almost no length between a level
+    and a grid point blew up the multistep correction)."""
+    model = gaussian_model(MU, S0)
+    greys = [76, 128, 204, 255]
+    g = torch.zeros(1, 1, 8, 8 * len(greys))
+    for i, v in enumerate(greys):
+        g[..., 8 * i:8 * i + 8] = v / 255
+    n = 16
+    out = edit_tensors(model.denoise, model.schedule, torch.full((n, 3, 8, 8 * len(greys)), GUIDE), mask=None,
+                       t0=0.999, steps=20, repeats=1, sampler=sampler,
+                       generator=[torch.Generator().manual_seed(i) for i in range(n)], strength=g)
+    assert torch.isfinite(out).all()
+    for i, v in enumerate(greys):
+        s = model.schedule.sigma(0.999 * v / 255)
+        k = S0**2 / (S0**2 + s**2)
+        band = out[..., 8 * i:8 * i + 8]
+        assert band.mean().item() == pytest.approx(MU + k * (GUIDE - MU), abs=0.05), (v, band.mean().item())
+        assert band.std().item() < 2 * S0

@@ -136,6 +136,21 @@ def step_ddim(st: Step) -> torch.Tensor:
     return st.d + (st.s_next / st.s) * (st.x - st.d)
 
 
+MIN_STEP_RATIO = 0.1  # a multistep correction uses an earlier step only if it was at least this share of this one
+
+
+def recent(history: list[tuple[torch.Tensor, float]], h: float) -> list[tuple[torch.Tensor, float]]:
+    """The earlier (D, h) a multistep method may use for a step of size h: up to the first step under MIN_STEP_RATIO
+    of h.  A much shorter step (a strength map's level next to a grid point) holds D's fresh noise over almost no
+    distance; its divided difference would blow up, so the method drops to a lower order instead."""
+    usable = []
+    for entry in history:
+        if entry[1] < MIN_STEP_RATIO * h:
+            break
+        usable.append(entry)
+    return usable
+
+
 def step_dpmpp_2m(st: Step) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): multistep second order in lambda = -log sigma."""
     x, d, s, s_next = st.x, st.d, st.s, st.s_next
@@ -143,9 +158,10 @@ def step_dpmpp_2m(st: Step) -> torch.Tensor:
         return d
     h = math.log(s / s_next)
     d_hat = d
-    if st.history:
+    history = recent(st.history, h)
+    if history:
         # Second-order correction from the previous denoised value.
-        d_prev, h_prev = st.history[0]
+        d_prev, h_prev = history[0]
         r = h_prev / h
         d_hat = (1.0 + 1.0 / (2.0 * r)) * d - (1.0 / (2.0 * r)) * d_prev
     return (s_next / s) * x + (1.0 - math.exp(-h)) * d_hat
@@ -163,9 +179,10 @@ def step_dpmpp_2m_sde(st: Step) -> torch.Tensor:
     h = math.log(s / s_next)
     keep = (s_next / s) ** 2  # e^{-2h}
     x = keep * x + (1.0 - keep) * d
-    if st.history:
+    history = recent(st.history, h)
+    if history:
         # Second-order correction from the previous denoised value.
-        d_prev, h_prev = st.history[0]
+        d_prev, h_prev = history[0]
         x = x + 0.5 * (1.0 - keep) * (h / h_prev) * (d - d_prev)
     return x + s_next * math.sqrt(1.0 - keep) * st.noise()
 
@@ -185,9 +202,10 @@ def step_dpmpp_3m_sde(st: Step) -> torch.Tensor:
     keep = math.exp(-big_h)  # (s'/s)^2
     x = keep * x + (1.0 - keep) * d
     phi2 = 1.0 - (1.0 - keep) / big_h
-    if len(st.history) >= 2:
+    history = recent(st.history, h)
+    if len(history) >= 2:
         # Third order: divided differences over the last three denoised values.
-        (d1, h1), (d2, h2) = st.history[0], st.history[1]
+        (d1, h1), (d2, h2) = history[0], history[1]
         r0, r1 = h1 / h, h2 / h
         diff0 = (d - d1) / r0
         diff1 = (d1 - d2) / r1
@@ -195,9 +213,9 @@ def step_dpmpp_3m_sde(st: Step) -> torch.Tensor:
         second = (diff0 - diff1) / (r0 + r1)
         phi3 = phi2 / big_h - 0.5
         x = x + phi2 * first - phi3 * second
-    elif st.history:
+    elif history:
         # Second order from the previous denoised value.
-        d1, h1 = st.history[0]
+        d1, h1 = history[0]
         x = x + phi2 * (d - d1) / (h1 / h)
     return x + s_next * math.sqrt(1.0 - keep) * st.noise()
 
