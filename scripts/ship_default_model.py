@@ -48,6 +48,9 @@ def main() -> None:
                  facts={"recommended_t0": a.recommended_t0,
                         "recommended_t0_source": "benchmarks/recommended_t0.py: the largest t0 with 8x8 layout "
                                                  "correlation >= 0.9 on 200 held-out stroke paintings",
+                        "clip_denoised": True,  # without it the model gives black images from t0 >= 0.9
+                        "clip_denoised_source": "docs/default-model.md 'Colours from pure noise': without it, t0 "
+                                                ">= 0.9 gives black images",
                         **({"continued_from": {"steps": int(steps), "hours": hours, "images": int(images)}}
                            if a.earlier else {})})
     figures = ROOT / "docs" / "figures"

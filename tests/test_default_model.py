@@ -50,3 +50,29 @@ def test_main_command_of_the_readme(tmp_path, capsys):
     files = capsys.readouterr().out.split()
     assert len(files) == 4 and all(Path(f).is_file() for f in files)
     assert read_settings(files[0])["model"] == "landscapes"
+
+
+def test_from_pure_noise_the_bundled_model_makes_a_picture_not_a_black_square(tmp_path):
+    """Its config asks for D projected onto [-1, 1] (clip_denoised): without it, t0 >= 0.9 gave black images."""
+    import json
+    import shutil
+
+    import torch
+
+    model = load_model("landscapes", device="cpu", precision="fp32")
+    assert model.info["clip_denoised"] is True
+    with torch.no_grad():
+        d = model.denoise(torch.randn(2, 3, 64, 64) * 150, torch.full((2,), 150.0))
+    assert d.abs().max() <= 1.0
+    strokes = EXAMPLES / "landscape-strokes.png"
+    outs = [np.asarray(o, np.float64) for o in edit(model, strokes, t0=1.0, seed=0, num_samples=2, progress=False)]
+    assert all(o.std() > 10 and o.mean() > 10 for o in outs)
+    # the same weights without the fact: the released algorithm, D unprojected
+    folder = tmp_path / "plain"
+    shutil.copytree(bundled_path("landscapes"), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["_sdedit"]["clip_denoised"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    plain = load_model(folder, device="cpu", precision="fp32")
+    with torch.no_grad():
+        assert plain.denoise(torch.randn(2, 3, 64, 64) * 150, torch.full((2,), 150.0)).abs().max() > 1.0

@@ -29,9 +29,20 @@ from .ddpm_unet import DDPMUNet, fits
 
 
 class NetworkDenoiser(nn.Module):
-    """Base of the pixel adapters: runs the wrapped network (under whatever autocast the run set), returning float32."""
+    """Base of the pixel adapters: runs the wrapped network (under whatever autocast the run set), returning float32.
+
+    clip: D is E[x0 | x] of images in [-1, 1], so it lies in [-1, 1], and the adapter may project its estimate
+    there (DDPM's clip_denoised): a projection onto a box that holds the true value never moves the estimate away
+    from it.  At high noise, where x0 = x - sigma eps multiplies the network's error by sigma (157 at t = 1), it
+    keeps a small model from saturating (the bundled model at t0 >= 0.9 gives black images without it).  Off unless
+    the model's config asks (`_sdedit.clip_denoised`), so released checkpoints run the released algorithm exactly.
+    """
 
     unet: nn.Module
+    clip: bool = False
+
+    def projected(self, d: torch.Tensor) -> torch.Tensor:
+        return d.clamp(-1.0, 1.0) if self.clip else d
 
     def run(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.unet(x, cond).sample.float()
@@ -54,7 +65,7 @@ class EpsDenoiser(NetworkDenoiser):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = expand(sigma, x)
         eps = self.eps(vp_input(x, s), self.schedule.step(sigma.reshape(-1), self.log_sigmas))
-        return x0_from_eps(x, s, eps)
+        return self.projected(x0_from_eps(x, s, eps))
 
 
 class ScoreDenoiser(NetworkDenoiser):
@@ -73,12 +84,14 @@ class ScoreDenoiser(NetworkDenoiser):
         score = self.run(x_net, sigma_net).to(x.dtype)
         # Tweedie: E[x0 | x] = x + sigma^2 score, then back to contract units.
         d_net = x_net + expand(sigma_net, x) ** 2 * score
-        return d_net * k - 1.0 if k != 1.0 else d_net
+        return self.projected(d_net * k - 1.0 if k != 1.0 else d_net)
 
 
-def pixel_denoiser(unet: nn.Module, schedule: Schedule) -> NetworkDenoiser:
-    """The adapter for a network trained on this schedule: epsilon for VP, score for VE."""
-    return EpsDenoiser(unet, schedule) if isinstance(schedule, DiscreteVPSchedule) else ScoreDenoiser(unet, schedule)
+def pixel_denoiser(unet: nn.Module, schedule: Schedule, clip: bool = False) -> NetworkDenoiser:
+    """The adapter for a network trained on this schedule: epsilon for VP, score for VE (clip: see NetworkDenoiser)."""
+    adapter = EpsDenoiser(unet, schedule) if isinstance(schedule, DiscreteVPSchedule) else ScoreDenoiser(unet, schedule)
+    adapter.clip = clip
+    return adapter
 
 
 @dataclass
@@ -125,6 +138,11 @@ class PixelModel(Model):
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
         """Centre square (crop) or the whole image (stretch), at the model's square resolution."""
         return Frame(fit_box(size, fit), (self.side, self.side), original_size)
+
+    def canvas_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Any aspect (tiles are square, the canvas need not be), sides down to the network's multiple."""
+        m = self.size_multiple
+        return max(m, size[0] // m * m), max(m, size[1] // m * m)
 
     def encode(self, x_g: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         return x_g.to(self.device).expand(len(generators), -1, -1, -1)
@@ -178,7 +196,8 @@ def _finish(unet: nn.Module, schedule: Schedule, resolution: int, name: str, inf
     if dev.type == "cpu":
         unet.to(memory_format=torch.channels_last)
     info = {"family": schedule.kind, "params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 3), **info}
-    return PixelModel(pixel_denoiser(unet, schedule), schedule, resolution, name, info).to(dev)
+    return PixelModel(pixel_denoiser(unet, schedule, bool(info.get("clip_denoised"))), schedule, resolution, name,
+                      info).to(dev)
 
 
 def load_original(path: str | Path, config: str | Path, *, device: str | torch.device | None = None,
@@ -236,10 +255,22 @@ def load_diffusers_unet(folder: str | Path, *, device: str | torch.device | None
         schedule = schedule_from(lambda: DiscreteVPSchedule(
             float(sched.get("beta_start", 1e-4)), float(sched.get("beta_end", 0.02)),
             int(sched.get("num_train_timesteps", 1000)), str(sched.get("beta_schedule", "linear"))), root)
-    model = _finish(unet, schedule, int(size), name or str(folder), {"source": str(folder), "format": "diffusers"},
-                    device)
+    clip = {"clip_denoised": True} if model_fact(cfg, config_file, "clip_denoised", bool, False) else {}
+    model = _finish(unet, schedule, int(size), name or str(folder), {"source": str(folder), "format": "diffusers",
+                                                                    **clip}, device)
     model.recommended_t0 = recommended_t0(cfg, config_file)
     return model
+
+
+def model_fact(config: dict[str, Any], where: str, name: str, kind: type, default: Any) -> Any:
+    """One fact about the model from its config's `_sdedit` object (written by whoever measured it), or default."""
+    facts = config.get("_sdedit", {})
+    if not isinstance(facts, dict):
+        raise InputError(f"{where}: _sdedit must be an object of facts about the model, got {facts!r:.60}")
+    value = facts.get(name, default)
+    if not isinstance(value, kind):
+        raise InputError(f"{where}: _sdedit.{name} must be a {kind.__name__}, got {value!r:.60}")
+    return value
 
 
 def recommended_t0(config: dict[str, Any], where: str) -> float:
