@@ -20,17 +20,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .color_match import match_colors
 from .control_images import DEFAULT_CONTROL_PREPROCESS, check_preprocess, load_control_image, preprocess_control
 from .crops import DEFAULT_CROP_PADDING, check_padding, mask_box
 from .engine.editing import edit_tensors, release_grid
+from .engine.tiles import TiledDenoiser
 from .errors import InputError, SamplingError
 from .families.base import Frame, Model
 from .families.control import check_pairing, control_to_tensor
 from .precision import Choice, RunPrecision
 from .progress import tqdm
-from .images import Fit, ImageLike, check_grow, grow_and_feather, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
+from .images import Fit, ImageLike, as_pil, check_grow, grow_and_feather, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
     tensor_to_images
-from .settings import AUTO_T0, DEFAULT_STRENGTH_LEVELS, MAX_STRENGTH_LEVELS, RunSettings
+from .outpainting import DEFAULT_FILL, NEW_T0, Extension, check_band, check_canvas, check_extension, check_fill, \
+    default_band, grow, strength_map as outpaint_strength
+from .settings import AUTO_T0, DEFAULT_STRENGTH_LEVELS, MAX_STRENGTH_LEVELS, RunSettings, check_t0
+from .tiling import AUTO_TILE, TileSize, Tiling, check_tiling
 from .version import __version__
 
 LATENT_MAX_AREA = 4  # latent models work on at most 4x their trained area (2x the side), unless asked (full_size)
@@ -57,6 +62,10 @@ class Guide:
     control: tuple[Image.Image, ...] = ()  # one RGB control image per ControlNet, at the frame's size
     control_source: tuple[str, ...] = ()  # what each is made from ("painting" or the file), for the metadata
     control_preprocess: str = DEFAULT_CONTROL_PREPROCESS
+    tiling: Tiling | None = None  # tiled: the frame is the input at its own size, D blended over tiles
+    color_reference: str = "edited"  # --color-match's reference: the guide in the "edited" region, or the "kept"
+    # pixels (outpainting, where the edited region holds only a fill)
+    outpaint: dict[str, Any] | None = None  # how the canvas was grown (outpaint()), for the metadata
 
     @property
     def keep(self) -> Image.Image | None:
@@ -77,7 +86,8 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
                   original_size: bool = True, strength_map: ImageLike | None = None, mask_grow: int = 0,
                   mask_feather: int = 0, crop_to_mask: CropToMask = None, full_size: bool = False,
                   strength_levels: int = DEFAULT_STRENGTH_LEVELS, control_images: Sequence[ImageLike] = (),
-                  control_preprocess: str = DEFAULT_CONTROL_PREPROCESS) -> Guide:
+                  control_preprocess: str = DEFAULT_CONTROL_PREPROCESS, tile: TileSize | None = None,
+                  tile_overlap: int | None = None) -> Guide:
     """Read an image (and a mask or a strength map), and cut and resize them to where and how the model works.
 
     The output size rule, for every family and path: outputs have the size of the input they edit (the
@@ -91,8 +101,13 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
     size (slow) instead of at that area.
     control_images: one per ControlNet of the model (paired in order), or none: the input itself steers them;
     each is stretched to the input's size, cut and resized as the input is, then control_preprocess'ed.
+    tile: tiled SDEdit (a size in input pixels, or 'auto': the model's resolution) with tile_overlap pixels shared
+    by neighbours: the input (or crop-to-mask's box) is edited at its own size, any aspect, D blended over tiles.
     """
     control_preprocess = check_preprocess(control_preprocess)
+    if tile is None and tile_overlap is not None:
+        raise InputError("a tile overlap needs a tile size: give --tile too")
+    tiling = check_tiling(model, tile, tile_overlap) if tile is not None else None
     check_pairing(len(control_images), model.control_count, control_preprocess)
     if mask is not None and strength_map is not None:
         raise InputError("give a mask or a strength map, not both (a strength map of 0 and 255 is a mask)")
@@ -115,8 +130,14 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
         raise InputError("crop-to-mask edits the box of a mask: give a mask (or a strength map)")
     if crop_to_mask not in (None, False) and not original_size:
         raise InputError("crop-to-mask returns the whole photo at its own size: it cannot keep the model's size")
-    frame = _crop_frame(model, full, full_mask, crop_to_mask if original_size else False) \
-        or _within_area(model, model.frame(full.size, fit, original_size), fit, full_size)
+    box = _crop_box(model, full, full_mask, crop_to_mask if original_size else False, tiled=tiling is not None)
+    if tiling is not None:  # the box or the whole input, at its own size
+        whole = (0, 0, *full.size)
+        frame = Frame(box or whole, model.canvas_size(_box_size(box or whole)), box is not None or original_size,
+                      whole_input=box is not None)
+    else:
+        frame = model.crop_frame(box) if box is not None else \
+            _within_area(model, model.frame(full.size, fit, original_size), fit, full_size)
     region = full.crop(frame.box)
     small = region if region.size == frame.size else region.resize(frame.size, Image.Resampling.LANCZOS)
     small_mask = None
@@ -131,9 +152,9 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
         assert small_mask is not None
         return Guide(full, None, frame, small, None, small_mask, full_mask, strength_levels=grey_levels(small_mask),
                      posterized=posterized, control=controls, control_source=sources,
-                     control_preprocess=control_preprocess)
+                     control_preprocess=control_preprocess, tiling=tiling)
     return Guide(full, full_mask, frame, small, small_mask, mask_grow=mask_grow, mask_feather=mask_feather,
-                 control=controls, control_source=sources, control_preprocess=control_preprocess)
+                 control=controls, control_source=sources, control_preprocess=control_preprocess, tiling=tiling)
 
 
 def _control_images(model: Model, full: Image.Image, frame: Frame, small: Image.Image, given: Sequence[ImageLike],
@@ -194,16 +215,69 @@ def _within_area(model: Model, frame: Frame, fit: Fit, full_size: bool) -> Frame
     return dataclasses.replace(frame, size=(w, h))
 
 
-def _crop_frame(model: Model, full: Image.Image, keep: Image.Image | None, crop_to_mask: CropToMask) -> Frame | None:
-    """The crop-to-mask frame when it applies (a mask or map is given, and asked for or the input is larger)."""
+def _box_size(box: tuple[int, int, int, int]) -> tuple[int, int]:
+    return box[2] - box[0], box[3] - box[1]
+
+
+def _crop_box(model: Model, full: Image.Image, keep: Image.Image | None, crop_to_mask: CropToMask,
+              tiled: bool = False) -> tuple[int, int, int, int] | None:
+    """The crop-to-mask box when it applies (a mask or map is given, and asked for or the input is larger); a tiled
+    edit's box takes any aspect."""
     if crop_to_mask is None:
         crop_to_mask = max(full.size) > model.resolution
     if crop_to_mask is False or keep is None:
         return None
     padding = DEFAULT_CROP_PADDING if crop_to_mask is True else check_padding(crop_to_mask)
     # an all-black mask keeps every pixel: the whole photo comes back as it is (the invariant of a keep-all mask)
-    box = mask_box(keep, padding, model.resolution, model.square) or (0, 0, *full.size)
-    return model.crop_frame(box)
+    return mask_box(keep, padding, model.resolution, model.square and not tiled) or (0, 0, *full.size)
+
+
+def prepare_outpaint(model: Model, image: ImageLike, extension: Extension, *, fill: str = DEFAULT_FILL,
+                     band: int | None = None, t0: float | str | None = None, seed: int = 0,
+                     tile: TileSize | None = None, tile_overlap: int | None = None,
+                     crop_to_mask: CropToMask = None) -> Guide:
+    """The guide of an outpainting (outpainting.py): the image on the grown canvas, the new region pre-filled
+    (seeded by `seed` for the noise fill), and the strength map of a run at NEW_T0 (t0: the band's, default the
+    model's recommended).  Square (pixel) models work tiled (tile 'auto' unless given): the canvas takes any aspect.
+    """
+    fill = check_fill(fill)
+    if t0 == AUTO_T0:
+        raise InputError("t0 auto measures faithfulness to a guide, and a new region has none: give a number")
+    band_t0 = model.recommended_t0 if t0 is None else check_t0(t0)
+    band = check_band(default_band(model.resolution) if band is None else band)
+    if tile is None and model.square:
+        tile = AUTO_TILE
+    full = as_pil(image, "image")
+    check_canvas(full.size, extension)
+    canvas = grow(full, extension, fill, seed)
+    strength = outpaint_strength(full.size, extension, band_t0, band)
+    guide = prepare_guide(model, canvas, strength_map=strength, fit="stretch", crop_to_mask=crop_to_mask, tile=tile,
+                          tile_overlap=tile_overlap)
+    record = {**extension.metadata(), "fill": fill, "band": band, "t0": band_t0, "input_size": list(full.size)}
+    return dataclasses.replace(guide, color_reference="kept", outpaint=record)
+
+
+def outpaint(model: Model, image: ImageLike, *, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
+             fill: str = DEFAULT_FILL, band: int | None = None, t0: float | None = None,
+             steps: int | None = None, repeats: int | None = None, sampler: str | None = None,
+             num_samples: int | None = None, seed: int | None = None, batch_size: int | None = None,
+             precision: str | None = None, prompt: str | None = None, negative_prompt: str | None = None,
+             guidance: float | None = None, settings: RunSettings | None = None, tile: TileSize | None = None,
+             tile_overlap: int | None = None, color_match: bool | None = None, progress: bool = True,
+             callback: StepCallback | None = None) -> list[Image.Image]:
+    """Outpainting with SDEdit: the image on a canvas `left`/`right`/`top`/`bottom` pixels larger, the new region
+    pre-filled (fill: edge, blur, noise or color) and generated from t0 = 1, a `band` of it along the seam from
+    `t0` (smoothly rising to 1), the original pixels kept bit for bit.  color_match: the new region takes the
+    original's colour statistics.  Outputs have the canvas' size; settings are as edit()'s.
+    """
+    run = settings_from(model, settings, steps=steps, repeats=repeats, sampler=sampler, num_samples=num_samples,
+                        seed=seed, batch_size=batch_size, precision=precision, prompt=prompt,
+                        negative_prompt=negative_prompt, guidance=guidance, color_match=color_match)
+    assert run.seed is not None
+    guide = prepare_outpaint(model, image, check_extension(left, right, top, bottom), fill=fill, band=band, t0=t0,
+                             seed=run.seed, tile=tile, tile_overlap=tile_overlap)
+    run = run.with_(t0=NEW_T0, steps=run.steps if steps is not None else None)
+    return list(iter_edits(model, [guide], [run.seed], run, fit="stretch", progress=progress, callback=callback))
 
 
 def settings_from(model: Model, settings: RunSettings | None = None, **fields: Any) -> RunSettings:
@@ -223,7 +297,8 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
          mask_grow: int = 0, mask_feather: int = 0, crop_to_mask: CropToMask = None,
          faithfulness: float | None = None, callback: StepCallback | None = None,
          full_size: bool = False, control_images: Sequence[ImageLike] = (),
-         control_preprocess: str = DEFAULT_CONTROL_PREPROCESS) -> list[Image.Image]:
+         control_preprocess: str = DEFAULT_CONTROL_PREPROCESS, tile: TileSize | None = None,
+         tile_overlap: int | None = None, color_match: bool | None = None) -> list[Image.Image]:
     """SDEdit (Meng et al. 2022) on one guide image: num_samples outputs, sample j seeded with seed + j.
 
     t0: a number in (0, 1], None for the model's recommended t0, or "auto": per image the largest t0
@@ -238,15 +313,18 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
     (at most LATENT_MAX_AREA times their trained area unless full_size).  Outputs come back at the
     size of the input they edit (original_size=False: at the size the model worked at).  Kept
     pixels are the input's, bit for bit.  control_images: one per ControlNet loaded with the model (none: the
-    input steers them), control_preprocess: none, canny or scribble.  Each output's settings are in
-    img.info["sdedit"].
+    input steers them), control_preprocess: none, canny or scribble.  tile/tile_overlap: tiled SDEdit at the
+    input's own size (see prepare_guide).  color_match: keep the guide's colour statistics (color_match.py).
+    Each output's settings are in img.info["sdedit"].
     """
     run = settings_from(model, settings, t0=t0, steps=steps, repeats=repeats, sampler=sampler,
                         num_samples=num_samples, seed=seed, batch_size=batch_size, precision=precision,
-                        prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, faithfulness=faithfulness)
+                        prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, faithfulness=faithfulness,
+                        color_match=color_match)
     guide = prepare_guide(model, image, mask, fit=fit, original_size=original_size, strength_map=strength_map,
                           mask_grow=mask_grow, mask_feather=mask_feather, crop_to_mask=crop_to_mask,
-                          full_size=full_size, control_images=control_images, control_preprocess=control_preprocess)
+                          full_size=full_size, control_images=control_images, control_preprocess=control_preprocess,
+                          tile=tile, tile_overlap=tile_overlap)
     assert run.seed is not None
     return list(iter_edits(model, [guide], [run.seed], run, fit=fit, progress=progress, callback=callback))
 
@@ -362,7 +440,7 @@ def _batches(rows: list[Row], size: int) -> list[list[Row]]:
     def key(row: Row) -> tuple[Any, ...]:
         guide = row.guide
         return (guide.frame.size, guide.mask is None, id(guide) if guide.strength is not None else None, row.run.t0,
-                row.run.steps)
+                row.run.steps, guide.tiling, guide.color_reference)
 
     out: list[list[Row]] = []
     for row in rows:
@@ -383,8 +461,16 @@ def batch_steps(model: Model, row: Row) -> int:
     strength = model.encode_mask(mask_to_tensor(row.guide.strength)).double()
     if float(strength.max()) <= 0.0:
         return 0  # keeps everything: no step
-    sigmas, _ = release_grid(model.schedule_for(row.guide.frame.size), run.t0, run.steps, strength, run.grid)
+    sigmas, _ = release_grid(schedule_of(model, row.guide), run.t0, run.steps, strength, run.grid)
     return (len(sigmas) - 1) * run.repeats
+
+
+def schedule_of(model: Model, guide: Guide) -> Any:
+    """The schedule of a guide's edit: for the size the network sees (a tile's, when tiled)."""
+    w, h = guide.frame.size
+    if guide.tiling is not None:
+        w, h = min(w, guide.tiling.size), min(h, guide.tiling.size)
+    return model.schedule_for((w, h))
 
 
 def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: list[Row],
@@ -422,19 +508,82 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
     strength = torch.cat(maps) if maps else None
     assert isinstance(settings.t0, float) and settings.steps is not None
     condition = torch.cat(conditions) if conditions[0] is not None else None
-    schedule = model.schedule_for(batch[0].guide.frame.size)
-    precision.resolve(denoiser, z_g, schedule.sigma(settings.t0), condition)
-    denoiser = precision.wrap(denoiser if condition is None else functools.partial(denoiser, condition=condition))
+    guide = batch[0].guide
+    schedule = schedule_of(model, guide)
+    denoiser = _resolved(model, denoiser, guide, z_g, schedule.sigma(settings.t0), condition, settings, precision)
+    colors = _color_matching(model, batch, generators) if settings.color_match else None
     try:
         z = edit_tensors(denoiser, schedule, z_g, mask=mask, t0=settings.t0, steps=settings.steps,
                          repeats=settings.repeats, sampler=settings.sampler, generator=generators, callback=on_step,
-                         strength=strength, grid=settings.grid)
+                         strength=strength, grid=settings.grid,
+                         between=None if colors is None else lambda z: colors.between(model, z))
     except FloatingPointError as e:
         raise SamplingError(f"sampling diverged: {e}; no image written") from None
     x = model.decode(z)
+    if colors is not None:
+        x = colors.match(x)
     if not torch.isfinite(x).all():
         raise SamplingError("sampling produced NaN or inf; no image written")
     return x
+
+
+def _resolved(model: Model, denoiser: Callable[..., torch.Tensor], guide: Guide, z_g: torch.Tensor, sigma: float,
+              condition: torch.Tensor | None, settings: RunSettings, precision: RunPrecision
+              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The run's D under its precision (decided on the network's own input: a tile's, when tiled), with the
+    batch's condition bound, and blended over tiles when the guide is tiled."""
+    if guide.tiling is None:
+        precision.resolve(denoiser, z_g, sigma, condition)
+        return precision.wrap(denoiser if condition is None else functools.partial(denoiser, condition=condition))
+    tile, overlap = guide.tiling.cells(model.latent_factor)
+    tiled = TiledDenoiser(denoiser, tile, overlap, settings.batch_size, condition)
+    layout = tiled.layout(*z_g.shape[-2:])
+    _, _, th, tw = layout.boxes[0]
+    rows = min(settings.batch_size, len(layout.boxes) * z_g.shape[0])  # what one network call takes
+    probe = z_g[:1, :, :th, :tw].expand(rows, -1, -1, -1)
+    precision.resolve(denoiser, probe, sigma, None if condition is None else
+                      condition[:1, :, :th, :tw].expand(rows, -1, -1, -1))
+    return precision.wrap(tiled)
+
+
+@dataclass(frozen=True)
+class ColorMatching:
+    """--color-match for one batch: each row's reference (its guide) and the region whose colours are matched."""
+
+    reference: torch.Tensor  # (B, 3, H, W) guides in [-1, 1] at the frame's size
+    region: torch.Tensor | None  # (B, 1, H, W): the edited region (1 = edited), None = everywhere
+    source: torch.Tensor | None  # where the reference's statistics come from (None: the region)
+    generators: Sequence[torch.Generator]
+
+    def match(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoded outputs (B, 3, H, W) with the reference's colour statistics."""
+        return match_colors(x, self.reference, self.region, self.source)
+
+    def between(self, model: Model, z: torch.Tensor) -> torch.Tensor:
+        """A round's output in the sampler's space, matched in pixels and encoded again (one posterior draw per
+        row from its generator, as the guide's)."""
+        x = self.match(model.decode(z))
+        return torch.cat([model.encode(x[i:i + 1], [g]) for i, g in enumerate(self.generators)])
+
+
+def _color_matching(model: Model, batch: list[Row], generators: Sequence[torch.Generator]) -> ColorMatching:
+    """The colour references of a batch's rows: each guide, over its edited region (a mask's weights, a strength
+    map's non-zero pixels), or over its kept pixels for outpainting."""
+    refs, regions, sources = [], [], []
+    for row in batch:
+        guide = row.guide
+        refs.append(image_to_tensor(guide.image))
+        keep = guide.keep
+        region = None if keep is None else mask_to_tensor(keep)
+        if region is not None and guide.strength is not None:
+            region = (region > 0).to(region.dtype)
+        regions.append(region)
+        sources.append(None if region is None or guide.color_reference == "edited" else 1.0 - region)
+    def cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+        given = [t for t in parts if t is not None]
+        return torch.cat(given).to(model.device) if len(given) == len(parts) else None
+
+    return ColorMatching(torch.cat(refs).to(model.device), cat(regions), cat(sources), generators)
 
 
 def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choice) -> Image.Image:
@@ -461,7 +610,8 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
             **({"ip_adapters": model.info["ip_adapters"], "ip_images": model.info["ip_images"]}
                if model.info.get("ip_adapters") else {}),
             **_control_metadata(model, guide, float(settings.t0)),  # type: ignore[arg-type]
-            **({"fit": fit} if model.square and not frame.whole_input else {}),  # only where fit acted
+            **({"fit": fit} if model.square and not frame.whole_input and guide.tiling is None else {}),  # where it acted
+            **(guide.tiling.metadata() if guide.tiling is not None else {}),
             "size": list(frame.size), "resolution": model.resolution, "masked": guide.mask is not None,
             **({"strength_map": True, "strength_levels": guide.strength_levels} if guide.strength is not None
                else {}),
@@ -469,6 +619,7 @@ def _finish(model: Model, row: Row, out: Image.Image, fit: Fit, precision: Choic
             **({"mask_grow": guide.mask_grow} if guide.mask_grow else {}),
             **({"mask_feather": guide.mask_feather} if guide.mask_feather else {}),
             **({"crop": list(frame.box)} if frame.whole_input else {}),
+            **({"outpaint": guide.outpaint} if guide.outpaint is not None else {}),
             "device": str(model.device), "sdedit_version": __version__, "seed": row.seed, "sample": row.sample,
             **({"t0_auto": row.auto} if row.auto is not None else {})}
     out.info["sdedit"] = json.dumps(meta)

@@ -110,6 +110,7 @@ class RunSettings:
     guidance: float | None = None  # classifier-free guidance weight (1 = none); None = the model's recommended
     faithfulness: float | None = None  # t0 auto: L2 budget at the model's resolution; None = DEFAULT_FAITHFULNESS_RMS
     grid: str = DEFAULT_GRID  # spacing of the steps from t0: "uniform" in t or "karras" (rho = 7) in sigma
+    color_match: bool = False  # keep the guide's colour statistics after each repeat (sdedit/color_match.py)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -129,6 +130,8 @@ class RunSettings:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
                 not 0 <= self.seed <= MAX_SEED - self.num_samples:
             raise SettingError("seed", "seed", f"must be an integer from 0 to 2^63 - 1 - samples, got {self.seed!r}")
+        if not isinstance(self.color_match, bool):
+            raise SettingError("color_match", "color match", f"must be true or false, got {self.color_match!r:.40}")
         if self.grid not in GRIDS:
             raise SettingError("grid", "schedule", f"must be one of {', '.join(GRIDS)}, got {self.grid!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
@@ -211,6 +214,8 @@ class RunSettings:
             meta["faithfulness"] = self.faithfulness
         if self.grid != DEFAULT_GRID:  # older outputs (and every uniform run) carry none: uniform
             meta["grid"] = self.grid
+        if self.color_match:
+            meta["color_match"] = True
         if text_conditioned:
             meta.update(prompt=self.prompt, negative_prompt=self.negative_prompt)
         if text_conditioned if takes_guidance is None else takes_guidance:

@@ -106,6 +106,15 @@ class Model(ABC):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] from the sampler's space."""
 
+    @property
+    def latent_factor(self) -> int:
+        """Input pixels per cell of the sampler's grid (1 for pixel models; the VAE's factor for latent ones)."""
+        return 1
+
+    def canvas_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The (w, h) a tiled edit of an input (or box) of this size works at: its own size on the network's grid."""
+        return self.frame(size, "stretch", True).size
+
     def crop_frame(self, box: tuple[int, int, int, int]) -> Frame:
         """A box of a larger input edited at the model's resolution (at most its area) and pasted back whole."""
         w, h = box[2] - box[0], box[3] - box[1]

@@ -24,6 +24,7 @@ from ..errors import InputError, SdeditError
 from ..files import check_output_folder, open_regular, printable, write_file
 from ..images import IMAGE_SUFFIXES, Fit, open_image, png_bytes
 from ..settings import DEFAULT_PRECISION, DEFAULT_STRENGTH_LEVELS, RunSettings
+from ..tiling import check_tiling
 from .common import fit_for, say
 
 MANIFEST = "manifest"  # manifest.jsonl (one process) or manifest.<rank>.jsonl (several)
@@ -50,6 +51,8 @@ class BatchJob:
     control_images: tuple[Path, ...] = ()  # one file per ControlNet, the same for every item; none: each item steers
     control_preprocess: str = DEFAULT_CONTROL_PREPROCESS
     ip_adapters: tuple[IPAdapterSpec, ...] = ()  # IP-Adapters, each with its reference file (the same for every item)
+    tile: int | str | None = None  # tiled SDEdit: tile size in pixels or 'auto' (api.prepare_guide)
+    tile_overlap: int | None = None
 
     def digest(self) -> str:
         """A stable hash of what decides the outputs (batch size and precision of the arithmetic aside)."""
@@ -72,6 +75,8 @@ class BatchJob:
             key.update(controlnets=[[c.source, c.scale, c.mode] for c in self.controlnets],
                        control_window=list(self.control_window), control_preprocess=self.control_preprocess,
                        control_images=[file_digest(p) for p in self.control_images])
+        if self.tile is not None:
+            key.update(tile=self.tile, tile_overlap=self.tile_overlap)
         if self.ip_adapters:
             key["ip_adapters"] = [[s.source, s.scale, file_digest(Path(s.image))] for s in self.ip_adapters]
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -454,6 +459,8 @@ def run_folder(input_dir: Path, output_dir: Path, mask_dir: Path | None, job: Ba
                        control_window=job.control_window, ip_adapters=job.ip_adapters)
     model.check_conditioning(job.settings)
     fit_for(model, job.fit)  # refused before the output folder is made
+    if job.tile is not None:
+        check_tiling(model, job.tile, job.tile_overlap)
     check_output_folder(output_dir)  # only once the settings and the model are known to be good
     with ExitStack() as held:
         if dist.rank == 0:
@@ -499,7 +506,8 @@ def _run_locked(items: list[Item], job: BatchJob, output_dir: Path, model: Any, 
                                             strength_map=strength,
                                             full_size=job.full_size, strength_levels=job.strength_levels,
                                             control_images=job.control_images,
-                                            control_preprocess=job.control_preprocess))
+                                            control_preprocess=job.control_preprocess, tile=job.tile,
+                                            tile_overlap=job.tile_overlap))
                 order.append(item)
             except SdeditError as e:  # an unreadable input fails alone, and is in no batch
                 results[item.name] = e

@@ -37,6 +37,8 @@ from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GRI
     DEFAULT_SAMPLER, DEFAULT_STRENGTH_LEVELS, DEFAULT_T0, MAX_STRENGTH_LEVELS, PRECISIONS, RunSettings, SettingError, \
     check_t0, parse_t0
 from .common import Parser, Writer, fit_for, hide_unactionable_warnings, quiet_libraries, quiet_stdout, run_guarded, say
+from ..outpainting import DEFAULT_FILL, FILLS
+from ..tiling import AUTO_TILE
 from .sweep import GRID_SAMPLES, MAX_T0_VALUES, SWEEP_REALS
 
 
@@ -102,6 +104,10 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("--mask-feather", type=int, default=0,
                    help="feather the mask outward by this many pixels: the band blends into the photo (0)")
     _add_crop(p)
+    _add_tiles(p)
+    p.add_argument("--color-match", action="store_true",
+                   help="keep the guide's colour statistics (mean and spread per CIELAB channel, inside the edited "
+                        "region) after each repeat: no colour drift in unmasked edits and -K loops")
     p.add_argument("--fit", choices=["crop", "stretch"],
                    help="non-square inputs to a square (pixel) model: centre-crop (default) or stretch; latent "
                         "models take the whole input")
@@ -224,6 +230,36 @@ def _add_crop(p: argparse.ArgumentParser) -> None:
                    help="resize the whole input to the model instead")
 
 
+def _add_tiles(p: argparse.ArgumentParser) -> None:
+    """--tile SIZE|auto and --tile-overlap PX: tiled SDEdit at the input's own size."""
+    p.add_argument("--tile", type=_tile_arg, metavar="SIZE",
+                   help="edit the input at its own size (any size and aspect) in tiles of SIZE pixels, or 'auto' "
+                        "(the model's resolution): the network runs on overlapping tiles, blended at every step")
+    p.add_argument("--tile-overlap", type=int, metavar="PX",
+                   help="pixels neighbouring tiles share (a quarter of the tile)")
+
+
+def _tile_arg(text: str) -> int | str:
+    """argparse type of --tile: a whole number of pixels or 'auto' (checked against the model once loaded)."""
+    if text.strip().lower() == AUTO_TILE:
+        return AUTO_TILE
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of pixels or 'auto', got {text!r:.40}") from None
+
+
+def check_tile_flags(a: argparse.Namespace) -> None:
+    """Flags that do not act on a tiled edit, refused before any work."""
+    if a.tile is None and a.tile_overlap is not None:
+        raise InputError("--tile-overlap needs --tile")
+    if a.tile is not None:
+        for flag, given in (("--fit", a.fit is not None), ("--full-size", a.full_size)):
+            if given:
+                raise InputError(f"{flag} does not act on a tiled edit (it works on the whole input at its own "
+                                 f"size): leave it out")
+
+
 def _crop_option(a: argparse.Namespace) -> bool | int | None:
     """--crop-to-mask's value, its padding checked before any work."""
     from ..crops import MAX_CROP_PADDING, check_padding
@@ -256,7 +292,7 @@ def _t0_number(text: str) -> float:
 
 FLAGS = {"faithfulness": "--faithfulness", "t0": "--t0", "steps": "--steps", "repeats": "--repeats", "sampler": "--sampler", "num_samples": "-n", "grid": "--schedule",
          "seed": "--seed", "batch_size": "--batch-size", "precision": "--precision", "prompt": "--prompt",
-         "negative_prompt": "--negative-prompt", "guidance": "--guidance"}
+         "negative_prompt": "--negative-prompt", "guidance": "--guidance", "color_match": "--color-match"}
 
 
 def settings_for_flags(**given: Any) -> RunSettings:
@@ -271,7 +307,8 @@ def run_settings(a: argparse.Namespace, **fixed: Any) -> RunSettings:
     """The RunSettings a command line asks for (unset flags take the defaults)."""
     given = dict(t0=a.t0, steps=a.steps, repeats=a.repeats, sampler=a.sampler, num_samples=a.num, seed=a.seed,
                  batch_size=a.batch_size, precision=a.precision, prompt=a.prompt, negative_prompt=a.negative_prompt,
-                 guidance=a.guidance, faithfulness=a.faithfulness, grid=a.schedule)
+                 guidance=a.guidance, faithfulness=a.faithfulness, grid=a.schedule,
+                 color_match=getattr(a, "color_match", False) or None)
     return settings_for_flags(**{**given, **fixed})
 
 
@@ -315,6 +352,36 @@ def _parser() -> Parser:
     c.add_argument("-n", "--num", type=int, help="outputs (1)")
     c.add_argument("-o", "--outdir", type=Path, default=Path("outputs"), help="output folder (outputs)")
     c.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+
+    o = sub.add_parser("outpaint", help="grow an image beyond its borders: the new region generated, the seam blended")
+    o.add_argument("input", type=Path, help="the image to extend")
+    for side in ("left", "right", "top", "bottom"):
+        o.add_argument(f"--{side}", type=int, default=0, metavar="PX", help=f"pixels to add on the {side} (0)")
+    o.add_argument("--fill", choices=list(FILLS), default=DEFAULT_FILL,
+                   help="how the new region is pre-filled before the edit: the nearest edge pixel, that blurred, "
+                        f"noise or the mean colour of the image ({DEFAULT_FILL}); it steers the seam band")
+    o.add_argument("--band", type=int, metavar="PX",
+                   help="width of the band along the seam that starts from the fill at --t0, rising to t0 1 "
+                        "(a quarter of the model's resolution)")
+    o.add_argument("--t0", type=_t0_number, help="the band's t0 next to the seam (the model's recommended t0); "
+                                                 "the rest of the new region starts at t0 1")
+    _add_tiles(o)
+    o.add_argument("--color-match", action="store_true",
+                   help="give the new region the original's colour statistics (per CIELAB channel)")
+    _add_model(o)
+    for flag, kind, text in (("--steps", int, "reverse steps from t0 1 (default: per sampler)"),
+                             ("--seed", int, "seed of the first output (and of the noise fill)"),
+                             ("--batch-size", int, f"samples per network call, tiles when tiled ({DEFAULT_BATCH_SIZE})"),
+                             ("--prompt", str, "text-conditioned models: what the new region should show"),
+                             ("--negative-prompt", str, "... and what it should not"),
+                             ("--guidance", float, "classifier-free guidance weight")):
+        o.add_argument(flag, type=kind, help=text)
+    o.add_argument("--sampler", choices=list(SAMPLERS), help=f"reverse sampler ({DEFAULT_SAMPLER})")
+    o.add_argument("--precision", choices=list(PRECISIONS), help="network precision (auto)")
+    o.add_argument("-n", "--num", type=int, help="outputs (1)")
+    o.add_argument("-o", "--outdir", type=Path, default=Path("outputs"), help="output folder (outputs)")
+    o.add_argument("--overwrite", action="store_true", help="replace existing output files (default: new names)")
+    o.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
     t = sub.add_parser("train", help="train a DDPM on a folder of images or the built-in landscapes")
 
@@ -475,6 +542,7 @@ def _edit(a: argparse.Namespace) -> int:
 
     # Check everything cheap before loading a model, and the output folder before sampling.
     settings = run_settings(a)
+    check_tile_flags(a)
     levels = strength_levels_option(a.strength_levels, a.strength_map is not None, "--strength-map")
     crop = _crop_option(a)
     image = open_image(a.input)
@@ -491,7 +559,7 @@ def _edit(a: argparse.Namespace) -> int:
     guide = prepare_guide(model, image, mask, fit=fit, original_size=a.original_size, strength_map=strength_map,
                           mask_grow=a.mask_grow, mask_feather=a.mask_feather, crop_to_mask=crop,
                           full_size=a.full_size, strength_levels=levels, control_images=a.control_image,
-                          control_preprocess=a.control_preprocess)
+                          control_preprocess=a.control_preprocess, tile=a.tile, tile_overlap=a.tile_overlap)
     if a.fit is not None and guide.frame.whole_input:
         raise InputError("--fit does not act on a crop-to-mask edit (the mask's box is edited): leave it out, or give "
                          "--no-crop-to-mask")
@@ -543,6 +611,40 @@ def _composite(a: argparse.Namespace) -> int:
             img.info["sdedit"] = json.dumps(meta)
             name = f"{a.background.stem}_composite_t{meta['t0']:.2f}_s{meta['seed']}.png"
             writer.submit(lambda img=img, name=name: save_png(img, a.outdir / name))
+    return 0
+
+
+def _outpaint(a: argparse.Namespace) -> int:
+    from ..api import iter_edits, prepare_outpaint
+    from ..files import check_output_folder
+    from ..images import open_image, save_png
+    from ..loader import load_model
+    from ..outpainting import NEW_T0, check_band, check_canvas, check_extension
+
+    # Every input checked before the model loads and before the output folder is made.
+    settings = settings_for_flags(steps=a.steps, seed=a.seed, sampler=a.sampler, num_samples=a.num,
+                                  batch_size=a.batch_size, precision=a.precision, prompt=a.prompt,
+                                  negative_prompt=a.negative_prompt, guidance=a.guidance,
+                                  color_match=a.color_match or None, t0=NEW_T0)
+    extension = check_extension(a.left, a.right, a.top, a.bottom)
+    if a.band is not None:
+        check_band(a.band)
+    if a.tile is None and a.tile_overlap is not None:
+        raise InputError("--tile-overlap needs --tile")
+    image = open_image(a.input)
+    check_canvas(image.size, extension)
+    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora,
+                       precision=settings.precision or DEFAULT_PRECISION)
+    model.check_conditioning(settings)
+    assert settings.seed is not None
+    guide = prepare_outpaint(model, image, extension, fill=a.fill, band=a.band, t0=a.t0, seed=settings.seed,
+                             tile=a.tile, tile_overlap=a.tile_overlap)
+    check_output_folder(a.outdir)
+    check_longest_name(a.outdir, f"{a.input.stem}_outpaint")
+    with Writer() as writer:  # each output written as soon as it is done
+        for img in iter_edits(model, [guide], [settings.seed], settings, fit="stretch", progress=not a.quiet):
+            name = f"{a.input.stem}_outpaint_s{json.loads(img.info['sdedit'])['seed']}.png"
+            writer.submit(lambda img=img, name=name: save_png(img, a.outdir / name, overwrite=a.overwrite))
     return 0
 
 
@@ -740,6 +842,7 @@ def _batch(a: argparse.Namespace) -> int:
 
     settings = run_settings(a, seed=a.seed if a.seed is not None else 0)
     check_threads(a.threads)
+    check_tile_flags(a)
     levels = strength_levels_option(a.strength_levels, a.strength_maps is not None, "--strength-maps")
     control = control_options(a)
     ip = ip_adapter_options(a)
@@ -748,7 +851,8 @@ def _batch(a: argparse.Namespace) -> int:
                    a.mask_feather, _crop_option(a), strength_maps=a.strength_maps is not None, unmasked=a.unmasked,
                    full_size=a.full_size, strength_levels=levels, controlnets=tuple(control["controlnets"]),
                    control_window=control["control_window"], control_images=tuple(a.control_image),
-                   control_preprocess=a.control_preprocess, ip_adapters=tuple(ip["ip_adapters"]))
+                   control_preprocess=a.control_preprocess, ip_adapters=tuple(ip["ip_adapters"]), tile=a.tile,
+                   tile_overlap=a.tile_overlap)
     return run_folder(a.input_dir, a.outdir, a.masks or a.strength_maps, job, config=a.config, device=a.device,
                       quiet=a.quiet, threads=a.threads, offload=a.offload)
 
@@ -863,7 +967,7 @@ def _download(a: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "edit": _edit, "composite": _composite, "train": _train, "strokes": _strokes, "eval": _eval, "sweep": _sweep, "batch": _batch, "ui": _ui,
+    "edit": _edit, "composite": _composite, "outpaint": _outpaint, "train": _train, "strokes": _strokes, "eval": _eval, "sweep": _sweep, "batch": _batch, "ui": _ui,
     "models": _models, "download": _download}
 
 

@@ -133,10 +133,36 @@ def seam_metrics(output: Image.Image, reference: Image.Image, mask: Image.Image,
     ring = _dilate(m, 1) & _dilate(~m, 1)  # pixels within one pixel of both sides
     outside = _dilate(m, band) & ~m
     jump = float(_gradient(output)[ring].mean() - _gradient(reference)[ring].mean()) if ring.any() else 0.0
-    a = np.asarray(output.convert("RGB"), np.float64)[outside]
-    b = np.asarray(reference.convert("RGB"), np.float64)[outside]
-    shift = float(np.linalg.norm(a.mean(0) - b.mean(0))) if outside.any() else 0.0
-    return jump, shift
+    return jump, colour_shift(output, reference, outside)
+
+
+def colour_shift(output: Image.Image, reference: Image.Image, region: np.ndarray | None = None) -> float:
+    """The length of the mean RGB difference between output and reference (0-255 units) over a region (bool HxW;
+    None: every pixel): how far an edit moved the colours; 0 for an empty region."""
+    a = np.asarray(output.convert("RGB"), np.float64)
+    b = np.asarray(reference.convert("RGB"), np.float64)
+    if region is not None:
+        if not region.any():
+            return 0.0
+        a, b = a[region], b[region]
+    return float(np.linalg.norm(a.reshape(-1, 3).mean(0) - b.reshape(-1, 3).mean(0)))
+
+
+def tile_seam_ratio(image: Image.Image, tile: int, overlap: int) -> tuple[float, float]:
+    """(columns, rows): the mean jump between neighbouring columns (rows) where a tile of a tiled edit starts or
+    ends, over the mean jump between all other neighbours (0-255 units, RGB): 1 = no grid, above 1 = visible."""
+    from ..engine.tiles import tile_starts
+
+    a = np.asarray(image.convert("RGB"), np.float64)
+    ratios = []
+    for axis, length in ((1, a.shape[1]), (0, a.shape[0])):
+        jumps = np.abs(np.diff(a, axis=axis)).mean(axis=(0, 2) if axis == 1 else (1, 2))  # k: between k and k + 1
+        side = min(tile, length)
+        borders = {e - 1 for s in tile_starts(length, side, overlap) for e in (s, s + side) if 0 < e < length}
+        at = np.zeros(len(jumps), bool)
+        at[sorted(borders)] = True
+        ratios.append(float(jumps[at].mean() / max(jumps[~at].mean(), 1e-9)) if at.any() and (~at).any() else 1.0)
+    return ratios[0], ratios[1]
 
 
 def _edge_map(img: Image.Image) -> np.ndarray:

@@ -1,0 +1,61 @@
+"""--color-match: CIELAB both ways, the reference's statistics inside the region, kept pixels exact, and the flag."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdedit import edit, load_model
+from sdedit.color_match import lab_to_rgb, match_colors, rgb_to_lab
+from sdedit.frontends.cli import main
+from sdedit.research.landscapes import landscape
+
+
+def test_lab_round_trip_and_known_values():
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64) * 2 - 1
+    assert torch.allclose(lab_to_rgb(rgb_to_lab(x)), x, atol=1e-6)
+    white, red = torch.ones(1, 3, 1, 1), torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)
+    assert rgb_to_lab(white).flatten().tolist() == pytest.approx([100.0, 0.0, 0.0], abs=0.01)
+    assert rgb_to_lab(red).flatten().tolist() == pytest.approx([53.24, 80.09, 67.20], abs=0.05)  # sRGB red
+
+
+def test_the_region_takes_the_references_mean_and_spread():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=gen) * 0.6 - 0.5  # darker, in gamut
+    ref = torch.rand(2, 3, 16, 16, generator=gen) * 0.6 - 0.1
+    region = torch.zeros(2, 1, 16, 16)
+    region[:, :, 4:12, 4:12] = 1
+    out = match_colors(x, ref, region)
+    inside = region.bool().expand(-1, 3, -1, -1)
+    lab_out, lab_ref = rgb_to_lab(out), rgb_to_lab(ref)
+    for row in range(2):
+        got = lab_out[row][inside[row]].view(3, -1)
+        want = lab_ref[row][inside[row]].view(3, -1)
+        assert torch.allclose(got.mean(1), want.mean(1), atol=1e-3)
+        assert torch.allclose(got.std(1, unbiased=False), want.std(1, unbiased=False), atol=1e-3)
+    empty = match_colors(x, ref, torch.zeros(2, 1, 16, 16))
+    assert torch.equal(empty, x)
+
+
+def test_a_masked_looped_edit_with_colour_matching_keeps_every_unmasked_pixel(tmp_path):
+    model = load_model("landscapes", device="cpu", precision="fp32")
+    img = landscape(8, 64)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:50, 10:40] = 255
+    out = edit(model, img, mask=Image.fromarray(mask), t0=0.4, repeats=3, seed=1, color_match=True,
+               progress=False)[0]
+    assert np.array_equal(np.asarray(out)[mask == 0], np.asarray(img)[mask == 0])
+    assert json.loads(out.info["sdedit"])["color_match"] is True
+    plain = edit(model, img, mask=Image.fromarray(mask), t0=0.4, repeats=3, seed=1, progress=False)[0]
+    assert "color_match" not in json.loads(plain.info["sdedit"])
+    assert not np.array_equal(np.asarray(out), np.asarray(plain))
+
+
+def test_edit_help_lists_color_match(capsys):
+    with pytest.raises(SystemExit):
+        main(["edit", "--help"])
+    assert "--color-match" in capsys.readouterr().out
