@@ -180,3 +180,23 @@ def test_the_command_line_edits_a_large_photo_tiled_and_records_it(tmp_path):
     (out,) = (tmp_path / "out").iterdir()
     meta = read_settings(out)
     assert Image.open(out).size == (160, 96) and meta["tile"] == 64 and meta["tile_overlap"] == 16
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "qwen"])
+def test_every_latent_family_encodes_and_decodes_a_large_canvas_in_vae_tiles(family_folders, family, monkeypatch):
+    model = load_model(family_folders[family], device="cpu", precision="fp32")
+    model.tile_vae = True  # as for a canvas over 1024 px, on a small one
+    calls = []
+    for name in ("tiled_encode" if family == "qwen" else "_tiled_encode", "tiled_decode"):
+        real = getattr(model.vae, name)
+        monkeypatch.setattr(model.vae, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+    side = min_tile(model)
+    width = max(2 * side, 160)  # wider than the tiny VAEs' 64 px tiles (Qwen-Image's: 256)
+    img = random_image((width, side), seed=2)
+    mask = np.zeros((side, width), np.uint8)
+    mask[:, side:] = 255
+    out = edit(model, img, mask=Image.fromarray(mask), tile=side, t0=0.6, steps=2, seed=1, prompt="x",
+               progress=False)[0]
+    assert len(set(calls)) == 2, calls
+    assert np.array_equal(np.asarray(out)[mask == 0], np.asarray(img)[mask == 0])
+    assert not model.vae.use_tiling

@@ -18,6 +18,9 @@ from ..loading.lora import LoraSpec, apply_loras
 from .offload import ModelOffload, offload_layers
 
 
+VAE_TILE_ABOVE = 1024  # pixels a side; diffusers' VAEs then encode and decode in overlapping tiles
+
+
 def latent_mask(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """A pixel mask (1, 1, H, W) on the latent grid: a cell is as edited as its most edited pixel."""
     return F.adaptive_max_pool2d(mask, shape)
@@ -95,9 +98,12 @@ class LatentSpace:
         """The UNet or transformer (named first by networks())."""
         return next(iter(self.networks().values()))
 
+    tile_vae: bool | None = None  # None: VAE_TILE_ABOVE decides
+
     def vae_tiling(self, height: int, width: int) -> bool:
-        """Whether the VAE works on an image of this many pixels in tiles (families that tile say when)."""
-        return False
+        """Tiled VAE passes for images over VAE_TILE_ABOVE px a side (or as tile_vae says), decided per call from its
+        own size: the VAE's memory grows with the image, its tiles' does not (a tiled edit's canvas of any size)."""
+        return self.tile_vae if self.tile_vae is not None else max(height, width) > VAE_TILE_ABOVE
 
     @contextmanager
     def _tiling(self, height: int, width: int) -> Iterator[None]:

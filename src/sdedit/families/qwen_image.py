@@ -165,7 +165,8 @@ class QwenImageModel(LatentSpace, Model):
     @torch.inference_mode()
     def encode(self, x_g: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """(z - mean) / std per channel of one guide as a one-frame video, one posterior draw per generator."""
-        dist = self.vae.encode(x_g.to(self.device, torch.float32)[:, :, None]).latent_dist
+        with self._tiling(*x_g.shape[-2:]):
+            dist = self.vae.encode(x_g.to(self.device, torch.float32)[:, :, None]).latent_dist
         draws = [torch.randn(dist.mean.shape, generator=g, dtype=torch.float32, device=g.device).to(self.device)
                  for g in generators]
         z = torch.cat([dist.mean + dist.std * d for d in draws])
@@ -177,7 +178,8 @@ class QwenImageModel(LatentSpace, Model):
         """Images in [-1, 1] from normalised latents (fp32), through the VAE's one-frame video decoder."""
         z = z.float()[:, :, None]
         mean, std = self._latent_stats(z)
-        return self.vae.decode(z * std + mean).sample[:, :, 0].clamp(-1.0, 1.0)
+        with self._tiling(z.shape[-2] * self.latent_factor, z.shape[-1] * self.latent_factor):
+            return self.vae.decode(z * std + mean).sample[:, :, 0].clamp(-1.0, 1.0)
 
 
 def is_qwen_image_folder(root: Path) -> bool:

@@ -180,7 +180,7 @@ class StableDiffusionModel(LatentSpace, Model):
     prediction_type: str  # "epsilon" or "v_prediction"
     name: str
     info: dict[str, Any] = field(default_factory=dict)
-    tile_vae: bool | None = None  # None: tiled above 1024 px
+    tile_vae: bool | None = None  # None: LatentSpace.vae_tiling decides (over 1024 px)
     text_encoder_2: nn.Module | None = None  # SDXL: the second (projecting) CLIP text encoder
     tokenizer_2: Any = None
     zero_empty_negative: bool = False  # SDXL's force_zeros_for_empty_prompt
@@ -313,10 +313,6 @@ class StableDiffusionModel(LatentSpace, Model):
     def frame(self, size: tuple[int, int], fit: Fit, original_size: bool) -> Frame:
         """The whole input, at the largest multiple-of-8 size inside it (outputs back at the input's size if asked)."""
         return Frame((0, 0, *size), snap8(size, self.latent_factor), original_size)
-
-    def vae_tiling(self, height: int, width: int) -> bool:
-        """Tiled VAE passes for images over 1024 px (or as tile_vae says), decided per call from its own size."""
-        return self.tile_vae if self.tile_vae is not None else max(height, width) > 1024
 
 def is_sd_folder(root: Path) -> bool:
     """Whether a folder holds a Stable Diffusion-style pipeline (model_index.json with unet/ and vae/)."""
