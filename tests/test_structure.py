@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sdedit"
 LAYERS = [
     ["version", "errors", "files", "progress"],
     ["engine"],
-    ["settings", "images", "devices", "crops", "precision", "control_images"],
+    ["settings", "images", "devices", "crops", "precision", "control_images", "tiling", "color_match", "outpainting"],
     ["loading"],
     ["families"],
     ["loader"],
