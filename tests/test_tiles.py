@@ -200,3 +200,20 @@ def test_every_latent_family_encodes_and_decodes_a_large_canvas_in_vae_tiles(fam
     assert len(set(calls)) == 2, calls
     assert np.array_equal(np.asarray(out)[mask == 0], np.asarray(img)[mask == 0])
     assert not model.vae.use_tiling
+
+
+def test_batch_edits_every_photo_tiled_at_its_own_size(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    landscape(1, 96).crop((0, 0, 96, 80)).save(inp / "a.png")
+    landscape(2, 128).save(inp / "b.png")
+    assert main(["batch", str(inp), "-o", str(tmp_path / "out"), "-q", "--tile", "64", "--tile-overlap", "8",
+                 "--steps", "2", "--color-match"]) == 0
+    sizes = {p.name: Image.open(p).size for p in (tmp_path / "out").glob("*.png")}
+    assert sorted(sizes.values()) == [(96, 80), (128, 128)], sizes
+    meta = read_settings(next((tmp_path / "out").glob("a*.png")))
+    assert meta["tile"] == 64 and meta["tile_overlap"] == 8 and meta["color_match"] is True
+    # another tiling is another job: the manifest does not take the first run's outputs for it, they are redone
+    assert main(["batch", str(inp), "-o", str(tmp_path / "out"), "-q", "--tile", "64", "--steps", "2",
+                 "--color-match"]) == 0
+    assert read_settings(next((tmp_path / "out").glob("a*.png")))["tile_overlap"] == 16
