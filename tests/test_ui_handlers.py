@@ -444,3 +444,122 @@ def test_a_bad_control_image_upload_is_refused_in_one_line_before_gradio_decodes
     assert re.search(message, text) and "\n" not in text and str(tmp_path) not in text, text
     _structured().save(tmp_path / "good.png")
     assert Image.open(upload.preprocess(ImageData(path=str(tmp_path / "good.png")))).size == (64, 64)
+
+
+@pytest.fixture(scope="module")
+def landscapes_pool():
+    from sdedit.frontends.ui import ModelPool
+
+    return ModelPool({"landscapes": "landscapes"}, device="cpu")
+
+
+def _outpaint(handler, image, sides=(0, 16, 0, 8), fill="edge", progress=lambda *a, **k: None, **kw):
+    """Run the Outpaint tab's handler (ddim, 3 steps, 1 sample, seed 5, the seam's t0 0.4); the gallery."""
+    outputs = list(handler(image, *sides, fill, "landscapes", 0.4, "ddim", 3, 1, 1, 5, 0, 0, progress=progress, **kw))
+    return outputs[-1][0]
+
+
+def test_the_outpaint_tab_grows_the_canvas_and_keeps_the_original_pixels(landscapes_pool, tmp_path):
+    from sdedit.frontends.ui import make_outpaint_handler
+
+    image = _structured(32)
+    image.save(tmp_path / "small.png")
+    handler = make_outpaint_handler(landscapes_pool, Limits(), tmp_path / "out")
+    fractions: list[float] = []
+    out, meta = _pixels(_outpaint(handler, str(tmp_path / "small.png"), fill="blur",
+                                  progress=lambda f, desc: fractions.append(f)))
+    assert fractions[-1] == 1.0 and max(fractions) == 1.0  # the strength map's extra steps are counted
+    assert out.shape == (40, 48, 3)
+    assert np.array_equal(out[:32, :32], np.asarray(image))  # bit for bit
+    assert meta["t0"] == 1.0 and meta["steps"] == 3 and meta["tile"] == 64
+    assert meta["outpaint"] == {"left": 0, "right": 16, "top": 0, "bottom": 8, "fill": "blur", "band": 16, "t0": 0.4,
+                                "input_size": [32, 32]}
+
+
+@pytest.mark.parametrize("sides, fill, kw, message", [
+    ((-1, 16, 0, 0), "edge", {}, "left \\(px\\) must be a whole number from 0 to 1024"),
+    ((0, 2000, 0, 0), "edge", {}, "right \\(px\\) must be a whole number from 0 to 1024"),
+    ((0, 0, 2.5, 0), "edge", {}, "top \\(px\\) must be a whole number"),
+    ((0, 0, 0, "abc"), "edge", {}, "bottom \\(px\\) must be a number"),
+    ((0, 0, 0, float("nan")), "edge", {}, "bottom \\(px\\) must be finite"),
+    ((0, 0, 0, 0), "edge", {}, "at least one of left, right, top, bottom"),
+    ((0, 16, 0, 0), "sobel", {}, "fill must be one of edge, blur, noise, color"),
+    ((0, 16, 0, 0), ["edge"] * 10_000, {}, "fill must be one of"),
+    ((0, 16, 0, 0), "edge", {"auto_t0": True}, "untick 'auto t0'"),
+    ((0, 16, 0, 0), "edge", {"color_match": "yes"}, "colour match must be a checkbox value"),
+])
+def test_bad_outpaint_values_are_one_line_page_errors_before_the_model_loads(tmp_path, sides, fill, kw, message):
+    import gradio as gr
+
+    from sdedit.frontends.ui import ModelPool, make_outpaint_handler
+
+    pool = ModelPool({"landscapes": "landscapes"}, device="cpu")
+    with pytest.raises(gr.Error) as e:
+        _outpaint(make_outpaint_handler(pool, Limits(), tmp_path), _structured(32), sides, fill, **kw)
+    assert re.search(message, str(e.value.message)) and "\n" not in str(e.value.message), e.value.message
+    assert not pool._loaded
+
+
+def test_the_outpainted_canvas_is_held_within_the_servers_limit_and_an_image_is_needed(tmp_path):
+    import gradio as gr
+
+    from sdedit.frontends.ui import ModelPool, make_outpaint_handler
+
+    pool = ModelPool({"landscapes": "landscapes"}, device="cpu")
+    handler = make_outpaint_handler(pool, Limits(max_outpaint_pixels=40 * 40), tmp_path)
+    with pytest.raises(gr.Error, match="would be 48x40 pixels; this server's limit is 1,600"):
+        _outpaint(handler, _structured(32))
+    with pytest.raises(gr.Error, match="upload an image to outpaint first"):
+        _outpaint(handler, None)
+    assert not pool._loaded
+
+
+def test_the_colour_match_checkbox_reaches_the_run_and_its_metadata(landscapes_pool, tmp_path):
+    from sdedit.frontends.ui import make_handler
+
+    handler = make_handler(landscapes_pool, Limits(), tmp_path, photo=False)
+    (path, _), = _paint(handler, "landscapes", color_match=True)
+    assert json.loads(Image.open(path).info["sdedit"])["color_match"] is True
+    (path, _), = _paint(handler, "landscapes", color_match=False)
+    assert "color_match" not in read_settings(path)
+    with pytest.raises(InputError, match="colour match must be a checkbox value"):
+        validate(MODELS, Limits(), **GOOD, color_match="true")
+
+
+def _photo_editor(size):
+    photo, strokes = photo_and_strokes(size)
+    return photo, {"background": photo, "layers": [strokes], "composite": photo}
+
+
+def test_a_tiled_photo_edit_works_at_the_photos_size_within_the_limit(landscapes_pool, tmp_path):
+    import gradio as gr
+
+    from sdedit.frontends.ui import make_handler
+
+    photo, editor = _photo_editor((112, 72))
+    handler = make_handler(landscapes_pool, Limits(), tmp_path, photo=True)
+    outputs = list(handler(editor, "landscapes", 0.5, "ddim", 3, 1, 1, 5, 0, 0, tiles=True,
+                           progress=lambda *a, **k: None))
+    (path, _), = outputs[-1][0]
+    out = Image.open(path)
+    assert out.size == photo.size and read_settings(path)["tile"] == 64
+    keep = np.ones((72, 112), bool)
+    keep[5:20, 30:42] = False  # the strokes' box (grow and feather 0)
+    assert (np.asarray(out)[keep] == np.asarray(photo)[keep]).all()
+    assert np.abs(np.asarray(out)[~keep].astype(int) - (20, 120, 40)).mean() > 5  # edited there
+    small = make_handler(landscapes_pool, Limits(max_tiled_pixels=112 * 72 - 1), tmp_path, photo=True)
+    with pytest.raises(gr.Error) as e:
+        list(small(editor, "landscapes", 0.5, "ddim", 3, 1, 1, 5, 0, 0, tiles=True, progress=lambda *a, **k: None))
+    assert "8,064 pixels" in e.value.message and "untick 'tiles'" in e.value.message
+    assert "\n" not in e.value.message
+
+
+def test_the_page_has_the_outpaint_tab_and_the_new_checkboxes(landscapes_pool, tmp_path):
+    from sdedit.frontends.ui import build_app
+
+    app = build_app(landscapes_pool, outdir=tmp_path, limits=Limits(max_extension=256))
+    props = {c["props"].get("elem_id"): c["props"] for c in app.get_config_file()["components"]}
+    assert all(props[f"outpaint-{side}"]["maximum"] == 256 for side in ("left", "right", "top", "bottom"))
+    assert props["outpaint-fill"]["value"] == "edge"
+    assert [c[1] for c in props["outpaint-fill"]["choices"]] == ["edge", "blur", "noise", "color"]
+    assert props["color-match"]["value"] is False and props["tiles"]["value"] is False

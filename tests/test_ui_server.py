@@ -237,6 +237,23 @@ def test_a_prompt_over_the_limit_is_refused_in_one_line(server, tmp_path):
                                               api_name="/paint")
 
 
+def test_the_outpaint_route_grows_an_image_and_refuses_bad_sides_in_one_line(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    small = stroke_png(tmp_path / "small.png", (32, 32))
+    client = Client(server, verbose=False)
+    args = dict(model="landscapes", t0=0.4, sampler="ddim", steps=3, repeats=1, samples=1, seed=0,
+                api_name="/outpaint")
+    gallery, _ = client.predict(handle_file(str(small)), 0, 16, 0, 8, "edge", **args)
+    out = np.asarray(Image.open(gallery[0]["image"]))
+    assert out.shape == (40, 48, 3) and np.array_equal(out[:32, :32], np.asarray(Image.open(small)))
+    for sides, message in [((-5, 0, 0, 0), "less than minimum value 0"),  # Gradio's own check, then ours
+                           ((0, 0, 0, 0), "at least one of left, right, top, bottom above 0")]:
+        with pytest.raises(Exception) as e:
+            client.predict(handle_file(str(small)), *sides, "edge", **args)
+        assert message in str(e.value) and "\n" not in str(e.value) and "Traceback" not in str(e.value)
+
+
 def asgi_call(app, path: str, body_parts: list[bytes], *, length: int | None = None, method: str = "POST",
               client: str = "10.0.0.1") -> tuple[int, int]:
     """One request through an ASGI app; (status, bytes of the body the inner app read)."""

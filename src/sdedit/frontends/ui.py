@@ -26,9 +26,11 @@ from ..loader import is_text_conditioned, load_model, recommended_t0_of
 from ..loading.controlnets import ControlSpec
 from ..loading.hub import is_cached
 from ..loading.presets import BUNDLED_MODELS, PRESETS
-from ..settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0
-from .ui_handlers import CONTROL_SOURCES, MAX_CONTROL_SCALE, Limits, Progress, guide_and_mask, mask_strength, \
-    read_canvas, run_steps, t0_hint, validate, validate_control
+from ..outpainting import DEFAULT_FILL, FILLS, NEW_T0
+from ..settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0, RunSettings
+from .ui_handlers import CONTROL_SOURCES, MAX_CONTROL_SCALE, ControlChoice, Limits, Progress, Result, check_tiles, \
+    guide_and_mask, mask_strength, read_canvas, run_outpaint, run_steps, t0_hint, validate, validate_control, \
+    validate_outpaint
 from .ui_server import BodyCap, LoginBrake
 
 PALETTE = ["#87b5e0", "#f2f2f2", "#f0a050", "#7a7f8c", "#3d4a5c", "#2f5a2a", "#6f9a3a", "#3a6ea5", "#d8c48a"]
@@ -133,6 +135,33 @@ def _save(img: Image.Image, folder: Path) -> str:
     return str(save_png(img, folder / f"sdedit-{secrets.token_hex(6)}.png"))
 
 
+def _checked(pool: ModelPool, limits: Limits, **values: Any) -> tuple[str, RunSettings, ControlChoice | None]:
+    """The settings every tab sends, checked: the model's name, the run and the control panel's choice (the panel
+    always sends its values: checked, then used only for a model with a ControlNet)."""
+    control = {k: values.pop(f"control_{k}") for k in ("scale", "source", "image", "preprocess")}
+    name, settings = validate(list(pool.sources), limits, **values)
+    return name, settings, validate_control(limits, **control, active=pool.control_scale(name) is not None)
+
+
+def _loaded(pool: ModelPool, name: str, settings: RunSettings) -> tuple[Model, RunSettings]:
+    """The model, and the settings without a guidance where it would not act (the slider always sends one)."""
+    net = pool.get(name)
+    return net, settings if net.takes_guidance else settings.with_(guidance=None)
+
+
+def _stream(run: Iterator[Progress | Result], samples: int, outdir: Path, progress: Any) -> Iterator[Any]:
+    """A run's events as the page's (gallery, preview) updates: previews while sampling, then the saved images."""
+    import gradio as gr
+
+    progress(0.0, desc="starting")
+    for ev in run:
+        if isinstance(ev, Progress):
+            progress(ev.fraction, desc=f"sampling {samples} image(s)")
+            yield gr.update(), _enlarge(ev.preview)
+        else:
+            yield [(_save(img, outdir), text) for img, text in ev.images], gr.update()
+
+
 def make_handler(pool: ModelPool, limits: Limits, outdir: Path, *, photo: bool) -> Callable[..., Iterator[Any]]:
     """The generate handler of one tab: validate, read the canvas, run, stream previews, then the gallery."""
     import gradio as gr
@@ -140,29 +169,50 @@ def make_handler(pool: ModelPool, limits: Limits, outdir: Path, *, photo: bool) 
     def handler(editor: Any, model: Any, t0: Any, sampler: Any, steps: Any, repeats: Any, samples: Any, seed: Any,
                 grow: Any, feather: Any, prompt: Any = "", negative_prompt: Any = "", guidance: Any = None,
                 auto_t0: Any = False, control_scale: Any = None, control_source: Any = None,
-                control_image: Any = None, control_preprocess: Any = None,
-                progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
+                control_image: Any = None, control_preprocess: Any = None, color_match: Any = False,
+                tiles: Any = False, progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
         try:
-            name, settings = validate(list(pool.sources), limits, model=model, t0=t0, sampler=sampler, steps=steps,
-                                      repeats=repeats, samples=samples, seed=seed, prompt=prompt,
-                                      negative_prompt=negative_prompt, guidance=guidance, auto_t0=auto_t0)
-            # the panel always sends its values: checked, then used only for a model with a ControlNet
-            control = validate_control(limits, scale=control_scale, source=control_source, image=control_image,
-                                       preprocess=control_preprocess, active=pool.control_scale(name) is not None)
+            name, settings, control = _checked(
+                pool, limits, model=model, t0=t0, sampler=sampler, steps=steps, repeats=repeats, samples=samples,
+                seed=seed, prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, auto_t0=auto_t0,
+                color_match=color_match, control_scale=control_scale, control_source=control_source,
+                control_image=control_image, control_preprocess=control_preprocess)
             canvas = read_canvas(editor, limits)
             guide, mask = guide_and_mask(canvas, photo=photo, grow=grow, feather=feather, limits=limits)
+            tile = check_tiles(tiles, guide.size, limits)
             strength = mask_strength(canvas) if photo else None
-            net = pool.get(name)
-            if not net.takes_guidance:  # the slider always sends a value: none goes to a model it would not act on
-                settings = settings.with_(guidance=None)
-            progress(0.0, desc="starting")
-            for ev in run_steps(net, settings, guide, mask, fit="stretch" if photo else "crop", original_size=photo,
-                                strength_map=strength, control=control):
-                if isinstance(ev, Progress):
-                    progress(ev.fraction, desc=f"sampling {settings.num_samples} image(s)")
-                    yield gr.update(), _enlarge(ev.preview)
-                else:
-                    yield [(_save(img, outdir), text) for img, text in ev.images], gr.update()
+            net, settings = _loaded(pool, name, settings)
+            run = run_steps(net, settings, guide, mask, fit="stretch" if photo else "crop", original_size=photo,
+                            strength_map=strength, control=control, tile=tile)
+            yield from _stream(run, settings.num_samples, outdir, progress)
+        except SdeditError as e:
+            raise gr.Error(public_message(e), print_exception=False) from None
+
+    return handler
+
+
+def make_outpaint_handler(pool: ModelPool, limits: Limits, outdir: Path) -> Callable[..., Iterator[Any]]:
+    """The Outpaint tab's handler: validate, grow the canvas, run (the seam band from the t0 slider, the new region
+    from NEW_T0), stream previews, then the gallery. grow and feather (the photo tab's) are ignored."""
+    import gradio as gr
+
+    def handler(image: Any, left: Any, right: Any, top: Any, bottom: Any, fill: Any, model: Any, t0: Any,
+                sampler: Any, steps: Any, repeats: Any, samples: Any, seed: Any, grow: Any = 0, feather: Any = 0,
+                prompt: Any = "", negative_prompt: Any = "", guidance: Any = None, auto_t0: Any = False,
+                control_scale: Any = None, control_source: Any = None, control_image: Any = None,
+                control_preprocess: Any = None, color_match: Any = False,
+                progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
+        try:
+            name, settings, control = _checked(
+                pool, limits, model=model, t0=NEW_T0, sampler=sampler, steps=steps, repeats=repeats,
+                samples=samples, seed=seed, prompt=prompt, negative_prompt=negative_prompt, guidance=guidance,
+                color_match=color_match, control_scale=control_scale, control_source=control_source,
+                control_image=control_image, control_preprocess=control_preprocess)
+            choice = validate_outpaint(limits, image=image, left=left, right=right, top=top, bottom=bottom,
+                                       fill=fill, t0=t0, auto_t0=auto_t0, control=control)
+            net, settings = _loaded(pool, name, settings)
+            yield from _stream(run_outpaint(net, settings, choice, control=control), settings.num_samples, outdir,
+                               progress)
         except SdeditError as e:
             raise gr.Error(public_message(e), print_exception=False) from None
 
@@ -208,9 +258,9 @@ def checked_editor(limits: Limits, **kwargs: Any) -> Any:
     return Editor(**kwargs)
 
 
-def checked_image(limits: Limits, **kwargs: Any) -> Any:
+def checked_image(limits: Limits, *, what: str = "control image", **kwargs: Any) -> Any:
     """A Gradio image upload checked by our own reader (formats, pixel limit from the header, whole decode) before
-    Gradio decodes it, as the editors are."""
+    Gradio decodes it, as the editors are; `what` names it in a refusal."""
     import gradio as gr
 
     class Upload(gr.Image):
@@ -219,7 +269,7 @@ def checked_image(limits: Limits, **kwargs: Any) -> Any:
         def preprocess(self, payload: Any) -> Any:
             if payload is not None and payload.path:
                 try:
-                    open_image(payload.path, max_pixels=limits.max_pixels, name="control image")
+                    open_image(payload.path, max_pixels=limits.max_pixels, name=what)
                 except SdeditError as e:
                     raise gr.Error(public_message(e), print_exception=False) from None
             return super().preprocess(payload)
@@ -256,8 +306,11 @@ HELP = """**Paint** a scene with a few flat colours (sky, mountains, trees, wate
 colours where it should change; on the 'mask' layer the translucent (magenta) brushes ask for a weaker edit
 there (t0 x opacity). *t0* sets how much noise SDEdit adds before denoising: low keeps your strokes, high makes
 the result more realistic; it starts at the model's recommended value, and *auto* picks the largest t0 that
-stays within the faithfulness budget for each image. Results keep their settings in the PNG; download them
-from the gallery."""
+stays within the faithfulness budget for each image. **Outpaint** grows an image's canvas and fills the new
+region. *Colour match* keeps the guide's colours. Results keep their settings in the PNG; download them from
+the gallery."""
+OUTPAINT_HELP = f"""The new region is generated (from t0 = {NEW_T0:g}); along the seam a band starts at the *t0*
+slider's value, so the fill there steers the start. The image's own pixels are kept exactly."""
 
 
 def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | None = None,
@@ -295,7 +348,20 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                         with gr.Row():
                             grow = gr.Slider(0, limits.max_grow, value=8, step=1, label="mask grow (px)")
                             feather = gr.Slider(0, limits.max_feather, value=4, step=1, label="mask feather (px)")
+                            tiles = gr.Checkbox(False, label="work at the photo's own size in tiles", elem_id="tiles")
                         photo_go = gr.Button("Edit", variant="primary", elem_id="photo-go")
+                    with gr.Tab("Outpaint", id="outpaint"):
+                        outpaint = checked_image(limits, what="image to outpaint", type="filepath", format="png",
+                                                 image_mode="RGB", label="image to outpaint",
+                                                 sources=("upload", "clipboard"), elem_id="outpaint-image")
+                        with gr.Row():
+                            sides = [gr.Number(value=0, precision=0, minimum=0, maximum=limits.max_side,
+                                               label=f"{side} (px)", elem_id=f"outpaint-{side}")
+                                     for side in ("left", "right", "top", "bottom")]
+                            fill = gr.Dropdown(list(FILLS), value=DEFAULT_FILL, label="fill of the new region",
+                                               elem_id="outpaint-fill")
+                        gr.Markdown(OUTPAINT_HELP)
+                        outpaint_go = gr.Button("Outpaint", variant="primary", elem_id="outpaint-go")
                 with gr.Row():
                     model = gr.Dropdown(names, value=default_model if default_model in names else names[0],
                                         label="model")
@@ -335,6 +401,8 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="seed")
                     dice = gr.Button("random seed", size="sm")
+                    color_match = gr.Checkbox(False, label="colour match (keep the guide's colours)",
+                                              elem_id="color-match")
             with gr.Column(scale=2):
                 preview = gr.Image(label="denoised estimate while sampling", interactive=False, height=256,
                                    elem_id="preview")
@@ -343,7 +411,7 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
 
         controls = [model, t0, sampler, steps, repeats, samples, seed, grow, feather, prompt, negative, guidance,
-                    auto_t0, control_scale, control_source, control_image, control_preprocess]
+                    auto_t0, control_scale, control_source, control_image, control_preprocess, color_match]
         model.change(lambda name: (gr.update(visible=name in pool.text), gr.update(value=pool.recommended_t0(name)),
                                    gr.update(visible=pool.takes_guidance(name), value=pool.start_guidance(name)),
                                    gr.update(visible=pool.control_scale(name) is not None),
@@ -354,9 +422,12 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
         control_image.upload(lambda: "image", None, control_source, queue=False, api_name=False)
         ev_paint = paint_go.click(make_handler(pool, limits, outdir, photo=False), [paint, *controls],
                                   [gallery, preview], api_name="paint", concurrency_id="sdedit")
-        ev_photo = photo_go.click(make_handler(pool, limits, outdir, photo=True), [photo, *controls],
+        ev_photo = photo_go.click(make_handler(pool, limits, outdir, photo=True), [photo, *controls, tiles],
                                   [gallery, preview], api_name="edit_photo", concurrency_id="sdedit")
-        cancel.click(None, None, None, cancels=[ev_paint, ev_photo], queue=False)
+        ev_outpaint = outpaint_go.click(make_outpaint_handler(pool, limits, outdir),
+                                        [outpaint, *sides, fill, *controls], [gallery, preview], api_name="outpaint",
+                                        concurrency_id="sdedit")
+        cancel.click(None, None, None, cancels=[ev_paint, ev_photo, ev_outpaint], queue=False)
         # the white canvas arrives with the page, not in its config (which would then name a server path)
         app.load(_blank_painting, None, paint, queue=False, api_name=False)
         example.click(_example_painting, None, paint, queue=False, api_name=False)

@@ -16,13 +16,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..api import choose_t0, iter_edits, prepare_guide, steps_total
+from ..api import Guide, Row, batch_steps, choose_t0, iter_edits, prepare_guide, prepare_outpaint
 from ..control_images import CONTROL_PREPROCESS, DEFAULT_CONTROL_PREPROCESS
 from ..errors import InputError
 from ..families.base import Model
 from ..images import Fit, grow_and_feather, open_image, tensor_to_images, to_rgb
+from ..outpainting import DEFAULT_FILL, FILLS, MAX_EXTENSION, Extension, check_canvas
 from ..research.metrics import l2_distance
 from ..settings import AUTO_T0, RunSettings
+from ..tiling import AUTO_TILE, TileSize
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,14 @@ class Limits:
     max_prompt_chars: int = 1000  # prompt and negative prompt, each
     max_upload_bytes: int = 20 * 2**20  # per uploaded file
     max_request_bytes: int = 2**20  # any request that is not an upload (settings and prompts are a few KB)
+    max_tiled_pixels: int = 1024 * 1024  # a photo edited at its own size in tiles
+    max_extension: int = 1024  # outpainting: pixels added on one side
+    max_outpaint_pixels: int = 1024 * 1024  # outpainting: the grown canvas
+
+    @property
+    def max_side(self) -> int:
+        """The most pixels the Outpaint tab may add on one side: this server's bound, within the library's."""
+        return min(self.max_extension, MAX_EXTENSION)
 
 
 def _number(value: Any, what: str) -> float:
@@ -67,15 +77,21 @@ def _text(value: Any, what: str, limit: int) -> str:
     return value
 
 
+def _checkbox(value: Any, what: str) -> bool:
+    """A checkbox's value a page sent (None: unticked)."""
+    if value is not None and not isinstance(value, bool):
+        raise InputError(f"{what} must be a checkbox value (true or false), got {_short(value)}")
+    return bool(value)
+
+
 def validate(models: Sequence[str], limits: Limits, *, model: Any, t0: Any, sampler: Any, steps: Any,
              repeats: Any, samples: Any, seed: Any, prompt: Any = "", negative_prompt: Any = "",
-             guidance: Any = None, auto_t0: Any = False) -> tuple[str, RunSettings]:
+             guidance: Any = None, auto_t0: Any = False, color_match: Any = False) -> tuple[str, RunSettings]:
     """Check every setting a page sent (steps 0 = the sampler's default for t0): the model's name and the run.
-    auto_t0: the 'auto t0' checkbox (True: t0 auto whatever the slider says)."""
-    if auto_t0 is not None and not isinstance(auto_t0, bool):
-        raise InputError(f"auto t0 must be a checkbox value (true or false), got {_short(auto_t0)}")
-    if auto_t0:
+    auto_t0: the 'auto t0' checkbox (True: t0 auto whatever the slider says); color_match: the 'colour match' one."""
+    if _checkbox(auto_t0, "auto t0"):
         t0 = AUTO_T0
+    color_match = _checkbox(color_match, "colour match")
     if model not in models:
         raise InputError(f"unknown model {_short(model)}; this server offers: {', '.join(models)}")
     if not isinstance(sampler, str):
@@ -86,7 +102,7 @@ def validate(models: Sequence[str], limits: Limits, *, model: Any, t0: Any, samp
         repeats=_integer(repeats, "repeats K", 1, limits.max_repeats),
         num_samples=_integer(samples, "number of samples", 1, limits.max_samples),
         seed=_integer(seed, "seed", 0, 2**31 - 1), prompt=_text(prompt, "prompt", limits.max_prompt_chars),
-        negative_prompt=_text(negative_prompt, "negative prompt", limits.max_prompt_chars))
+        negative_prompt=_text(negative_prompt, "negative prompt", limits.max_prompt_chars), color_match=color_match)
     if guidance is not None:
         fields["guidance"] = _bounded(guidance, "guidance", 0.0, 30.0)
     return model, RunSettings(**fields)
@@ -140,6 +156,57 @@ def validate_control(limits: Limits, *, scale: Any, source: Any, image: Any, pre
             raise InputError(f"upload a control image first, or choose '{CONTROL_SOURCES['painting']}'")
         picture = to_rgb(picture)
     return ControlChoice(checked, picture, preprocess)
+
+
+def check_tiles(tiles: Any, size: tuple[int, int], limits: Limits) -> TileSize | None:
+    """The 'tiles' checkbox for a photo of `size`: 'auto' (edited at its own size in tiles of the model's
+    resolution) within the server's pixel limit for a tiled edit, or None (edited at the model's size)."""
+    if not _checkbox(tiles, "tiles"):
+        return None
+    if size[0] * size[1] > limits.max_tiled_pixels:
+        raise InputError(f"the photo has {size[0] * size[1]:,} pixels; this server edits at most "
+                         f"{limits.max_tiled_pixels:,} in tiles (untick 'tiles' to edit it at the model's size)")
+    return AUTO_TILE
+
+
+@dataclass(frozen=True)
+class OutpaintChoice:
+    """The Outpaint tab's checked values: the image, the pixels added on each side, the fill and the seam's t0."""
+
+    image: Image.Image
+    extension: Extension
+    fill: str
+    t0: float
+
+
+def validate_outpaint(limits: Limits, *, image: Any, left: Any, right: Any, top: Any, bottom: Any, fill: Any,
+                      t0: Any, auto_t0: Any, control: ControlChoice | None) -> OutpaintChoice:
+    """Check the Outpaint tab's values a page sent; the grown canvas within images' and this server's pixel limits
+    before anything is allocated. t0 is the seam band's (the new region past it is generated from t0 = 1)."""
+    sides = {name: _integer(v, f"{name} (px)", 0, limits.max_side)
+             for name, v in (("left", left), ("right", right), ("top", top), ("bottom", bottom))}
+    if not any(sides.values()):
+        raise InputError("outpainting needs at least one of left, right, top, bottom above 0 pixels")
+    fill = DEFAULT_FILL if fill is None else fill
+    if not isinstance(fill, str) or fill not in FILLS:
+        raise InputError(f"fill must be one of {', '.join(FILLS)}, got {_short(fill)}")
+    if _checkbox(auto_t0, "auto t0"):
+        raise InputError("t0 auto measures faithfulness to a guide, and a new region has none: untick 'auto t0'")
+    band_t0 = _number(t0, "t0")
+    if not 0.0 < band_t0 <= 1.0:
+        raise InputError(f"t0 (the seam's) must be in (0, 1], got {_short(t0)}")
+    if control is not None and (control.image is not None or control.preprocess != DEFAULT_CONTROL_PREPROCESS):
+        raise InputError(f"the Outpaint tab steers the ControlNet with the grown canvas as it is: choose "
+                         f"'{CONTROL_SOURCES['painting']}' and preprocess '{DEFAULT_CONTROL_PREPROCESS}'")
+    picture = _load(image, "the image to outpaint", limits)
+    if picture is None:
+        raise InputError("upload an image to outpaint first")
+    extension = Extension(**sides)
+    w, h = check_canvas(picture.size, extension)
+    if w * h > limits.max_outpaint_pixels:
+        raise InputError(f"the outpainted canvas would be {w}x{h} pixels; this server's limit is "
+                         f"{limits.max_outpaint_pixels:,}")
+    return OutpaintChoice(to_rgb(picture), extension, fill, band_t0)
 
 
 def t0_hint(t0: float) -> str:
@@ -280,27 +347,59 @@ class Result:
 def run_steps(model: Model, settings: RunSettings, guide: Image.Image, mask: Image.Image | None, *,
               fit: Fit = "crop", original_size: bool = False, strength_map: Image.Image | None = None,
               preview_every: float = 0.25, edit_fn: Callable[..., Iterator[Image.Image]] = iter_edits,
-              control: ControlChoice | None = None) -> Iterator[Progress | Result]:
+              control: ControlChoice | None = None, tile: TileSize | None = None) -> Iterator[Progress | Result]:
     """SDEdit in a worker thread, yielding progress with previews; closing the iterator cancels the run.
 
     control: the control panel's choice for a model with one ControlNet (its scale for this run only, on a model
-    sharing the networks; the uploaded image or the painting; the preprocess). edit_fn has the signature of
-    api.iter_edits (tests wrap it to watch the worker).
+    sharing the networks; the uploaded image or the painting; the preprocess). tile: tiled SDEdit at the guide's
+    own size (api.prepare_guide's). edit_fn has the signature of api.iter_edits (tests wrap it to watch the worker).
     """
-    events: queue.Queue[tuple[str, Any]] = queue.Queue()
-    stop = threading.Event()
     control = control or ControlChoice(None, None, DEFAULT_CONTROL_PREPROCESS)
-    if control.scale is not None:
-        model = model.with_control_scales([control.scale])
+    model = _scaled(model, control)
     prepared = prepare_guide(model, guide, None if strength_map is not None else mask, fit=fit,
                              original_size=original_size, strength_map=strength_map,
                              control_images=[control.image] if control.image is not None else [],
-                             control_preprocess=control.preprocess)
+                             control_preprocess=control.preprocess, tile=tile)
+    yield from run_prepared(model, settings, prepared, fit=fit, preview_every=preview_every, edit_fn=edit_fn)
+
+
+def run_outpaint(model: Model, settings: RunSettings, choice: OutpaintChoice, *, control: ControlChoice | None = None,
+                 preview_every: float = 0.25,
+                 edit_fn: Callable[..., Iterator[Image.Image]] = iter_edits) -> Iterator[Progress | Result]:
+    """Outpainting as run_steps runs SDEdit (settings' t0: the new region's, outpainting.NEW_T0): the image on
+    the grown canvas, the seam band from choice.t0, the original pixels kept bit for bit."""
+    model = _scaled(model, control)
+    assert settings.seed is not None
+    prepared = prepare_outpaint(model, choice.image, choice.extension, fill=choice.fill, t0=choice.t0,
+                                seed=settings.seed)
+    yield from run_prepared(model, settings, prepared, fit="stretch", preview_every=preview_every, edit_fn=edit_fn)
+
+
+def _scaled(model: Model, control: ControlChoice | None) -> Model:
+    """The model with the control panel's scale for this run (sharing the networks), or as it is."""
+    if control is None or control.scale is None:
+        return model
+    return model.with_control_scales([control.scale])
+
+
+def guide_steps(model: Model, prepared: Guide, settings: RunSettings) -> int:
+    """Sampler steps of a run on one guide (t0 known): a strength map's levels add theirs to each batch's."""
+    assert settings.seed is not None
+    batches = math.ceil(settings.num_samples / settings.batch_size)
+    return batches * batch_steps(model, Row(prepared, settings.seed, 0, settings))
+
+
+def run_prepared(model: Model, settings: RunSettings, prepared: Guide, *, fit: Fit = "crop",
+                 preview_every: float = 0.25,
+                 edit_fn: Callable[..., Iterator[Image.Image]] = iter_edits) -> Iterator[Progress | Result]:
+    """SDEdit of a prepared guide in a worker thread, as run_steps (t0 auto is chosen here, before the run)."""
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    stop = threading.Event()
     settings = model.run_settings(settings)
     if settings.t0 == AUTO_T0:  # probes first; the steps follow from the t0 chosen
         t0, _ = choose_t0(model, model.denoiser(settings), prepared, settings.seed or 0, settings)
         settings = settings.with_(t0=t0, steps=settings.steps)
-    total = steps_total(settings)
+    total = max(1, guide_steps(model, prepared, settings))
     done = [0]
 
     def on_step(i: int, sigma: float, x: torch.Tensor, denoised: torch.Tensor) -> None:
