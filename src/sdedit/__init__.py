@@ -1,6 +1,6 @@
 """sdedit: guided image synthesis and editing with stochastic differential equations (Meng et al., ICLR 2022)."""
 
-from .api import edit
+from .api import edit, outpaint
 from .engine.editing import edit_tensors
 from .engine.samplers import SAMPLERS
 from .errors import InputError, ModelUnavailableError, SamplingError, SdeditError
@@ -11,5 +11,5 @@ from .loading.presets import PRESETS
 from .settings import RunSettings
 from .version import __version__
 
-__all__ = ["__version__", "edit", "edit_tensors", "load_model", "save_png", "read_settings", "Model", "RunSettings",
+__all__ = ["__version__", "edit", "outpaint", "edit_tensors", "load_model", "save_png", "read_settings", "Model", "RunSettings",
            "PRESETS", "SAMPLERS", "SdeditError", "InputError", "ModelUnavailableError", "SamplingError"]
