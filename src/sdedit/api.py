@@ -24,7 +24,8 @@ from .color_match import match_colors
 from .control_images import DEFAULT_CONTROL_PREPROCESS, check_preprocess, load_control_image, preprocess_control
 from .crops import DEFAULT_CROP_PADDING, check_padding, mask_box
 from .engine.editing import edit_tensors, release_grid
-from .engine.tiles import TiledDenoiser
+from .engine.flowedit import flowedit_tensors
+from .engine.tiles import TileLayout, TiledDenoiser
 from .errors import InputError, SamplingError
 from .families.base import Frame, Model
 from .families.control import check_pairing, control_to_tensor
@@ -298,7 +299,9 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
          faithfulness: float | None = None, callback: StepCallback | None = None,
          full_size: bool = False, control_images: Sequence[ImageLike] = (),
          control_preprocess: str = DEFAULT_CONTROL_PREPROCESS, tile: TileSize | None = None,
-         tile_overlap: int | None = None, color_match: bool | None = None) -> list[Image.Image]:
+         tile_overlap: int | None = None, color_match: bool | None = None, method: str | None = None,
+         source_prompt: str | None = None, source_guidance: float | None = None,
+         flowedit_samples: int | None = None) -> list[Image.Image]:
     """SDEdit (Meng et al. 2022) on one guide image: num_samples outputs, sample j seeded with seed + j.
 
     t0: a number in (0, 1], None for the model's recommended t0, or "auto": per image the largest t0
@@ -315,12 +318,14 @@ def edit(model: Model, image: ImageLike, *, mask: ImageLike | None = None, t0: f
     pixels are the input's, bit for bit.  control_images: one per ControlNet loaded with the model (none: the
     input steers them), control_preprocess: none, canny or scribble.  tile/tile_overlap: tiled SDEdit at the
     input's own size (see prepare_guide).  color_match: keep the guide's colour statistics (color_match.py).
+    method="flowedit" (flow models): FlowEdit from source_prompt to prompt instead of SDEdit (engine/flowedit.py).
     Each output's settings are in img.info["sdedit"].
     """
     run = settings_from(model, settings, t0=t0, steps=steps, repeats=repeats, sampler=sampler,
                         num_samples=num_samples, seed=seed, batch_size=batch_size, precision=precision,
                         prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, faithfulness=faithfulness,
-                        color_match=color_match)
+                        color_match=color_match, method=method, source_prompt=source_prompt,
+                        source_guidance=source_guidance, flowedit_samples=flowedit_samples)
     guide = prepare_guide(model, image, mask, fit=fit, original_size=original_size, strength_map=strength_map,
                           mask_grow=mask_grow, mask_feather=mask_feather, crop_to_mask=crop_to_mask,
                           full_size=full_size, control_images=control_images, control_preprocess=control_preprocess,
@@ -355,6 +360,7 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
     bar = None
     try:
         denoiser = model.denoiser(settings)
+        source = source_denoiser(model, settings)
         rows: list[Row] = []
         probes = tqdm(total=len(guides) * T0_PROBES, desc="t0 auto", unit="probe",
                       disable=not progress or settings.t0 != AUTO_T0)
@@ -378,7 +384,7 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
                 callback(i, sigma, x, denoised)
 
         for batch in batches:
-            x = _run_batch(model, denoiser, batch, on_step, precision)
+            x = _run_batch(model, denoiser, batch, on_step, precision, source)
             assert precision.choice is not None
             for row, out in zip(batch, tensor_to_images(x), strict=True):
                 yield _finish(model, row, out, fit, precision.choice)
@@ -386,6 +392,18 @@ def iter_edits(model: Model, guides: Sequence[Guide], seeds: Sequence[int], sett
         if bar is not None:
             bar.close()
         model.release()  # offloaded networks back in CPU memory between runs
+
+
+def source_denoiser(model: Model, settings: RunSettings) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """FlowEdit's source branch: D for the source prompt at the source guidance (the run's unless given); None for
+    SDEdit.  FlowEdit moves along a flow model's velocity fields: other models are refused."""
+    if settings.method != "flowedit":
+        return None
+    if model.schedule.kind != "flow":
+        raise InputError(f"FlowEdit needs a rectified-flow model (Stable Diffusion 3, FLUX.1, Qwen-Image); "
+                         f"{model.name} is a {model.schedule.kind} model: use --method sdedit")
+    guidance = settings.guidance if settings.source_guidance is None else settings.source_guidance
+    return model.denoiser(settings.with_(prompt=settings.source_prompt, guidance=guidance))
 
 
 PROBE_SAMPLER, PROBE_STEPS = "dpm++2m-sde", 5  # t0 auto's cheap runs (within 5% of the full recipe's L2)
@@ -474,7 +492,8 @@ def schedule_of(model: Model, guide: Guide) -> Any:
 
 
 def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: list[Row],
-               on_step: StepCallback, precision: RunPrecision) -> torch.Tensor:
+               on_step: StepCallback, precision: RunPrecision,
+               source: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Encode each row's guide with its generator, SDEdit the batch in the sampler's space under the run's
     precision (the network only; encoding and decoding stay fp32), decode, check."""
     settings = batch[0].run
@@ -510,13 +529,20 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
     condition = torch.cat(conditions) if conditions[0] is not None else None
     guide = batch[0].guide
     schedule = schedule_of(model, guide)
-    denoiser = _resolved(model, denoiser, guide, z_g, schedule.sigma(settings.t0), condition, settings, precision)
+    _resolve(model, denoiser, guide, z_g, schedule.sigma(settings.t0), condition, settings, precision)
+    target = _bound(model, denoiser, guide, condition, settings, precision)
     colors = _color_matching(model, batch, generators) if settings.color_match else None
+    between = None if colors is None else functools.partial(colors.between, model)
     try:
-        z = edit_tensors(denoiser, schedule, z_g, mask=mask, t0=settings.t0, steps=settings.steps,
-                         repeats=settings.repeats, sampler=settings.sampler, generator=generators, callback=on_step,
-                         strength=strength, grid=settings.grid,
-                         between=None if colors is None else lambda z: colors.between(model, z))
+        if source is not None:  # FlowEdit: the source's D against the target's, no noise added to the latents
+            z = flowedit_tensors(_bound(model, source, guide, condition, settings, precision), target, schedule, z_g,
+                                 t0=settings.t0, steps=settings.steps, samples=settings.flowedit_samples,
+                                 repeats=settings.repeats, mask=mask, strength=strength, generator=generators,
+                                 callback=on_step, grid=settings.grid, between=between)
+        else:
+            z = edit_tensors(target, schedule, z_g, mask=mask, t0=settings.t0, steps=settings.steps,
+                             repeats=settings.repeats, sampler=settings.sampler, generator=generators,
+                             callback=on_step, strength=strength, grid=settings.grid, between=between)
     except FloatingPointError as e:
         raise SamplingError(f"sampling diverged: {e}; no image written") from None
     x = model.decode(z)
@@ -527,23 +553,28 @@ def _run_batch(model: Model, denoiser: Callable[[torch.Tensor, torch.Tensor], to
     return x
 
 
-def _resolved(model: Model, denoiser: Callable[..., torch.Tensor], guide: Guide, z_g: torch.Tensor, sigma: float,
-              condition: torch.Tensor | None, settings: RunSettings, precision: RunPrecision
-              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The run's D under its precision (decided on the network's own input: a tile's, when tiled), with the
-    batch's condition bound, and blended over tiles when the guide is tiled."""
+def _resolve(model: Model, denoiser: Callable[..., torch.Tensor], guide: Guide, z_g: torch.Tensor, sigma: float,
+             condition: torch.Tensor | None, settings: RunSettings, precision: RunPrecision) -> None:
+    """Decide the run's precision on the network's own input: the batch, or a batch of tiles when tiled."""
     if guide.tiling is None:
         precision.resolve(denoiser, z_g, sigma, condition)
-        return precision.wrap(denoiser if condition is None else functools.partial(denoiser, condition=condition))
+        return
     tile, overlap = guide.tiling.cells(model.latent_factor)
-    tiled = TiledDenoiser(denoiser, tile, overlap, settings.batch_size, condition)
-    layout = tiled.layout(*z_g.shape[-2:])
+    layout = TileLayout(z_g.shape[-2], z_g.shape[-1], tile, overlap)
     _, _, th, tw = layout.boxes[0]
     rows = min(settings.batch_size, len(layout.boxes) * z_g.shape[0])  # what one network call takes
     probe = z_g[:1, :, :th, :tw].expand(rows, -1, -1, -1)
     precision.resolve(denoiser, probe, sigma, None if condition is None else
                       condition[:1, :, :th, :tw].expand(rows, -1, -1, -1))
-    return precision.wrap(tiled)
+
+
+def _bound(model: Model, denoiser: Callable[..., torch.Tensor], guide: Guide, condition: torch.Tensor | None,
+           settings: RunSettings, precision: RunPrecision) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The run's D under its precision, with the batch's condition bound, blended over tiles when tiled."""
+    if guide.tiling is None:
+        return precision.wrap(denoiser if condition is None else functools.partial(denoiser, condition=condition))
+    tile, overlap = guide.tiling.cells(model.latent_factor)
+    return precision.wrap(TiledDenoiser(denoiser, tile, overlap, settings.batch_size, condition))
 
 
 @dataclass(frozen=True)

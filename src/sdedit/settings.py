@@ -37,6 +37,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # (benchmarks/precision.py), and its speed against fp32 ranges from 3-7x slower (AVX2 only) to 4x faster (AMX)
 # (README 'Precision: measured, not assumed').
 DEFAULT_PRECISION = "auto"
+METHODS = ("sdedit", "flowedit")  # SDEdit (any model), FlowEdit (Kulikov et al. 2025; flow models: engine/flowedit.py)
+DEFAULT_METHOD = "sdedit"
+# FlowEdit's Euler steps per unit of t0: its SD3 recipe takes 33 of a 50-step grid from n_max = 33 (t0 0.66)
+FLOWEDIT_STEPS_PER_T0 = 50
+MAX_FLOWEDIT_SAMPLES = 16  # noise draws averaged per step (the paper's n_avg; each costs two network calls)
 MAX_SEED = 2**63 - 1
 
 # Steps per unit of t0 for each sampler, chosen from benchmarks/quality_per_cost.py (docs/quality-per-cost.md):
@@ -56,8 +61,11 @@ class SettingError(InputError):
         self.field, self.rule = field, rule
 
 
-def default_steps(sampler: str, t0: float) -> int:
-    """Steps used when none are given: ceil(k * t0) per sampler (10 for dpm++2m-sde at t0 = 0.5), with a floor."""
+def default_steps(sampler: str, t0: float, method: str = DEFAULT_METHOD) -> int:
+    """Steps used when none are given: ceil(k * t0) per sampler (10 for dpm++2m-sde at t0 = 0.5), with a floor;
+    FlowEdit's own Euler steps: FLOWEDIT_STEPS_PER_T0."""
+    if method == "flowedit":
+        return max(5, math.ceil(FLOWEDIT_STEPS_PER_T0 * t0 - 1e-9))
     return max(MIN_STEPS[sampler], math.ceil(STEPS_PER_T0[sampler] * t0 - 1e-9))
 
 
@@ -111,6 +119,10 @@ class RunSettings:
     faithfulness: float | None = None  # t0 auto: L2 budget at the model's resolution; None = DEFAULT_FAITHFULNESS_RMS
     grid: str = DEFAULT_GRID  # spacing of the steps from t0: "uniform" in t or "karras" (rho = 7) in sigma
     color_match: bool = False  # keep the guide's colour statistics after each repeat (sdedit/color_match.py)
+    method: str = DEFAULT_METHOD  # "sdedit", or "flowedit": the source prompt's velocity against the prompt's
+    source_prompt: str = ""  # FlowEdit: what the input shows (the prompt says what it should show)
+    source_guidance: float | None = None  # FlowEdit: the source branch's guidance; None = the run's guidance
+    flowedit_samples: int = 1  # FlowEdit: noise draws averaged per step (n_avg)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -118,10 +130,12 @@ class RunSettings:
             set_(self, "t0", check_t0(self.t0))
         if self.sampler not in SAMPLERS:
             raise SettingError("sampler", "sampler", f"{self.sampler!r} is unknown; choose one of: {', '.join(SAMPLERS)}")
+        if self.method not in METHODS:
+            raise SettingError("method", "method", f"must be one of {', '.join(METHODS)}, got {self.method!r:.40}")
         if self.steps is not None:
             _count(self.steps, "steps", "steps")
         elif isinstance(self.t0, float):
-            set_(self, "steps", default_steps(self.sampler, self.t0))
+            set_(self, "steps", default_steps(self.sampler, self.t0, self.method))
         _count(self.repeats, "repeats", "repeats")
         _count(self.num_samples, "num_samples", "the number of samples")
         _count(self.batch_size, "batch_size", "batch size")
@@ -130,6 +144,7 @@ class RunSettings:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
                 not 0 <= self.seed <= MAX_SEED - self.num_samples:
             raise SettingError("seed", "seed", f"must be an integer from 0 to 2^63 - 1 - samples, got {self.seed!r}")
+        self._check_flowedit()
         if not isinstance(self.color_match, bool):
             raise SettingError("color_match", "color match", f"must be true or false, got {self.color_match!r:.40}")
         if self.grid not in GRIDS:
@@ -151,6 +166,27 @@ class RunSettings:
             if self.t0 != AUTO_T0:
                 raise SettingError("faithfulness", "faithfulness", "is the budget of t0 auto; give --t0 auto too")
             set_(self, "faithfulness", float(f))
+
+    def _check_flowedit(self) -> None:
+        """FlowEdit's settings: only with method flowedit, and each within its rule."""
+        flowedit = self.method == "flowedit"
+        if not isinstance(self.source_prompt, str):
+            raise SettingError("source_prompt", "source prompt", f"must be text, got {self.source_prompt!r:.40}")
+        n = self.flowedit_samples
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_FLOWEDIT_SAMPLES:
+            raise SettingError("flowedit_samples", "FlowEdit samples",
+                               f"must be an integer from 1 to {MAX_FLOWEDIT_SAMPLES}, got {n!r:.40}")
+        g = self.source_guidance
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0):
+            raise SettingError("source_guidance", "source guidance", f"must be a finite number >= 0, got {g!r:.40}")
+        if not flowedit:
+            for field, label, given in (("source_prompt", "source prompt", self.source_prompt),
+                                        ("source_guidance", "source guidance", g is not None),
+                                        ("flowedit_samples", "FlowEdit samples", n != 1)):
+                if given:
+                    raise SettingError(field, label, "is FlowEdit's: it needs method flowedit")
+        if flowedit and self.t0 == AUTO_T0:
+            raise SettingError("t0", "t0", "auto is SDEdit's: FlowEdit needs a number")
 
     @property
     def resolved(self) -> bool:
@@ -176,6 +212,8 @@ class RunSettings:
     def nfe(self) -> int:
         """Denoiser evaluations per sample (classifier-free guidance doubles the batch, not the count)."""
         assert self.steps is not None
+        if self.method == "flowedit":  # the source's and the target's D for each noise draw
+            return 2 * self.flowedit_samples * self.steps * self.repeats
         return evaluations(self.sampler, self.steps) * self.repeats
 
     @property
@@ -194,11 +232,12 @@ class RunSettings:
         steps = f"{self.steps} steps" if self.steps is not None else "default steps"
         auto = ", t0 auto" if self.t0 == AUTO_T0 else ""
         grid = f", {self.grid} grid" if self.grid != DEFAULT_GRID else ""
-        return f"{self.sampler}, {steps}{grid}{auto}" + (f", K={self.repeats}" if self.repeats > 1 else "")
+        method = "flowedit" if self.method == "flowedit" else self.sampler
+        return f"{method}, {steps}{grid}{auto}" + (f", K={self.repeats}" if self.repeats > 1 else "")
 
     def with_(self, **changes: Any) -> RunSettings:
         """A copy with some fields changed; steps are recomputed unless given (or kept when t0 and sampler are)."""
-        if "steps" not in changes and ({"t0", "sampler"} & changes.keys()):
+        if "steps" not in changes and ({"t0", "sampler", "method"} & changes.keys()):
             changes["steps"] = None
         if changes.get("t0", self.t0) != AUTO_T0 and "faithfulness" not in changes and self.t0 == AUTO_T0:
             changes["faithfulness"] = None  # the budget belongs to t0 auto
@@ -210,6 +249,11 @@ class RunSettings:
         The guidance is recorded only where it acts (`takes_guidance`, by default whenever text conditioning does).
         """
         meta: dict[str, Any] = {"t0": self.t0, "steps": self.steps, "sampler": self.sampler, "repeats": self.repeats}
+        if self.method == "flowedit":  # its own Euler steps: no sampler acts
+            meta.update(sampler="flowedit", method="flowedit", source_prompt=self.source_prompt,
+                        flowedit_samples=self.flowedit_samples)
+            if self.source_guidance is not None:
+                meta["source_guidance"] = self.source_guidance
         if self.faithfulness is not None:
             meta["faithfulness"] = self.faithfulness
         if self.grid != DEFAULT_GRID:  # older outputs (and every uniform run) carry none: uniform

@@ -34,8 +34,8 @@ from ..research.metrics import KID_MIN_IMAGES, MIN_KID_SAMPLES
 from ..research.strokes import MAX_COLORS, PAPER_KERNEL, PAPER_SIDE, WORK_AREA
 from ..research.training import LIMITS as TRAIN_LIMITS, MAX_BATCH_PIXELS, MAX_LEVELS, MAX_WIDTH, PREVIEW_SHARE
 from ..settings import DEFAULT_BATCH_SIZE, DEFAULT_FAITHFULNESS_RMS, DEFAULT_GRID, DEFAULT_GUIDANCE, DEFAULT_PRECISION, \
-    DEFAULT_SAMPLER, DEFAULT_STRENGTH_LEVELS, DEFAULT_T0, MAX_STRENGTH_LEVELS, PRECISIONS, RunSettings, SettingError, \
-    check_t0, parse_t0
+    DEFAULT_SAMPLER, DEFAULT_STRENGTH_LEVELS, DEFAULT_T0, MAX_FLOWEDIT_SAMPLES, MAX_STRENGTH_LEVELS, METHODS, PRECISIONS, \
+    RunSettings, SettingError, check_t0, parse_t0
 from .common import Parser, Writer, fit_for, hide_unactionable_warnings, quiet_libraries, quiet_stdout, run_guarded, say
 from ..outpainting import DEFAULT_FILL, FILLS
 from ..tiling import AUTO_TILE
@@ -123,7 +123,21 @@ def _add_run(p: argparse.ArgumentParser, *, seed_help: str) -> None:
     p.add_argument("--guidance", type=float, help=f"classifier-free guidance weight (the model's: {DEFAULT_GUIDANCE}, "
                                                         "3.5 for FLUX.1 dev's embedded guidance, 4 for Qwen-Image; "
                                                         "1 = none)")
+    _add_method(p)
     p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+
+
+def _add_method(p: argparse.ArgumentParser) -> None:
+    """--method and FlowEdit's settings."""
+    p.add_argument("--method", choices=list(METHODS),
+                   help="sdedit (the default: noise the input to t0, denoise) or flowedit (flow models: move along "
+                        "the difference of the --prompt and --source-prompt velocities, no noise added; Kulikov et "
+                        "al. 2025)")
+    p.add_argument("--source-prompt", help="FlowEdit: what the input shows (--prompt: what it should show)")
+    p.add_argument("--source-guidance", type=float, help="FlowEdit: the source branch's guidance (the run's)")
+    p.add_argument("--flowedit-samples", type=int, metavar="N",
+                   help=f"FlowEdit: noise draws averaged per step, 2 network calls each (1; up to "
+                        f"{MAX_FLOWEDIT_SAMPLES})")
 
 
 def _add_control(p: argparse.ArgumentParser, images: bool = True) -> None:
@@ -292,7 +306,9 @@ def _t0_number(text: str) -> float:
 
 FLAGS = {"faithfulness": "--faithfulness", "t0": "--t0", "steps": "--steps", "repeats": "--repeats", "sampler": "--sampler", "num_samples": "-n", "grid": "--schedule",
          "seed": "--seed", "batch_size": "--batch-size", "precision": "--precision", "prompt": "--prompt",
-         "negative_prompt": "--negative-prompt", "guidance": "--guidance", "color_match": "--color-match"}
+         "negative_prompt": "--negative-prompt", "guidance": "--guidance", "color_match": "--color-match",
+         "method": "--method", "source_prompt": "--source-prompt", "source_guidance": "--source-guidance",
+         "flowedit_samples": "--flowedit-samples"}
 
 
 def settings_for_flags(**given: Any) -> RunSettings:
@@ -308,8 +324,12 @@ def run_settings(a: argparse.Namespace, **fixed: Any) -> RunSettings:
     given = dict(t0=a.t0, steps=a.steps, repeats=a.repeats, sampler=a.sampler, num_samples=a.num, seed=a.seed,
                  batch_size=a.batch_size, precision=a.precision, prompt=a.prompt, negative_prompt=a.negative_prompt,
                  guidance=a.guidance, faithfulness=a.faithfulness, grid=a.schedule,
-                 color_match=getattr(a, "color_match", False) or None)
-    return settings_for_flags(**{**given, **fixed})
+                 color_match=getattr(a, "color_match", False) or None, method=a.method, source_prompt=a.source_prompt,
+                 source_guidance=a.source_guidance, flowedit_samples=a.flowedit_samples)
+    settings = settings_for_flags(**{**given, **fixed})
+    if settings.method == "flowedit" and a.sampler is not None:
+        raise InputError("--sampler does not act on FlowEdit (it takes its own Euler steps): leave it out")
+    return settings
 
 
 def _parser() -> Parser:
