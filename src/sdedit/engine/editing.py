@@ -73,6 +73,25 @@ def keep_projection(x_g: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> C
     return project
 
 
+def edit_plan(schedule: Schedule, x_g: torch.Tensor, t0: float, steps: int, grid: str, mask: torch.Tensor | None,
+              strength: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None:
+    """An edit's step grid, each pixel's release sigma (strength maps) and the mask the paste-back keeps (a strength
+    map's g = 0), on x_g's device and shape; None when a strength map keeps every pixel (nothing to do)."""
+    release = None
+    if strength is not None:
+        strength = strength.to(x_g.device, torch.float64).expand_as(x_g)
+        if float(strength.max()) <= 0.0:
+            return None
+        sigmas, release = release_grid(schedule, float(t0), steps, strength, grid)
+        release = release.to(x_g.dtype)
+        mask = (release > 0).to(x_g.dtype)
+    else:
+        sigmas = sigma_grid(schedule, float(t0), steps, grid)
+    if mask is not None:
+        mask = mask.to(x_g.device, x_g.dtype).expand_as(x_g)
+    return sigmas, release, mask
+
+
 @torch.inference_mode()
 def edit_tensors(denoiser: Denoiser, schedule: Schedule, x_g: torch.Tensor, *, mask: torch.Tensor | None,
                  t0: float, steps: int, repeats: int, sampler: str, generator: Generators = None,
@@ -88,18 +107,10 @@ def edit_tensors(denoiser: Denoiser, schedule: Schedule, x_g: torch.Tensor, *, m
     between: applied to each round's output but the last's, before the paste-back (colour matching).
     """
     sample = get_sampler(sampler)
-    release = None
-    if strength is not None:
-        strength = strength.to(x_g.device, torch.float64).expand_as(x_g)
-        if float(strength.max()) <= 0.0:
-            return x_g
-        sigmas, release = release_grid(schedule, float(t0), steps, strength, grid)
-        release = release.to(x_g.dtype)
-        mask = (release > 0).to(x_g.dtype)  # what the final paste-back keeps: g = 0
-    else:
-        sigmas = sigma_grid(schedule, float(t0), steps, grid)
-    if mask is not None:
-        mask = mask.to(x_g.device, x_g.dtype).expand_as(x_g)
+    plan = edit_plan(schedule, x_g, t0, steps, grid, mask, strength)
+    if plan is None:
+        return x_g
+    sigmas, release, mask = plan
     x = x_g
     for r in range(repeats):
         # Perturb: x(t0) = x + sigma(t0) z.

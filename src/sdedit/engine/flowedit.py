@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import torch
 
-from .editing import release_grid
+from .editing import edit_plan
 from .samplers import Callback, Denoiser, Generators, randn_like
-from .schedules import Schedule, sigma_grid
+from .schedules import Schedule
 
 
 @torch.inference_mode()
@@ -33,18 +33,10 @@ def flowedit_tensors(d_source: Denoiser, d_target: Denoiser, schedule: Schedule,
     samples: noise draws averaged per step (the paper's n_avg).  repeats: the edit applied again from its result,
     the source unchanged.  mask (1 = edit) and strength (per-pixel t0 as a share of t0) as in edit_tensors.
     """
-    release = None
-    if strength is not None:
-        strength = strength.to(x_src.device, torch.float64).expand_as(x_src)
-        if float(strength.max()) <= 0.0:
-            return x_src
-        sigmas, release = release_grid(schedule, float(t0), steps, strength, grid)
-        release = release.to(x_src.dtype)
-        mask = (release > 0).to(x_src.dtype)
-    else:
-        sigmas = sigma_grid(schedule, float(t0), steps, grid)
-    if mask is not None:
-        mask = mask.to(x_src.device, x_src.dtype).expand_as(x_src)
+    plan = edit_plan(schedule, x_src, t0, steps, grid, mask, strength)
+    if plan is None:
+        return x_src
+    sigmas, release, mask = plan
     levels = [float(s) for s in sigmas]
     vectors = sigmas.to(x_src.device, torch.float32)[:, None].expand(-1, x_src.shape[0]).contiguous()
     z = x_src
