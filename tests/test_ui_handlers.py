@@ -563,3 +563,101 @@ def test_the_page_has_the_outpaint_tab_and_the_new_checkboxes(landscapes_pool, t
     assert props["outpaint-fill"]["value"] == "edge"
     assert [c[1] for c in props["outpaint-fill"]["choices"]] == ["edge", "blur", "noise", "color"]
     assert props["color-match"]["value"] is False and props["tiles"]["value"] is False
+
+
+FLOW = dict(GOOD, model="tiny", method="flowedit", source_prompt="a red barn", prompt="a blue lake")
+
+
+def test_flowedit_from_the_page_is_checked_and_the_sampler_does_not_act():
+    from sdedit.settings import DEFAULT_SAMPLER
+
+    _, req = validate(MODELS, Limits(), **FLOW, flow_models={"tiny"})
+    assert (req.method, req.source_prompt, req.sampler) == ("flowedit", "a red barn", DEFAULT_SAMPLER)
+    assert req.steps == default_steps(DEFAULT_SAMPLER, 0.5, "flowedit")
+    assert req.metadata(text_conditioned=True)["sampler"] == "flowedit"
+    _, plain = validate(MODELS, Limits(), **{**FLOW, "method": "sdedit"}, flow_models={"tiny"})
+    assert (plain.method, plain.source_prompt, plain.sampler) == ("sdedit", "", "ddpm")  # the hidden box: ignored
+    assert validate(MODELS, Limits(), **{**FLOW, "method": None}, flow_models={"tiny"})[1].method == "sdedit"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model": "landscapes"}, "FlowEdit needs a rectified-flow model .*; landscapes is not one: choose SDEdit"),
+    ({"auto_t0": True}, "t0 auto is SDEdit's: untick 'auto t0' for FlowEdit"),
+    ({"t0": "auto"}, "t0 auto is SDEdit's"),
+    ({"source_prompt": "x" * 1001}, "source prompt must be text of at most 1000 characters"),
+    ({"source_prompt": 3}, "source prompt must be text"),
+    ({"method": "sdedit", "source_prompt": "x" * 1001}, "source prompt must be text of at most 1000"),
+    ({"method": "inversion"}, "method must be one of sdedit, flowedit"),
+    ({"method": ["flowedit"] * 10_000}, "method must be one of"),
+    ({"sampler": "lms"}, "unknown sampler 'lms'"),
+])
+def test_bad_flowedit_values_from_a_page_are_one_line_errors(changes, message):
+    with pytest.raises(InputError) as e:
+        validate(MODELS, Limits(), **{**FLOW, **changes}, flow_models={"tiny"})
+    assert re.search(message, str(e.value)) and "\n" not in str(e.value) and len(str(e.value)) < 400, e.value
+
+
+@pytest.fixture(scope="module")
+def flow_pool(tmp_path_factory):
+    from sdedit.frontends.ui import ModelPool
+
+    from .tiny_sd import make_tiny_sd3
+
+    folder = tmp_path_factory.mktemp("ui-sd3")
+    make_tiny_sd3(folder / "sd3")
+    return ModelPool({"landscapes": "landscapes", "sd3": str(folder / "sd3")}, device="cpu")
+
+
+def test_flowedit_from_the_page_runs_on_a_flow_model_and_its_metadata_says_so(flow_pool, tmp_path):
+    from sdedit.frontends.ui import make_handler
+
+    assert flow_pool.takes_flowedit("sd3") and not flow_pool.takes_flowedit("landscapes")  # from the files
+    handler = make_handler(flow_pool, Limits(), tmp_path, photo=False)
+    gallery = _paint(handler, "sd3", prompt="a red barn", method="flowedit", source_prompt="a red barn")
+    (path, text), = gallery
+    out, meta = _pixels(gallery)
+    assert meta["method"] == "flowedit" and meta["sampler"] == "flowedit" and meta["source_prompt"] == "a red barn"
+    assert meta["steps"] == 2 and text.startswith("seed 5 | t0 0.5 | flowedit 2 steps")
+    painting = Image.new("RGB", (40, 40), (90, 140, 200))
+    editor = {"background": painting, "layers": [], "composite": painting}
+    other = list(handler(editor, "sd3", 0.5, "heun", 2, 1, 1, 5, 0, 0, prompt="a red barn", method="flowedit",
+                         source_prompt="a red barn", progress=lambda *a, **k: None))[-1][0]
+    assert np.array_equal(_pixels(other)[0], out)  # the sampler dropdown does not act on FlowEdit
+
+
+def test_flowedit_on_a_model_it_does_not_act_on_or_in_the_outpaint_tab_is_a_one_line_refusal(tmp_path, flow_pool):
+    import gradio as gr
+
+    from sdedit.frontends.ui import ModelPool, make_handler, make_outpaint_handler
+
+    pool = ModelPool(dict(flow_pool.sources), device="cpu")
+    for handler in (make_handler(pool, Limits(), tmp_path, photo=False),
+                    make_handler(pool, Limits(), tmp_path, photo=True)):
+        with pytest.raises(gr.Error) as e:
+            _paint(handler, "landscapes", method="flowedit", source_prompt="a lake")
+        assert "landscapes is not one: choose SDEdit" in e.value.message and "\n" not in e.value.message
+    outpaint = make_outpaint_handler(pool, Limits(), tmp_path)
+    with pytest.raises(gr.Error) as e:
+        list(outpaint(_structured(32), 0, 16, 0, 0, "edge", "sd3", 0.4, "ddim", 3, 1, 1, 5, 0, 0, prompt="a barn",
+                      method="flowedit", source_prompt="a barn", progress=lambda *a, **k: None))
+    assert "the Outpaint tab runs SDEdit" in e.value.message and "\n" not in e.value.message
+    assert not pool._loaded  # refused before any model loads
+
+
+def _props(app):
+    return {c["props"].get("elem_id"): c["props"] for c in app.get_config_file()["components"]}
+
+
+def test_the_method_radio_shows_for_flow_models_and_the_source_prompt_for_flowedit(flow_pool, tmp_path):
+    from sdedit.frontends.ui import build_app, method_controls
+
+    flow = _props(build_app(flow_pool, outdir=tmp_path, default_model="sd3"))
+    assert flow["method"]["visible"] is True and flow["method"]["value"] == "sdedit"
+    assert flow["source-prompt"]["visible"] is False and flow["source-prompt"]["max_length"] == 1000
+    assert _props(build_app(flow_pool, outdir=tmp_path, default_model="landscapes"))["method"]["visible"] is False
+    radio, source, sampler = method_controls(flow_pool, "sd3", "flowedit")
+    assert (radio["visible"], radio["value"], source["visible"], sampler["interactive"]) == (True, "flowedit", True,
+                                                                                             False)
+    radio, source, sampler = method_controls(flow_pool, "landscapes", "flowedit")  # back to SDEdit, hidden
+    assert (radio["visible"], radio["value"], source["visible"], sampler["interactive"]) == (False, "sdedit", False,
+                                                                                             True)

@@ -21,16 +21,19 @@ from ..engine.samplers import SAMPLERS
 from ..errors import InputError, SdeditError
 from ..families.control import FULL_WINDOW
 from ..families.base import Model
+from ..families.flux import is_flux_folder
+from ..families.qwen_image import is_qwen_image_folder
+from ..families.stable_diffusion_3 import is_sd3_folder
 from ..images import open_image, save_png
 from ..loader import is_text_conditioned, load_model, recommended_t0_of
 from ..loading.controlnets import ControlSpec
 from ..loading.hub import is_cached
 from ..loading.presets import BUNDLED_MODELS, PRESETS
 from ..outpainting import DEFAULT_FILL, FILLS, NEW_T0
-from ..settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_T0, RunSettings
-from .ui_handlers import CONTROL_SOURCES, MAX_CONTROL_SCALE, ControlChoice, Limits, Progress, Result, check_tiles, \
-    guide_and_mask, mask_strength, read_canvas, run_outpaint, run_steps, t0_hint, validate, validate_control, \
-    validate_outpaint
+from ..settings import DEFAULT_GUIDANCE, DEFAULT_METHOD, DEFAULT_SAMPLER, DEFAULT_T0, RunSettings
+from .ui_handlers import CONTROL_SOURCES, MAX_CONTROL_SCALE, METHOD_LABELS, ControlChoice, Limits, Progress, \
+    Result, check_tiles, guide_and_mask, mask_strength, read_canvas, run_outpaint, run_steps, t0_hint, validate, \
+    validate_control, validate_outpaint
 from .ui_server import BodyCap, LoginBrake
 
 PALETTE = ["#87b5e0", "#f2f2f2", "#f0a050", "#7a7f8c", "#3d4a5c", "#2f5a2a", "#6f9a3a", "#3a6ea5", "#d8c48a"]
@@ -51,6 +54,12 @@ def model_choices(extra: str | None = None) -> dict[str, str]:
     return choices
 
 
+def is_flow_source(source: str) -> bool:
+    """Whether a source is a local rectified-flow model (SD3, FLUX.1, Qwen-Image), judged from its files."""
+    path = Path(source).expanduser()
+    return any(is_folder(path) for is_folder in (is_sd3_folder, is_flux_folder, is_qwen_image_folder))
+
+
 @dataclass
 class ModelPool:
     """Loads the models the page names, one at a time (the last one stays loaded)."""
@@ -59,6 +68,7 @@ class ModelPool:
     device: str | None = None
     config: str | None = None  # for an original checkpoint given at start-up
     text: set[str] = field(default_factory=set)  # names of the text-conditioned models seen so far
+    flow: set[str] = field(default_factory=set)  # names of the rectified-flow models seen so far (FlowEdit acts)
     guidance: dict[str, float | None] = field(default_factory=dict)  # loaded so far: recommended guidance, or None
     loras: dict[str, list[str]] = field(default_factory=dict)  # LoRAs per model name (from the command line)
     # the ControlNet per model name (from the command line): the page's control panel steers it
@@ -70,6 +80,7 @@ class ModelPool:
 
     def __post_init__(self) -> None:
         self.text |= {n for n, src in self.sources.items() if is_text_conditioned(src)}
+        self.flow |= {n for n, src in self.sources.items() if is_flow_source(src)}
         self.controlnets = {n: [s if isinstance(s, ControlSpec) else ControlSpec.parse(s) for s in specs]
                             for n, specs in self.controlnets.items() if specs}
         for name, specs in self.controlnets.items():
@@ -95,12 +106,18 @@ class ModelPool:
                 net = self._loaded[name]
                 if net.text_conditioned:
                     self.text.add(name)
+                if net.schedule.kind == "flow":
+                    self.flow.add(name)
                 self.guidance[name] = net.recommended_guidance if net.takes_guidance else None
             return self._loaded[name]
 
     def takes_guidance(self, name: str) -> bool:
         """Whether the page shows the guidance control for a model: where it acts (known once the model loaded)."""
         return name in self.text and (name not in self.guidance or self.guidance[name] is not None)
+
+    def takes_flowedit(self, name: Any) -> bool:
+        """Whether the page offers FlowEdit for a model: a rectified-flow one (known from its files, or once loaded)."""
+        return isinstance(name, str) and name in self.flow
 
     def start_guidance(self, name: str) -> float:
         """The guidance the page starts at for a model: its own recommendation once loaded, else the default."""
@@ -139,7 +156,7 @@ def _checked(pool: ModelPool, limits: Limits, **values: Any) -> tuple[str, RunSe
     """The settings every tab sends, checked: the model's name, the run and the control panel's choice (the panel
     always sends its values: checked, then used only for a model with a ControlNet)."""
     control = {k: values.pop(f"control_{k}") for k in ("scale", "source", "image", "preprocess")}
-    name, settings = validate(list(pool.sources), limits, **values)
+    name, settings = validate(list(pool.sources), limits, **values, flow_models=pool.flow)
     return name, settings, validate_control(limits, **control, active=pool.control_scale(name) is not None)
 
 
@@ -170,13 +187,14 @@ def make_handler(pool: ModelPool, limits: Limits, outdir: Path, *, photo: bool) 
                 grow: Any, feather: Any, prompt: Any = "", negative_prompt: Any = "", guidance: Any = None,
                 auto_t0: Any = False, control_scale: Any = None, control_source: Any = None,
                 control_image: Any = None, control_preprocess: Any = None, color_match: Any = False,
-                tiles: Any = False, progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
+                method: Any = None, source_prompt: Any = "", tiles: Any = False,
+                progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
         try:
             name, settings, control = _checked(
                 pool, limits, model=model, t0=t0, sampler=sampler, steps=steps, repeats=repeats, samples=samples,
                 seed=seed, prompt=prompt, negative_prompt=negative_prompt, guidance=guidance, auto_t0=auto_t0,
-                color_match=color_match, control_scale=control_scale, control_source=control_source,
-                control_image=control_image, control_preprocess=control_preprocess)
+                color_match=color_match, method=method, source_prompt=source_prompt, control_scale=control_scale,
+                control_source=control_source, control_image=control_image, control_preprocess=control_preprocess)
             canvas = read_canvas(editor, limits)
             guide, mask = guide_and_mask(canvas, photo=photo, grow=grow, feather=feather, limits=limits)
             tile = check_tiles(tiles, guide.size, limits)
@@ -200,16 +218,16 @@ def make_outpaint_handler(pool: ModelPool, limits: Limits, outdir: Path) -> Call
                 sampler: Any, steps: Any, repeats: Any, samples: Any, seed: Any, grow: Any = 0, feather: Any = 0,
                 prompt: Any = "", negative_prompt: Any = "", guidance: Any = None, auto_t0: Any = False,
                 control_scale: Any = None, control_source: Any = None, control_image: Any = None,
-                control_preprocess: Any = None, color_match: Any = False,
-                progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
+                control_preprocess: Any = None, color_match: Any = False, method: Any = None,
+                source_prompt: Any = "", progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
         try:
             name, settings, control = _checked(
                 pool, limits, model=model, t0=NEW_T0, sampler=sampler, steps=steps, repeats=repeats,
                 samples=samples, seed=seed, prompt=prompt, negative_prompt=negative_prompt, guidance=guidance,
-                color_match=color_match, control_scale=control_scale, control_source=control_source,
-                control_image=control_image, control_preprocess=control_preprocess)
+                color_match=color_match, method=method, source_prompt=source_prompt, control_scale=control_scale,
+                control_source=control_source, control_image=control_image, control_preprocess=control_preprocess)
             choice = validate_outpaint(limits, image=image, left=left, right=right, top=top, bottom=bottom,
-                                       fill=fill, t0=t0, auto_t0=auto_t0, control=control)
+                                       fill=fill, t0=t0, auto_t0=auto_t0, control=control, method=settings.method)
             net, settings = _loaded(pool, name, settings)
             yield from _stream(run_outpaint(net, settings, choice, control=control), settings.num_samples, outdir,
                                progress)
@@ -307,8 +325,9 @@ colours where it should change; on the 'mask' layer the translucent (magenta) br
 there (t0 x opacity). *t0* sets how much noise SDEdit adds before denoising: low keeps your strokes, high makes
 the result more realistic; it starts at the model's recommended value, and *auto* picks the largest t0 that
 stays within the faithfulness budget for each image. **Outpaint** grows an image's canvas and fills the new
-region. *Colour match* keeps the guide's colours. Results keep their settings in the PNG; download them from
-the gallery."""
+region. *Colour match* keeps the guide's colours. On flow models (SD3, FLUX.1, Qwen-Image) *FlowEdit* moves the
+image from what the *source prompt* describes to what the prompt describes, with its own steps (no sampler).
+Results keep their settings in the PNG; download them from the gallery."""
 OUTPAINT_HELP = f"""The new region is generated (from t0 = {NEW_T0:g}); along the seam a band starts at the *t0*
 slider's value, so the fill there steers the start. The image's own pixels are kept exactly."""
 
@@ -375,6 +394,14 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                         # shown only for models that take guidance (the handler sends none to the others)
                         guidance = gr.Slider(1.0, 20.0, value=pool.start_guidance(first), step=0.5, label="guidance",
                                              visible=pool.takes_guidance(first), elem_id="guidance")
+                    with gr.Row():
+                        # shown only for flow models; the source prompt only for FlowEdit (the sampler is then off)
+                        method = gr.Radio([(label, value) for value, label in METHOD_LABELS.items()],
+                                          value=DEFAULT_METHOD, label="method", visible=pool.takes_flowedit(first),
+                                          elem_id="method")
+                        source_prompt = gr.Textbox("", label="source prompt (FlowEdit: what the input shows)",
+                                                   max_length=limits.max_prompt_chars, visible=False,
+                                                   elem_id="source-prompt")
                 with gr.Group(visible=pool.control_scale(first) is not None, elem_id="control") as control_box:
                     control_title = gr.Markdown(pool.control_title(first))
                     with gr.Row():
@@ -411,7 +438,8 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
 
         controls = [model, t0, sampler, steps, repeats, samples, seed, grow, feather, prompt, negative, guidance,
-                    auto_t0, control_scale, control_source, control_image, control_preprocess, color_match]
+                    auto_t0, control_scale, control_source, control_image, control_preprocess, color_match, method,
+                    source_prompt]
         model.change(lambda name: (gr.update(visible=name in pool.text), gr.update(value=pool.recommended_t0(name)),
                                    gr.update(visible=pool.takes_guidance(name), value=pool.start_guidance(name)),
                                    gr.update(visible=pool.control_scale(name) is not None),
@@ -419,6 +447,10 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
                                    gr.update(value=pool.control_title(name))),
                      model, [text_box, t0, guidance, control_box, control_scale, control_title], queue=False,
                      api_name=False)
+        model.change(lambda name, chosen: method_controls(pool, name, chosen), [model, method],
+                     [method, source_prompt, sampler], queue=False, api_name=False)
+        method.change(lambda name, chosen: method_controls(pool, name, chosen)[1:], [model, method],
+                      [source_prompt, sampler], queue=False, api_name=False)
         control_image.upload(lambda: "image", None, control_source, queue=False, api_name=False)
         ev_paint = paint_go.click(make_handler(pool, limits, outdir, photo=False), [paint, *controls],
                                   [gallery, preview], api_name="paint", concurrency_id="sdedit")
@@ -434,6 +466,17 @@ def build_app(pool: ModelPool, *, limits: Limits | None = None, outdir: Path | N
         dice.click(lambda: secrets.randbits(31), None, seed, queue=False, api_name=False)
         t0.change(_hint, t0, hint, queue=False, api_name=False)
     return app
+
+
+def method_controls(pool: ModelPool, name: Any, method: Any) -> tuple[Any, Any, Any]:
+    """Updates of the method radio, the source prompt and the sampler for a model and the chosen method: the radio
+    for flow models only (back to SDEdit elsewhere), the source prompt for FlowEdit only, the sampler off for it."""
+    import gradio as gr
+
+    flow = pool.takes_flowedit(name)
+    flowedit = flow and method == "flowedit"
+    return (gr.update(visible=flow, value="flowedit" if flowedit else DEFAULT_METHOD), gr.update(visible=flowedit),
+            gr.update(interactive=not flowedit))
 
 
 def _blank_painting() -> dict[str, Any]:

@@ -7,7 +7,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,13 @@ from PIL import Image
 
 from ..api import Guide, Row, batch_steps, choose_t0, iter_edits, prepare_guide, prepare_outpaint
 from ..control_images import CONTROL_PREPROCESS, DEFAULT_CONTROL_PREPROCESS
+from ..engine.samplers import SAMPLERS
 from ..errors import InputError
 from ..families.base import Model
 from ..images import Fit, grow_and_feather, open_image, tensor_to_images, to_rgb
 from ..outpainting import DEFAULT_FILL, FILLS, MAX_EXTENSION, Extension, check_canvas
 from ..research.metrics import l2_distance
-from ..settings import AUTO_T0, RunSettings
+from ..settings import AUTO_T0, DEFAULT_METHOD, DEFAULT_SAMPLER, METHODS, RunSettings
 from ..tiling import AUTO_TILE, TileSize
 
 
@@ -86,16 +87,19 @@ def _checkbox(value: Any, what: str) -> bool:
 
 def validate(models: Sequence[str], limits: Limits, *, model: Any, t0: Any, sampler: Any, steps: Any,
              repeats: Any, samples: Any, seed: Any, prompt: Any = "", negative_prompt: Any = "",
-             guidance: Any = None, auto_t0: Any = False, color_match: Any = False) -> tuple[str, RunSettings]:
+             guidance: Any = None, auto_t0: Any = False, color_match: Any = False, method: Any = None,
+             source_prompt: Any = "", flow_models: Collection[str] = ()) -> tuple[str, RunSettings]:
     """Check every setting a page sent (steps 0 = the sampler's default for t0): the model's name and the run.
-    auto_t0: the 'auto t0' checkbox (True: t0 auto whatever the slider says); color_match: the 'colour match' one."""
+    auto_t0: the 'auto t0' checkbox (True: t0 auto whatever the slider says); color_match: the 'colour match' one;
+    method and source_prompt: the method radio (None: SDEdit) and FlowEdit's source prompt, for the models named
+    in flow_models only (with SDEdit the hidden source prompt is checked, then ignored)."""
     if _checkbox(auto_t0, "auto t0"):
         t0 = AUTO_T0
     color_match = _checkbox(color_match, "colour match")
     if model not in models:
         raise InputError(f"unknown model {_short(model)}; this server offers: {', '.join(models)}")
-    if not isinstance(sampler, str):
-        raise InputError(f"unknown sampler {_short(sampler)}")
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler {_short(sampler)}; choose one of: {', '.join(SAMPLERS)}")
     fields: dict[str, Any] = dict(
         t0=AUTO_T0 if t0 == AUTO_T0 else _number(t0, "t0"), sampler=sampler,
         steps=_integer(steps, "steps", 0, limits.max_steps) or None,
@@ -105,7 +109,30 @@ def validate(models: Sequence[str], limits: Limits, *, model: Any, t0: Any, samp
         negative_prompt=_text(negative_prompt, "negative prompt", limits.max_prompt_chars), color_match=color_match)
     if guidance is not None:
         fields["guidance"] = _bounded(guidance, "guidance", 0.0, 30.0)
+    fields.update(_method_fields(method, source_prompt, limits, model=model, flow=model in flow_models,
+                                 auto=fields["t0"] == AUTO_T0))
     return model, RunSettings(**fields)
+
+
+METHOD_LABELS = {"sdedit": "SDEdit", "flowedit": "FlowEdit"}  # the method radio: value -> label
+
+
+def _method_fields(method: Any, source_prompt: Any, limits: Limits, *, model: str, flow: bool,
+                   auto: bool) -> dict[str, Any]:
+    """The RunSettings fields of the method a page sent: none for SDEdit; FlowEdit's on a flow model at a t0 number,
+    its source prompt, and the default sampler in place of the dropdown's (FlowEdit takes its own Euler steps)."""
+    method = DEFAULT_METHOD if method is None else method
+    if not isinstance(method, str) or method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {_short(method)}")
+    source = _text(source_prompt, "source prompt", limits.max_prompt_chars)
+    if method != "flowedit":
+        return {}
+    if not flow:
+        raise InputError(f"FlowEdit needs a rectified-flow model (Stable Diffusion 3, FLUX.1, Qwen-Image); {model} "
+                         f"is not one: choose SDEdit")
+    if auto:
+        raise InputError("t0 auto is SDEdit's: untick 'auto t0' for FlowEdit")
+    return dict(method=method, source_prompt=source, sampler=DEFAULT_SAMPLER)
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -180,9 +207,14 @@ class OutpaintChoice:
 
 
 def validate_outpaint(limits: Limits, *, image: Any, left: Any, right: Any, top: Any, bottom: Any, fill: Any,
-                      t0: Any, auto_t0: Any, control: ControlChoice | None) -> OutpaintChoice:
+                      t0: Any, auto_t0: Any, control: ControlChoice | None,
+                      method: str = DEFAULT_METHOD) -> OutpaintChoice:
     """Check the Outpaint tab's values a page sent; the grown canvas within images' and this server's pixel limits
-    before anything is allocated. t0 is the seam band's (the new region past it is generated from t0 = 1)."""
+    before anything is allocated. t0 is the seam band's (the new region past it is generated from t0 = 1); method:
+    the checked run's (outpainting is SDEdit's)."""
+    if method == "flowedit":
+        raise InputError("the Outpaint tab runs SDEdit (a new region has nothing for a source prompt to describe): "
+                         "choose the method SDEdit")
     sides = {name: _integer(v, f"{name} (px)", 0, limits.max_side)
              for name, v in (("left", left), ("right", right), ("top", top), ("bottom", bottom))}
     if not any(sides.values()):
