@@ -105,3 +105,11 @@ def test_flowedit_on_a_diffusion_model_and_its_settings_without_it_are_refused(t
         assert main(["edit", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "-q", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err, err
+
+
+def test_tiled_flowedit_is_the_untiled_one_on_a_canvas_of_one_tile(folders):
+    model = load_model(folders / "sd3", device="cpu", precision="fp32")
+    kw = dict(method="flowedit", source_prompt="a hill", prompt="a lake", t0=0.8, steps=3, seed=1, progress=False)
+    img = random_image((32, 32), seed=1)
+    assert np.array_equal(np.asarray(edit(model, img, **kw)[0]), np.asarray(edit(model, img, tile=32, **kw)[0]))
+    assert edit(model, random_image((96, 32), seed=2), tile=32, tile_overlap=16, **kw)[0].size == (96, 32)
