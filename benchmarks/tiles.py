@@ -3,6 +3,7 @@
     python benchmarks/tiles.py cost [--sides 256 512 1024 2048 4096] [--family bundled|tiny-sd]
     python benchmarks/tiles.py seams
     python benchmarks/tiles.py colour [--n 8]
+    python benchmarks/tiles.py report          # the README's tables from the raw files
 
 cost: one tiled edit per canvas side (t0 0.3, one step: one evaluation of every tile), each in a fresh process,
 its wall time and peak resident memory; the bundled model with its 64 px tiles (16 px overlap), or the test
@@ -117,20 +118,59 @@ def colour(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def report(a: argparse.Namespace) -> list[dict]:
+    """The README's tables from the raw files of this CPU (medians over seeds and images)."""
+    folder = ROOT / "docs" / "benchmarks"
+    for family in ("bundled", "tiny-sd"):
+        path = folder / f"tiles-cost-{family}-{slug()}.json"
+        if path.is_file():
+            rows = [r for r in json.loads(path.read_text())["rows"] if "error" not in r]
+            print(f"\n{family}: side | tiled s | tiled s per Mpx | peak MB (growth) | untiled s | untiled peak MB")
+            for side in sorted({r["side"] for r in rows}):
+                t = next((r for r in rows if r["side"] == side and r["tiled"]), None)
+                u = next((r for r in rows if r["side"] == side and not r["tiled"]), None)
+                cells = [f"{side}^2"]
+                cells += [f"{t['seconds']:.2f}", f"{t['seconds'] / (side * side / 1e6):.2f}",
+                          f"{t['peak_mb']:.0f} (+{t['peak_mb'] - t['before_mb']:.0f})"] if t else ["-"] * 3
+                cells += [f"{u['seconds']:.2f}", f"{u['peak_mb']:.0f} (+{u['peak_mb'] - u['before_mb']:.0f})"] \
+                    if u else ["-", "-"]
+                print("| " + " | ".join(cells) + " |")
+    path = folder / f"tiles-seams-{slug()}.json"
+    if path.is_file():
+        rows = json.loads(path.read_text())["rows"]
+        print("\noverlap | seam columns | seam rows | photo's own columns | rows | sharpness (64 px edit scaled)")
+        for overlap in sorted({r["overlap"] for r in rows}):
+            sel = [r for r in rows if r["overlap"] == overlap]
+            med = {k: statistics.median(r[k] for r in sel) for k in sel[0] if k not in ("seed", "overlap")}
+            print(f"| {overlap} | {med['seam_columns']:.2f} | {med['seam_rows']:.2f} | {med['photo_columns']:.2f} | "
+                  f"{med['photo_rows']:.2f} | {med['sharpness']:.2f} ({med['sharpness_64px_scaled']:.2f}) |")
+    path = folder / f"tiles-colour-{slug()}.json"
+    if path.is_file():
+        rows = json.loads(path.read_text())["rows"]
+        print("\nK | colour shift | with --color-match (median over images)")
+        for k in sorted({r["repeats"] for r in rows}):
+            off = next(r for r in rows if r["repeats"] == k and not r["color_match"])
+            on = next(r for r in rows if r["repeats"] == k and r["color_match"])
+            print(f"| {k} | {off['median']:.2f} | {on['median']:.2f} |")
+    return []
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "one":
         family, side, tiled, folder = sys.argv[2], int(sys.argv[3]), bool(int(sys.argv[4])), sys.argv[5]
         print(json.dumps(one_cost(family, side, tiled, folder)))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["cost", "seams", "colour"])
+    ap.add_argument("part", choices=["cost", "seams", "colour", "report"])
     ap.add_argument("--family", choices=["bundled", "tiny-sd"], default="bundled")
     ap.add_argument("--sides", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     ap.add_argument("--untiled-max", type=int, default=1024, help="largest side also run untiled")
     ap.add_argument("--n", type=int, default=8, help="colour: held-out landscapes")
     a = ap.parse_args()
     print(label(), flush=True)
-    rows = {"cost": cost, "seams": seams, "colour": colour}[a.part](a)
+    rows = {"cost": cost, "seams": seams, "colour": colour, "report": report}[a.part](a)
+    if a.part == "report":
+        return
     name = f"tiles-{a.part}{'-' + a.family if a.part == 'cost' else ''}-{slug()}.json"
     out = ROOT / "docs" / "benchmarks" / name
     out.write_text(json.dumps({"machine": describe(), "command": " ".join(sys.argv[1:]), "rows": rows}, indent=1))
