@@ -29,7 +29,7 @@ from ..loading.controlnets import ControlSpec, control_mode
 from ..loading.ip_adapter import IPAdapterSpec
 from ..images import open_image
 from ..precision import PRECISION_ENV, requested
-from ..research.evaluation import MAX_EVAL_IMAGES
+from ..research.evaluation import EVAL_IMAGES, MAX_EVAL_IMAGES
 from ..research.metrics import KID_MIN_IMAGES, MIN_KID_SAMPLES
 from ..research.strokes import MAX_COLORS, PAPER_KERNEL, PAPER_SIDE, WORK_AREA
 from ..research.training import LIMITS as TRAIN_LIMITS, MAX_BATCH_PIXELS, MAX_LEVELS, MAX_WIDTH, PREVIEW_SHARE
@@ -457,9 +457,9 @@ def _parser() -> Parser:
     v.add_argument("--data", default="synthetic", help="'synthetic' (held-out landscapes) or a folder of images")
     v.add_argument("--real", help="folder of real images for KID, the first --n by path (default: a disjoint "
                                   "held-out block, or --data)")
-    v.add_argument("--n", type=int, default=200,
-                   help=f"images turned into strokes, 2 to {MAX_EVAL_IMAGES:,} (200); KID is mostly noise below "
-                        f"{MIN_KID_SAMPLES}")
+    v.add_argument("--n", type=int,
+                   help=f"images turned into strokes, 2 to {MAX_EVAL_IMAGES:,} ({EVAL_IMAGES}); KID is mostly noise "
+                        f"below {MIN_KID_SAMPLES}; with --edits: the first N rows of edits.csv (all)")
     v.add_argument("--t0", type=_t0_arg, nargs="+", default=[None],
                    help="t0 values to evaluate, numbers or 'auto' (default: the model's recommended t0)")
     v.add_argument("--sampler", nargs="+", choices=list(SAMPLERS), default=[DEFAULT_SAMPLER],
@@ -478,6 +478,19 @@ def _parser() -> Parser:
     v.add_argument("--masked", action="store_true",
                    help="masked edits instead: each image's ellipse replaced by its strokes, pasted back with a hard "
                         "mask, a feathered mask and a strength map; adds seam jump and colour shift")
+    v.add_argument("--edits", type=Path, metavar="FOLDER",
+                   help="text edits instead: FOLDER/edits.csv's rows (columns image, source_prompt, target_prompt, "
+                        "optional mask: a mask file, white = edit) edited by each --method at each t0 on the same "
+                        "seeds; L2 and layout correlation to the source, L2 inside and outside masks, CLIP score and "
+                        "LPIPS where their weights are on this machine; adds eval-rows.csv and eval.png")
+    v.add_argument("--method", nargs="+", choices=list(METHODS),
+                   help="--edits: the methods compared on the same rows (sdedit and flowedit on a flow model, else "
+                        "sdedit)")
+    v.add_argument("--guidance", type=float, help="text-conditioned models: classifier-free guidance weight (the "
+                                                  "model's)")
+    v.add_argument("--source-guidance", type=float, help="--edits, FlowEdit: the source branch's guidance (the run's)")
+    v.add_argument("--flowedit-samples", type=int, metavar="N",
+                   help=f"--edits, FlowEdit: noise draws averaged per step, 1 to {MAX_FLOWEDIT_SAMPLES} (1)")
     v.add_argument("-o", "--outdir", type=Path, default=Path("eval-results"),
                    help="output folder for eval.md, eval.json and eval.csv; a taken name gets -1, -2, ... "
                         "(eval-results)")
@@ -748,13 +761,21 @@ def _eval(a: argparse.Namespace) -> int:
     from ..research.strokes import check_colors
     from ..settings import MAX_SEED
 
+    if a.edits is not None:
+        return _eval_edits(a)
+    for flag, given in (("--method", a.method), ("--source-guidance", a.source_guidance is not None),
+                        ("--flowedit-samples", a.flowedit_samples is not None)):
+        if given:
+            raise InputError(f"{flag} is for text edits: give --edits FOLDER (the strokes are edited by SDEdit)")
+    n = EVAL_IMAGES if a.n is None else a.n
     # Every option is checked before the output folder is made and the model loads.
-    check_eval_count(a.n)
+    check_eval_count(n)
     check_colors(a.colors)
-    grid = [settings_for_flags(t0=t0, sampler=sampler, steps=steps, repeats=a.repeats, seed=a.seed, prompt=a.prompt)
+    grid = [settings_for_flags(t0=t0, sampler=sampler, steps=steps, repeats=a.repeats, seed=a.seed, prompt=a.prompt,
+                               guidance=a.guidance)
             for sampler in a.sampler for steps in (a.steps or [None]) for t0 in a.t0]
     grid = list(dict.fromkeys(grid))  # a setting given twice (e.g. --t0 auto auto) is one row
-    if a.seed > MAX_SEED - a.n:
+    if a.seed > MAX_SEED - n:
         raise InputError(f"--seed must be from 0 to 2^63 - 1 - --n (image i uses seed + i), got {a.seed}")
     for folder in (a.data if a.data != "synthetic" else None, a.real):
         if folder is not None and not Path(folder).is_dir():
@@ -769,13 +790,13 @@ def _eval(a: argparse.Namespace) -> int:
     models = [(f", control x{x:g}", model.with_control_scales([x] * model.control_count)) for x in scales] or \
         [("", model)]
     r = model.resolution
-    check_eval_count(a.n, r)
+    check_eval_count(n, r)
     if a.data == "synthetic":
-        originals = held_out_landscapes(a.n, r)
-        reals = folder_images(Path(a.real), a.n, r) if a.real else held_out_reals(a.n, r)
+        originals = held_out_landscapes(n, r)
+        reals = folder_images(Path(a.real), n, r) if a.real else held_out_reals(n, r)
     else:
-        originals = folder_images(Path(a.data), a.n, r)
-        reals = folder_images(Path(a.real), a.n, r) if a.real else originals
+        originals = folder_images(Path(a.data), n, r)
+        reals = folder_images(Path(a.real), n, r) if a.real else originals
     if len(originals) < 2 or len(reals) < 2:
         raise InputError("need at least 2 images to turn into strokes and 2 real images")
     try:
@@ -808,6 +829,92 @@ def _eval(a: argparse.Namespace) -> int:
         say(p)
     say(header)
     _kid_caution(len(originals), len(reals))
+    return 0
+
+
+def _edit_grid(a: argparse.Namespace, methods: Sequence[str]) -> list[RunSettings]:
+    """eval --edits' settings, t0 by t0: SDEdit at each sampler and step count, FlowEdit at each step count (with
+    the methods left to the model, FlowEdit skips t0 auto, which is SDEdit's)."""
+    from ..settings import AUTO_T0
+
+    grid = []
+    for t0 in a.t0:
+        for method in methods:
+            if method == "flowedit" and t0 == AUTO_T0 and a.method is None:
+                continue
+            flowedit = dict(source_guidance=a.source_guidance, flowedit_samples=a.flowedit_samples) \
+                if method == "flowedit" else {}
+            grid += [settings_for_flags(method=method, t0=t0, sampler=sampler, steps=steps, repeats=a.repeats,
+                                        seed=a.seed, guidance=a.guidance, **flowedit)
+                     for sampler in (a.sampler if method == "sdedit" else [DEFAULT_SAMPLER])
+                     for steps in (a.steps or [None])]
+    return list(dict.fromkeys(grid))  # a setting given twice is one row
+
+
+def _check_edit_flags(a: argparse.Namespace) -> list[str]:
+    """Refuse the stroke protocol's flags with --edits, and FlowEdit's without flowedit; FlowEdit's flags given."""
+    from ..research.text_edits import EDITS_CSV
+
+    for flag, given in (("--masked", a.masked), ("--prompt", a.prompt is not None), ("--data", a.data != "synthetic"),
+                        ("--real", a.real is not None)):
+        if given:
+            raise InputError(f"{flag} is for stroke inputs: --edits reads its images, masks and prompts from "
+                             f"FOLDER/{EDITS_CSV}")
+    flowedit_flags = [f for f, x in (("--source-guidance", a.source_guidance), ("--flowedit-samples",
+                                                                                 a.flowedit_samples)) if x is not None]
+    if flowedit_flags and a.method is not None and "flowedit" not in a.method:
+        raise InputError(f"{flowedit_flags[0]} is FlowEdit's: add flowedit to --method")
+    return flowedit_flags
+
+
+def _eval_edits(a: argparse.Namespace) -> int:
+    from ..files import check_output_folder
+    from ..loader import load_model
+    from ..research.edit_metrics import load_learned_metrics
+    from ..research.text_edits import TextEditBenchmark, check_edit_count, edit_figure, edit_methods, edit_table, \
+        edits_header, read_edits, write_edit_results
+    from ..settings import MAX_SEED
+
+    # Every option and every row of edits.csv is checked before the output folder is made and the model loads.
+    flowedit_flags = _check_edit_flags(a)
+    items = read_edits(a.edits, check_edit_count(a.n))
+    if a.seed > MAX_SEED - len(items):
+        raise InputError(f"--seed must be from 0 to 2^63 - 1 - the rows (row i uses seed + i), got {a.seed}")
+    grid = _edit_grid(a, a.method or list(METHODS))
+    control = control_options(a)
+    if a.control_scale and not a.controlnet:
+        raise InputError("--control-scale sets the scale of ControlNets: give --controlnet")
+    scales = [check_control_scale(x) for x in dict.fromkeys(a.control_scale or [])]
+    check_output_folder(a.outdir)
+    model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora, **control)
+    methods = edit_methods(model, a.method)
+    if flowedit_flags and "flowedit" not in methods:
+        raise InputError(f"{flowedit_flags[0]} is FlowEdit's, and FlowEdit needs a rectified-flow model")
+    grid = [s for s in grid if s.method in methods]
+    model.check_conditioning(grid[0].with_(prompt=items[0].target_prompt))
+    models = [(f", control x{x:g}", model.with_control_scales([x] * model.control_count)) for x in scales] or \
+        [("", model)]
+    metrics = load_learned_metrics(model.device)
+    bench = TextEditBenchmark(model, items, metrics, a.seed, a.control_preprocess)
+    masked = any(i.mask is not None for i in items)
+    rows, scores, columns = [], [], [bench.sources()]
+    print(edit_table([], masked))
+    for settings in grid:
+        for suffix, scaled in models:
+            row, row_scores, outs = bench.run(scaled, settings)
+            row = dataclasses.replace(row, what=row.what + suffix)
+            rows.append(row)
+            scores += [dataclasses.replace(s, what=row.what) for s in row_scores]
+            columns.append(outs)
+            print(edit_table([row], masked).splitlines()[-1], flush=True)
+    note = metrics.note()
+    if note:
+        print(note)
+        say("note: " + "; ".join(f"{k}: {v}" for k, v in metrics.missing.items()), err=True)
+    header = edits_header(a.model or DEFAULT_MODEL, a.edits, items, a.seed, methods, metrics)
+    for p in write_edit_results(rows, scores, edit_figure(columns), a.outdir / "eval", header, masked):
+        say(p)
+    say(header.split("\n")[0])
     return 0
 
 

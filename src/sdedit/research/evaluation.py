@@ -7,6 +7,7 @@ import io
 import json
 import resource
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from .metrics import FeatureKind, edge_f1, edge_sharpness, feature_extractor, im
 from .strokes import simulate_strokes
 
 REALS_OFFSET = 100_000  # the held-out block that KID's real images come from, disjoint from the painted originals
+EVAL_IMAGES = 200  # eval's --n when none is given
 MAX_EVAL_IMAGES = 10_000  # images per set (originals, strokes, reals): far above the paper's protocol
 MAX_EVAL_PIXELS = 256 * 1024 * 1024  # pixels per set held in memory (about 1 GB each): 256 images at 1024 px
 
@@ -235,14 +237,16 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_tables(rows: list[Row], stem: Path, header: str = "", *, overwrite: bool = True) -> list[Path]:
-    """The rows as <stem>.md, <stem>.json and <stem>.csv; without overwrite, a taken stem becomes <stem>-1, -2, ..."""
+def write_tables(rows: Sequence[Any], stem: Path, header: str = "", *, overwrite: bool = True,
+                 table: Callable[[list[Any]], str] = markdown_table) -> list[Path]:
+    """The rows (dataclasses) as <stem>.md (by `table`), <stem>.json and <stem>.csv; without overwrite, a taken stem
+    becomes <stem>-1, -2, ..."""
     from ..files import free_stem, write_file
 
     suffixes = (".md", ".json", ".csv")
     if not overwrite:
         stem = free_stem(stem, suffixes)
-    md = (header + "\n\n" if header else "") + markdown_table(rows) + "\n"
+    md = (header + "\n\n" if header else "") + table(list(rows)) + "\n"
     data = [asdict(r) for r in rows]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(data[0]))
