@@ -150,3 +150,24 @@ def test_padding_is_checked():
     model = load_model("landscapes", device="cpu")
     with pytest.raises(InputError, match="padding"):
         edit(model, photo((100, 100)), mask=square_mask((100, 100), (1, 1, 5, 5)), crop_to_mask=-1, progress=False)
+
+
+def test_the_reference_of_a_crop_to_mask_edit_is_the_whole_photo_its_output_is():
+    """Faithfulness scores (sweep, eval) compare an output with its guide: for crop-to-mask, the whole photo."""
+    import numpy as np
+    from PIL import Image
+
+    from sdedit.api import edit, prepare_guide
+    from sdedit.research.metrics import l2_distance
+
+    from .conftest import gaussian_model
+
+    model = gaussian_model(resolution=32)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    mask = np.zeros((96, 128), np.uint8)
+    mask[40:50, 60:70] = 255
+    guide = prepare_guide(model, photo, Image.fromarray(mask))
+    assert guide.frame.whole_input and guide.reference.size == photo.size
+    out = edit(model, photo, mask=Image.fromarray(mask), t0=0.5, steps=4, seed=0, progress=False)[0]
+    changed = np.asarray(out, float) - np.asarray(photo, float)
+    assert l2_distance([out], [guide.reference])[0] == pytest.approx(np.sqrt(((changed / 255) ** 2).sum()))

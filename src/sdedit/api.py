@@ -79,7 +79,10 @@ class Guide:
 
     @property
     def reference(self) -> Image.Image:
-        """The guide at the size outputs come back at (for faithfulness scores)."""
+        """The guide as outputs come back (for faithfulness scores): the whole input for crop-to-mask, else the
+        frame's box at the input's size or at the model's."""
+        if self.frame.whole_input:
+            return self.full
         return self.full.crop(self.frame.box) if self.frame.back_to_input else self.image
 
 
