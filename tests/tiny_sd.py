@@ -296,3 +296,17 @@ def randomise(modules, std: float) -> None:
         for module in modules:
             for p in module.parameters():
                 p.normal_(0.0, std)
+
+
+def make_tiny_flux_kontext(folder: Path, *, seed: int = 0):
+    """Save a tiny FluxKontextPipeline: make_tiny_flux's components (same seed, same weights) under Kontext's class."""
+    import shutil
+
+    from diffusers import FluxKontextPipeline
+
+    pipe = make_tiny_flux(folder, seed=seed)
+    shutil.rmtree(folder)  # saved again below, as a FluxKontextPipeline
+    kontext = FluxKontextPipeline(**{k: v for k, v in pipe.components.items() if k in ("scheduler", "vae",
+                                     "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")})
+    kontext.save_pretrained(folder)
+    return kontext

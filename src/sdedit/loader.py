@@ -18,6 +18,7 @@ from .families.base import Model
 from .families.pixel import load_diffusers_unet, load_original, recommended_t0
 from .families.stable_diffusion import is_sd_folder, load_stable_diffusion
 from .families.flux import is_flux_folder, load_flux
+from .families.flux_kontext import is_flux_kontext_folder, load_flux_kontext
 from .families.stable_diffusion_3 import is_sd3_folder, load_stable_diffusion_3
 from .families.qwen_image import is_qwen_image_folder, load_qwen_image
 from .files import printable
@@ -104,6 +105,8 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
     path = Path(src).expanduser()
     if path.is_dir():
         check_regular_files(path)  # a FIFO or device among its files would hang the load
+        if is_flux_kontext_folder(path):
+            return load_flux_kontext(path, device=device, name=src)
         if is_flux_folder(path):
             return load_flux(path, device=device, name=src)
         if is_qwen_image_folder(path):
@@ -131,6 +134,8 @@ def _load(source: str | os.PathLike[str], config: str | os.PathLike[str] | None,
         return load_original(path, config, device=device, name=src)
     if is_repo_id(src):
         pipeline = hub_pipeline_snapshot(src)
+        if pipeline is not None and is_flux_kontext_folder(pipeline):
+            return load_flux_kontext(pipeline, device=device, name=src)
         if pipeline is not None and is_flux_folder(pipeline):
             return load_flux(pipeline, device=device, name=src)
         if pipeline is not None and is_qwen_image_folder(pipeline):

@@ -12,7 +12,8 @@ and the packed pixel mask (each latent cell's f x f pixels as f^2 channels): `ed
 ControlNets (diffusers' FluxControlNetModel, InstantX-style) see the packed noisy latents and the
 packed latents of their control image (one posterior draw from the row's generator, drawn before
 the guide's, as diffusers' FluxControlNetImg2ImgPipeline draws them); their per-block outputs are
-added to the transformer's double- and single-stream blocks.
+added to the transformer's double- and single-stream blocks.  FLUX.1 Kontext, the same transformer with a reference
+image as more tokens, is families/flux_kontext.py; other FLUX pipeline classes are refused by name.
 """
 
 from __future__ import annotations
@@ -103,15 +104,23 @@ class FluxDenoiser(nn.Module):
         # packing channel-major: pack([x_t, cond]) is the tokens of x_t, then of the masked image, then of the mask
         packed = pack(x_t)
         tokens = packed if not extra or condition is None else pack(torch.cat([x_t, condition[:, :extra].to(x_t)], 1))
-        guidance = None if self.guidance is None else torch.full((b,), self.guidance, device=x.device)
-        common = {"timestep": t.reshape(-1).expand(b), "pooled_projections": self.pooled.expand(b, -1).to(x.device),
-                  "encoder_hidden_states": self.context.expand(b, -1, -1).to(x.device),
-                  "txt_ids": torch.zeros(self.context.shape[1], 3, device=x.device),
+        guidance = self.guidance_input(b, x.device)
+        common = {"timestep": t.reshape(-1).expand(b), **self.text_inputs(b, x.device),
                   "img_ids": patch_ids(h, w, x.device)}
         residuals = {} if condition is None or not self.controls else \
             self._control(packed, condition[:, extra:], sigma.reshape(-1), (w, h), guidance, common)
         v = self.transformer(hidden_states=tokens, guidance=guidance, **common, **residuals, return_dict=False)[0]
         return x0_from_velocity(x_t, t, unpack(v.float(), h, w))
+
+    def guidance_input(self, b: int, device: torch.device) -> torch.Tensor | None:
+        """The embedded guidance, one value per row (None for a transformer without a guidance embedding)."""
+        return None if self.guidance is None else torch.full((b,), self.guidance, device=device)
+
+    def text_inputs(self, b: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """The prompt's transformer inputs for b rows: CLIP's pooled embedding, T5's tokens and their ids."""
+        return {"pooled_projections": self.pooled.expand(b, -1).to(device),
+                "encoder_hidden_states": self.context.expand(b, -1, -1).to(device),
+                "txt_ids": torch.zeros(self.context.shape[1], 3, device=device)}
 
     def _control(self, tokens: torch.Tensor, channels: torch.Tensor, sigma: torch.Tensor, cells: tuple[int, int],
                  guidance: torch.Tensor | None, common: dict[str, Any]) -> dict[str, Any]:
@@ -301,34 +310,57 @@ class FluxModel(LatentSpace, Model):
         """The whole input at the largest size with sides multiples of VAE factor x 2 (the packing)."""
         return Frame((0, 0, *size), snap8(size, self.latent_factor * 2), original_size)
 
-def is_flux_folder(root: Path) -> bool:
-    """Whether a folder holds a diffusers FLUX.1 pipeline."""
+
+# diffusers pipeline classes whose folders hold FLUX.1 weights that FluxModel runs (a ControlNet pipeline's folder is
+# its base model; its controlnet/ attaches with --controlnet)
+FLUX_PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline",
+                  "FluxControlNetPipeline", "FluxControlNetImg2ImgPipeline", "FluxControlNetInpaintPipeline")
+KONTEXT_PIPELINES = ("FluxKontextPipeline", "FluxKontextInpaintPipeline")  # FLUX.1 Kontext (families/flux_kontext.py)
+
+
+def flux_pipeline(root: Path) -> str | None:
+    """The class a diffusers folder's model_index.json names when it is a FLUX pipeline ('Flux*'), else None."""
     index = root / "model_index.json"
     if not index.is_file() or not (root / "transformer" / "config.json").is_file():
-        return False
+        return None
     try:
-        return str(read_json(index).get("_class_name", "")).startswith("Flux")
+        kind = str(read_json(index).get("_class_name", ""))
     except InputError:
-        return False
+        return None
+    return kind if kind.startswith("Flux") else None
 
 
-def load_flux(root: str | Path, *, device: str | torch.device | None = None, name: str | None = None) -> FluxModel:
-    """Load a diffusers FLUX.1 folder (transformer, vae, CLIP text encoder and T5 with their tokenizers)."""
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
-    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
+def is_flux_folder(root: Path) -> bool:
+    """Whether a folder holds a diffusers FLUX pipeline of any class (the loaders refuse classes they do not run)."""
+    return flux_pipeline(root) is not None
 
-    root = Path(root)
-    for part in ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
-        if not (root / part).is_dir():
-            raise InputError(f"{root}: no {part}/ folder; a FLUX.1 model needs one")
+
+def check_flux_pipeline(root: Path, runs: Sequence[str]) -> None:
+    """Refuse, in one line, a FLUX folder whose pipeline class is not one of `runs` (never load it as another)."""
+    kind = flux_pipeline(root)
+    supported = (*FLUX_PIPELINES, *KONTEXT_PIPELINES)
+    if kind in supported and kind not in runs:
+        raise InputError(f"{root}: a {kind} folder, which another loader runs: load it with load_model")
+    if kind not in runs:
+        raise InputError(f"{root}: a {kind} folder, a FLUX pipeline that sdedit does not run (it runs "
+                         f"{', '.join(supported)})")
+
+
+def flux_channels(root: Path) -> tuple[int, int, int]:
+    """The transformer's input channels per token, and those of FLUX.1 dev/schnell and of Fill for this VAE."""
     vae_cfg = read_json(root / "vae" / "config.json")
     latent_channels = int(vae_cfg.get("latent_channels", 16))
     factor = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
     plain, fill = 4 * latent_channels, 4 * (2 * latent_channels + factor * factor)  # Fill: + masked image, mask
-    in_channels = int(read_json(root / "transformer" / "config.json").get("in_channels", 64))
-    if in_channels not in (plain, fill):
-        raise InputError(f"{root}: a FLUX transformer with {in_channels} input channels (Canny and Depth are not "
-                         f"supported); FLUX.1 dev/schnell take {plain}, FLUX.1 Fill {fill}")
+    return int(read_json(root / "transformer" / "config.json").get("in_channels", 64)), plain, fill
+
+
+def flux_parts(root: Path) -> tuple[list[Any], int]:
+    """A FLUX folder's transformer, vae, (CLIP tokenizer, encoder), (T5 tokenizer, encoder), schedule and scheduler
+    settings (FluxModel's first fields, in order), and their parameter count."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
     plan_components(root, {"transformer": FluxTransformer2DModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
                            "text_encoder_2": T5EncoderModel})  # limits checked before from_pretrained allocates
     try:
@@ -346,7 +378,28 @@ def load_flux(root: str | Path, *, device: str | torch.device | None = None, nam
     for m in nets:
         m.eval().requires_grad_(False)
     params = sum(p.numel() for m in nets for p in m.parameters())
-    model = FluxModel(transformer, vae, clip, t5, schedule, dict(sched), name or str(root),
+    return [transformer, vae, clip, t5, schedule, dict(sched)], params
+
+
+def check_flux_parts(root: Path) -> None:
+    """Every component folder a FLUX.1 pipeline needs is there."""
+    for part in ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
+        if not (root / part).is_dir():
+            raise InputError(f"{root}: no {part}/ folder; a FLUX.1 model needs one")
+
+
+def load_flux(root: str | Path, *, device: str | torch.device | None = None, name: str | None = None) -> FluxModel:
+    """Load a diffusers FLUX.1 folder (transformer, vae, CLIP text encoder and T5 with their tokenizers)."""
+    root = Path(root)
+    check_flux_pipeline(root, FLUX_PIPELINES)
+    check_flux_parts(root)
+    in_channels, plain, fill = flux_channels(root)
+    if in_channels not in (plain, fill):
+        raise InputError(f"{root}: a FLUX transformer with {in_channels} input channels (Canny and Depth are not "
+                         f"supported); FLUX.1 dev/schnell take {plain}, FLUX.1 Fill {fill}")
+    parts, params = flux_parts(root)
+    transformer = parts[0]
+    model = FluxModel(*parts, name or str(root),
                       {"family": "flux", "source": str(root), "format": "diffusers", "parameters": params,
                        "guidance_embeds": bool(transformer.config.guidance_embeds), "inpainting": in_channels == fill})
     return model.to(pick_device(device))

@@ -45,6 +45,9 @@ MAX_TEXT_TOKENS = 1024  # tokens kept after the prefix by the tokenizer (truncat
 PROMPT_TOKENS = 512  # ... and passed to the transformer (the pipeline's max_sequence_length)
 TRUE_CFG = 4.0  # the pipeline's default true_cfg_scale
 RUNNABLE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline")
+# Qwen-Image-Edit: its reference latents would fit FLUX.1 Kontext's adapter, but its prompt is Qwen2.5-VL reading the
+# input image (vision tower, Qwen2VLProcessor, image tokens in an edit template), which encode_prompt does not do
+EDIT_PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline", "QwenImageEditInpaintPipeline")
 
 
 class QwenImageDenoiser(nn.Module):
@@ -201,6 +204,10 @@ def load_qwen_image(root: str | Path, *, device: str | torch.device | None = Non
 
     root = Path(root)
     kind = str(read_json(root / "model_index.json").get("_class_name", ""))
+    if kind in EDIT_PIPELINES:
+        raise InputError(f"{root}: a {kind} (Qwen-Image-Edit), not supported: its prompt is encoded by Qwen2.5-VL "
+                         f"reading the input image through its vision tower and processor, which this project does "
+                         f"not run; FLUX.1 Kontext (preset kontext-dev) is the instruction-edit model supported")
     if kind not in RUNNABLE_PIPELINES:
         raise InputError(f"{root}: a {kind}; Qwen-Image text-to-image weights ({', '.join(RUNNABLE_PIPELINES)}) are "
                          f"supported, not its edit, layered or ControlNet variants")

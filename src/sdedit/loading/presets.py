@@ -74,6 +74,8 @@ PIPELINE_PRESETS: dict[str, PipelinePreset] = {p.name: p for p in [
                    "~34 GB (12B transformer + T5-XXL, 16-bit)", "Apache 2.0", False),
     PipelinePreset("flux-dev", "black-forest-labs/FLUX.1-dev", "flux", 1024,
                    "~34 GB (12B transformer + T5-XXL, 16-bit)", "FLUX.1 [dev] Non-Commercial", True),
+    PipelinePreset("kontext-dev", "black-forest-labs/FLUX.1-Kontext-dev", "flux-kontext", 1024,
+                   "~34 GB (12B transformer + T5-XXL, 16-bit)", "FLUX.1 [dev] Non-Commercial", True),
     PipelinePreset("sd3.5-large", "stabilityai/stable-diffusion-3.5-large", "stable-diffusion-3", 1024,
                    "~27 GB (8.1B transformer + text encoders, 16-bit)", "Stability AI Community", True),
     PipelinePreset("qwen-image", "Qwen/Qwen-Image", "qwen-image", 1024,
