@@ -78,7 +78,8 @@ def _add_controlnets(model: Model, specs: list[ControlSpec], start: float, end: 
     if not specs:
         return
     if not model.takes_controlnets:  # refused before any ControlNet loads
-        raise InputError(f"{model.name}: ControlNets run with Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX models")
+        raise InputError(f"{model.name} is a {model.info.get('family', 'pixel')} model: ControlNets run with Stable "
+                         f"Diffusion 1.x/2.x, SDXL, SD3 and FLUX.1 dev/schnell models")
     attached = []
     for spec in specs:
         net, kind = load_controlnet(spec)

@@ -7,7 +7,8 @@
     encode(x_g, generators)          guide pixels -> the sampler's space, one row per generator
     encode_mask(mask)                a pixel mask -> the sampler's grid
     decode(z)                        the sampler's space -> pixels in [-1, 1]
-    edit_condition(x_g, mask, gens)  per-edit network input (inpainting models), or None; a model that
+    edit_condition(x_g, mask, gens)  per-edit network input (inpainting models; FLUX.1 Kontext's reference
+                                     latents), or None; a model that
                                      returns one takes it back as denoiser(x, sigma, condition=c)
     control_condition(images, gens)  the ControlNets' images on the sampler's grid (after edit_condition's
                                      channels in `condition`), or None
