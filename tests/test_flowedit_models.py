@@ -113,3 +113,17 @@ def test_tiled_flowedit_is_the_untiled_one_on_a_canvas_of_one_tile(folders):
     img = random_image((32, 32), seed=1)
     assert np.array_equal(np.asarray(edit(model, img, **kw)[0]), np.asarray(edit(model, img, tile=32, **kw)[0]))
     assert edit(model, random_image((96, 32), seed=2), tile=32, tile_overlap=16, **kw)[0].size == (96, 32)
+
+
+def test_batch_runs_flowedit_on_every_image(folders, tmp_path):
+    from sdedit.images import read_settings
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(2):
+        random_image((32, 32), seed=i).save(inp / f"{i}.png")
+    assert main(["batch", str(inp), "-o", str(tmp_path / "out"), "-q", "--model", str(folders / "sd3"),
+                 "--method", "flowedit", "--source-prompt", "a hill", "--prompt", "a lake", "--t0", "0.7",
+                 "--steps", "2"]) == 0
+    metas = [read_settings(p) for p in sorted((tmp_path / "out").glob("*.png"))]
+    assert len(metas) == 2 and all(m["method"] == "flowedit" and m["source_prompt"] == "a hill" for m in metas)
