@@ -1,5 +1,6 @@
 """sdedit eval --edits: SDEdit and FlowEdit on the same rows of (image, source prompt, target prompt, mask), scored by
-the structure they keep; strict reading of edits.csv; CLIP score and LPIPS only from weights already here."""
+the structure they keep; strict reading of edits.csv; CLIP score, LPIPS and DINO structure distance only from weights
+already here."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .helpers import random_image
 from .tiny_sd import make_tiny_sd, make_tiny_sd3, tiny_tokenizer
 
 RUN = ["--t0", "0.5", "0.9", "--steps", "2"]
-NOT_MEASURED = "CLIP score / LPIPS: weights not available offline (not measured)"
+NOT_MEASURED = "CLIP score / LPIPS / DINO structure distance: weights not available offline (not measured)"
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ def test_sdedit_and_flowedit_on_the_same_rows_one_table_row_per_method_and_t0(mo
     for r in rows:
         assert r["masked"] == 1 and r["l2_outside_max"] == 0.0 and r["l2_inside"] > 0  # kept pixels are exact
         assert r["l2_mean"] > 0 and -1 <= r["layout"] <= 1 and r["clip_score"] is None and r["lpips"] is None
+        assert r["dino_structure"] is None
     assert rows[1]["nfe"] == 2 * 2 and rows[0]["nfe"] == 2  # FlowEdit: the source's and the target's D per step
     with open(out / "eval-rows.csv") as f:
         per_output = list(csv.DictReader(f))
@@ -72,7 +74,8 @@ def test_sdedit_and_flowedit_on_the_same_rows_one_table_row_per_method_and_t0(mo
     same = [p for p in per_output if p["method"] == "flowedit" and p["image"] == "0.png"]
     assert [float(p["l2"]) for p in same] == pytest.approx([l2_distance([trip], [src])[0]] * 2, abs=1e-9)
     md = (out / "eval.md").read_text()
-    assert "| L2 in mask | L2 outside mask (max) | CLIP score | LPIPS |" in md and NOT_MEASURED in md
+    assert "| L2 in mask | L2 outside mask (max) | CLIP score | LPIPS | DINO struct. |" in md and NOT_MEASURED in md
+    assert sum(line.endswith(" | - | - | - |") for line in md.splitlines()) == len(rows)  # no learned score
     assert printed.count(NOT_MEASURED) == 1 and printed.count("| FlowEdit") == 2
     figure = Image.open(out / "eval.png")
     assert figure.size == (5 * 132 + 4, 3 * 132 + 4)  # the sources, then one column per table row
@@ -194,16 +197,18 @@ def test_learned_metrics_load_from_local_weights_only(tmp_path, monkeypatch):
     from sdedit.research.edit_metrics import WeightsUnavailable, load_learned_metrics, lpips_distance
 
     monkeypatch.setattr(edit_metrics, "CLIP_MODELS", ("openai/not-cached",))  # not in the (empty) test cache
+    monkeypatch.setattr(edit_metrics, "DINO_MODELS", ("facebook/not-cached",))
     monkeypatch.setitem(sys.modules, "lpips", None)  # not installed
     none = load_learned_metrics()
-    assert none.clip is None and none.lpips is None and set(none.missing) == {"CLIP score", "LPIPS"}
+    assert none.clip is None and none.lpips is None and none.dino is None
+    assert set(none.missing) == {"CLIP score", "LPIPS", "DINO structure distance"}
     assert none.note() == NOT_MEASURED and "not-cached" in none.missing["CLIP score"]
 
     monkeypatch.setattr(edit_metrics, "CLIP_MODELS", ("openai/not-cached", str(tiny_clip(tmp_path / "clip"))))
     img = random_image((48, 40), seed=3)
     clip = load_learned_metrics()
-    assert clip.clip_model == str(tmp_path / "clip") and clip.note() == "LPIPS: weights not available offline " \
-                                                                         "(not measured)"
+    assert clip.clip_model == str(tmp_path / "clip")
+    assert clip.note() == "LPIPS / DINO structure distance: weights not available offline (not measured)"
     for text in ("a red barn", "a blue lake at night"):
         assert 0 < clip.clip(img, text) == pytest.approx(reference_clip_score(tmp_path / "clip", img, text), abs=1e-4)
 
@@ -226,7 +231,8 @@ def test_learned_metrics_load_from_local_weights_only(tmp_path, monkeypatch):
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     (tmp_path / "hub" / "checkpoints" / "alexnet-owt-0.pth").write_bytes(b"")
     both = load_learned_metrics()
-    assert both.note() is None and both.lpips(img, img) == 0.0 and both.lpips(img, random_image((48, 40))) > 0.1
+    assert both.note() == "DINO structure distance: weights not available offline (not measured)"
+    assert both.lpips(img, img) == 0.0 and both.lpips(img, random_image((48, 40))) > 0.1
 
 
 def test_clip_score_fills_its_column_when_the_weights_are_here(models, tmp_path, capsys, monkeypatch):
@@ -241,5 +247,79 @@ def test_clip_score_fills_its_column_when_the_weights_are_here(models, tmp_path,
     printed = capsys.readouterr().out
     rows = json.loads((out / "eval.json").read_text())
     assert len(rows) == 1 and 0 < rows[0]["clip_score"] <= 100 and rows[0]["lpips"] is None
-    assert "LPIPS: weights not available offline (not measured)" in printed and "CLIP score /" not in printed
+    assert "LPIPS / DINO structure distance: weights not available offline (not measured)" in printed
+    assert "CLIP score /" not in printed
     assert f"CLIP score by {tmp_path / 'clip'}" in (out / "eval.md").read_text()
+
+
+def tiny_dino(folder):
+    """A tiny random DINO-style ViT saved as a Hub snapshot would hold it."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, image_size=32,
+                       patch_size=8)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+def reference_dino_distance(folder, a, b):
+    """MSE of the cosine self-similarity of the last block's keys, the images prepared by transformers' ViT image
+    processor (square images: their shorter side is 224) and the keys read from the last block's input."""
+    from transformers import ViTModel
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    model = ViTModel.from_pretrained(folder, add_pooling_layer=False).eval()
+    process = ViTImageProcessorPil(size={"height": 224, "width": 224}, resample=Image.Resampling.BICUBIC,
+                                   image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+
+    def self_similarity(img):
+        pixels = process(images=img, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            hidden = model(pixel_values=pixels, interpolate_pos_encoding=True, output_hidden_states=True)
+            last = model.layers[-1]
+            keys = last.attention.k_proj(last.layernorm_before(hidden.hidden_states[-2]))[0]
+        keys = torch.nn.functional.normalize(keys, dim=-1)
+        return keys @ keys.T
+
+    return ((self_similarity(a) - self_similarity(b)) ** 2).mean().item()
+
+
+def test_dino_structure_distance_loads_from_local_weights_only(tmp_path, monkeypatch):
+    from sdedit.research import edit_metrics
+    from sdedit.research.edit_metrics import WeightsUnavailable, dino_structure_distance, load_learned_metrics
+
+    monkeypatch.setattr(edit_metrics, "DINO_MODELS", ("facebook/not-cached",))  # not in the (empty) test cache
+    with pytest.raises(WeightsUnavailable, match="none of facebook/not-cached is in the local Hugging Face cache"):
+        dino_structure_distance()
+    monkeypatch.setattr(edit_metrics, "DINO_MODELS", ("facebook/not-cached", str(tiny_dino(tmp_path / "dino"))))
+    monkeypatch.setattr(edit_metrics, "CLIP_MODELS", ("openai/not-cached",))
+    monkeypatch.setitem(sys.modules, "lpips", None)
+    metrics = load_learned_metrics()
+    assert metrics.dino_model == str(tmp_path / "dino") and "DINO" not in metrics.note()
+    img, other = random_image((40, 40), seed=3), random_image((40, 40), seed=4)
+    assert metrics.dino(img, img) == 0.0 and metrics.dino(img, other) > 0
+    assert metrics.dino(img, other) == pytest.approx(reference_dino_distance(tmp_path / "dino", img, other), rel=1e-4)
+    wide = random_image((48, 32), seed=5)  # not square, and not the model's size: its position embeddings interpolated
+    assert metrics.dino(wide, wide) == 0.0 and metrics.dino(wide, random_image((48, 32), seed=6)) > 0
+
+
+def test_dino_structure_fills_its_column_when_the_weights_are_here(models, tmp_path, capsys, monkeypatch):
+    from sdedit.research import edit_metrics
+
+    monkeypatch.setattr(edit_metrics, "DINO_MODELS", (str(tiny_dino(tmp_path / "dino")),))
+    monkeypatch.setitem(sys.modules, "lpips", None)
+    folder = edits_folder(tmp_path / "edits")
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(models / "sd3"), "--edits", str(folder), "--t0", "0.5", "--steps", "2",
+                 "--method", "sdedit", "--n", "2", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((out / "eval.json").read_text())
+    assert len(rows) == 1 and rows[0]["dino_structure"] > 0 and rows[0]["clip_score"] is None
+    assert "CLIP score / LPIPS: weights not available offline (not measured)" in printed
+    assert "DINO structure distance:" not in printed
+    with open(out / "eval-rows.csv") as f:
+        assert all(float(p["dino_structure"]) > 0 for p in csv.DictReader(f))
+    md = (out / "eval.md").read_text()
+    assert f"DINO structure distance by {tmp_path / 'dino'}" in md
+    assert f"| - | - | {rows[0]['dino_structure']:.3f} |" in md  # CLIP score and LPIPS not measured, DINO filled

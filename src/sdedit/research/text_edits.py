@@ -184,6 +184,7 @@ class EditScore:
     l2_outside: float | None = None  # masked rows: L2 over the kept pixels (mask 0): 0 by construction
     clip_score: float | None = None  # CLIP score with the target prompt (edit_metrics; None: not measured)
     lpips: float | None = None  # LPIPS to the source (edit_metrics; None: not measured)
+    dino_structure: float | None = None  # DINO structure distance to the source (edit_metrics; None: not measured)
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ class EditRow:
     l2_outside_max: float | None = None  # masked rows: largest L2 outside the mask (0: the kept pixels are exact)
     clip_score: float | None = None  # mean CLIP score with the target prompt; None: not measured
     lpips: float | None = None  # mean LPIPS to the source; None: not measured
+    dino_structure: float | None = None  # mean DINO structure distance to the source; None: not measured
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -237,10 +239,11 @@ class TextEditBenchmark:
             inside, outside = region_l2(output, reference, edited), region_l2(output, reference, ~edited)
         clip = self.metrics.clip(output, item.target_prompt) if self.metrics.clip is not None else None
         lpips = self.metrics.lpips(output, reference) if self.metrics.lpips is not None else None
+        dino = self.metrics.dino(output, reference) if self.metrics.dino is not None else None
         t0 = float(json.loads(output.info["sdedit"])["t0"])
         return EditScore(what, settings.method, t0, item.line, item.name,
                          float(l2_distance([output], [reference])[0]),
-                         float(layout_correlation([output], [reference])[0]), inside, outside, clip, lpips)
+                         float(layout_correlation([output], [reference])[0]), inside, outside, clip, lpips, dino)
 
     def run(self, model: Model, settings: RunSettings) -> tuple[EditRow, list[EditScore], list[Image.Image]]:
         """Every row edited at one setting: the table's row, each output's scores, and the outputs."""
@@ -278,18 +281,20 @@ def summarise(what: str, settings: RunSettings, scores: list[EditScore], outs: l
                    float(np.mean([s.layout for s in scores])), len(masked),
                    _mean([s.l2_inside for s in masked]),
                    max(s.l2_outside for s in masked if s.l2_outside is not None) if masked else None,
-                   _mean([s.clip_score for s in scores]), _mean([s.lpips for s in scores]))
+                   _mean([s.clip_score for s in scores]), _mean([s.lpips for s in scores]),
+                   _mean([s.dino_structure for s in scores]))
 
 
 def edit_table(rows: list[EditRow], masked: bool) -> str:
     """Rows as a Markdown table; the mask columns when some row of edits.csv has a mask (with no rows: the header)."""
     mask_titles = " L2 in mask | L2 outside mask (max) |" if masked else ""
     lines = ["| method | t0 | NFE | s / image | peak MB | L2 to source (mean +- std) | layout corr. |" + mask_titles
-             + " CLIP score | LPIPS |",
-             "| --- | --- | --- | --- | --- | --- | --- |" + " --- |" * (2 * masked + 2)]
+             + " CLIP score | LPIPS | DINO struct. |",
+             "| --- | --- | --- | --- | --- | --- | --- |" + " --- |" * (2 * masked + 3)]
     for r in rows:
         cells = [r.l2_inside, r.l2_outside_max] if masked else []
-        extra = "".join(f" {v:.3f} |" if v is not None else " - |" for v in [*cells, r.clip_score, r.lpips])
+        extra = "".join(f" {v:.3f} |" if v is not None else " - |"
+                        for v in [*cells, r.clip_score, r.lpips, r.dino_structure])
         lines.append(f"| {r.what} | {r.t0:.2f} | {r.nfe} | {r.seconds_per_image:.3f} | {r.peak_rss_mb:.0f} | "
                      f"{r.l2_mean:.2f} +- {r.l2_std:.2f} | {r.layout:.3f} |{extra}")
     return "\n".join(lines)
@@ -300,13 +305,16 @@ def edits_header(model: str, folder: Path, items: list[EditItem], seed: int, met
     """What the table is (model, rows, seeds, methods, which learned scores), how to read it, and what was not
     measured."""
     clip = f"; CLIP score by {metrics.clip_model}" if metrics.clip_model else ""
+    dino = f"; DINO structure distance by {metrics.dino_model}" if metrics.dino_model else ""
     note = metrics.note()
     return (f"sdedit eval --edits: model {model}, {len(items)} rows of {printable(folder / EDITS_CSV)} "
             f"({sum(i.mask is not None for i in items)} with a mask), row i seeded {seed} + i; methods "
-            f"{', '.join(methods)}{clip}.\n\n"
+            f"{', '.join(methods)}{clip}{dino}.\n\n"
             "Structure kept: L2 (pixels in [0, 1]) and 8x8 layout correlation to the source, and inside and outside "
-            "the masks; an edit that changes nothing keeps all of it, so read them beside the CLIP score with the "
-            "target prompt, or the figure (the .png beside this table: the sources, then one column per row here)."
+            "the masks, and the DINO structure distance (self-similarity of DINO ViT keys, Tumanyan et al. 2022; 0: "
+            "the same structure); an edit that changes nothing keeps all of it, so read them beside the CLIP score "
+            "with the target prompt, or the figure (the .png beside this table: the sources, then one column per row "
+            "here)."
             + (f"\n\n{note}" if note else ""))
 
 
