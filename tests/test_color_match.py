@@ -59,3 +59,33 @@ def test_edit_help_lists_color_match(capsys):
     with pytest.raises(SystemExit):
         main(["edit", "--help"])
     assert "--color-match" in capsys.readouterr().out
+
+
+# Hostile-input review of colour matching.
+
+def test_a_flat_reference_gives_its_colour_not_its_zero_spread():
+    """A uniform guide (or a one-colour stroke) has no spread to match: scaling by its 0 would flatten the output
+    into the guide, undoing the edit; the output takes its mean only."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 16, 16, generator=gen) * 0.4 - 0.3
+    flat = torch.tensor([[-0.1, 0.2, -0.2], [0.0, 0.0, 0.0]]).view(2, 3, 1, 1).expand(-1, -1, 16, 16)
+    out = match_colors(x, flat)
+    lab_x, lab_out, lab_ref = rgb_to_lab(x), rgb_to_lab(out), rgb_to_lab(flat)
+    assert torch.allclose(lab_out.mean((2, 3)), lab_ref.mean((2, 3)), atol=0.5)  # gamut clipping aside
+    assert (lab_out.std((2, 3)) > 0.5 * lab_x.std((2, 3))).all()
+    for image in (x, flat):  # a flat output, or both flat: nothing to scale, no NaN
+        assert torch.isfinite(match_colors(flat, image)).all()
+
+
+def test_colour_matching_a_flat_masked_stroke_keeps_the_edit():
+    model = load_model("landscapes", device="cpu", precision="fp32")
+    img = np.asarray(landscape(8, 64)).copy()
+    img[16:48, 16:48] = (40, 160, 40)  # a flat stroke, exactly under the mask
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    out = edit(model, Image.fromarray(img), mask=Image.fromarray(mask), t0=0.6, steps=4, seed=1, color_match=True,
+               progress=False)[0]
+    inside = np.asarray(out).astype(float)[16:48, 16:48]
+    assert inside.std((0, 1)).min() > 5  # generated, not the stroke given back
+    assert np.abs(inside.mean((0, 1)) - (40, 160, 40)).max() < 20  # in the stroke's colour
+    assert np.array_equal(np.asarray(out)[mask == 0], img[mask == 0])

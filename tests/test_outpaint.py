@@ -105,3 +105,77 @@ def test_a_canvas_over_the_pixel_limit_is_refused_before_anything_is_allocated(b
         prepare_outpaint(bundled, landscape(2, 64), check_extension(right=8192, bottom=8192))
     with pytest.raises(InputError, match="t0 auto"):
         prepare_outpaint(bundled, landscape(2, 64), check_extension(right=8), t0="auto")
+
+
+# Hostile-input review of outpainting.
+
+def test_outpainting_reads_16_bit_and_transparent_images_as_every_command_does(bundled):
+    """The original is the RGB every command reads (images.to_rgb): 16-bit scaled down, not clipped to white;
+    transparency on white, not its hidden colours."""
+    from sdedit.images import to_rgb
+
+    grey = np.asarray(landscape(3, 64).convert("L")).astype(np.uint16) * 257
+    deep = Image.fromarray(grey)
+    rgba = np.asarray(landscape(3, 64).convert("RGBA")).copy()
+    rgba[32:, :, 3] = 0
+    clear = Image.fromarray(rgba)
+    for img in (deep, clear):
+        want = np.asarray(to_rgb(img))
+        for fill in ("edge", "noise"):
+            assert np.array_equal(np.asarray(grow(img, Extension(right=8), fill))[:, :64], want)
+        guide = prepare_outpaint(bundled, img, check_extension(right=8))
+        assert np.array_equal(np.asarray(guide.full)[:, :64], want)
+    assert np.asarray(to_rgb(deep)).mean() < 250  # not the white a plain convert("RGB") makes of it
+
+
+@pytest.mark.parametrize("sides", [{"right": -5}, {}, {"top": 8.0}, {"left": True}, {"bottom": 8193}])
+def test_an_extension_is_checked_however_it_is_made(bundled, sides):
+    with pytest.raises(InputError):
+        Extension(**sides)
+    with pytest.raises(InputError):
+        check_extension(**sides)
+
+
+def test_a_canvas_over_the_limit_is_refused_by_every_public_function_before_allocating():
+    e = Extension(right=8192, bottom=8192)
+    with pytest.raises(InputError, match="over the limit"):
+        strength_map((64, 64), e, 0.3, 16)
+    with pytest.raises(InputError, match="over the limit"):
+        grow(landscape(2, 64), e, "noise")
+
+
+def test_a_bad_tile_is_refused_before_the_canvas_is_grown(bundled, monkeypatch):
+    import sdedit.api
+
+    def never(*args, **kwargs):
+        raise AssertionError("the canvas was grown before the tile was checked")
+
+    monkeypatch.setattr(sdedit.api, "grow", never)
+    for tile, overlap in ((8, None), (64, 40), (60, None)):
+        with pytest.raises(InputError):
+            prepare_outpaint(bundled, landscape(2, 64), check_extension(right=8), tile=tile, tile_overlap=overlap)
+
+
+def test_a_band_t0_below_half_the_maps_finest_level_is_refused(tmp_path, capsys, bundled):
+    """The band's t0 is an 8-bit level: 0.0001 would start at 1/255 (39x) and be recorded as 0.0001."""
+    from sdedit.outpainting import MIN_BAND_T0, check_band_t0
+
+    landscape(2, 64).save(tmp_path / "small.png")
+    code = main(["outpaint", str(tmp_path / "small.png"), "-o", str(tmp_path / "out"), "-q", "--right", "8",
+                 "--t0", "0.0001", "--model", "no-such-model"])  # refused before the model loads
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--t0" in err and "0.002" in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="--t0"):
+        prepare_outpaint(bundled, landscape(2, 64), check_extension(right=8), t0=0.001)
+    assert check_band_t0(0.002) == 0.002 and check_band_t0(1) == 1.0
+    for t0 in (MIN_BAND_T0, 0.002, 0.01, 0.3):  # the band's first level is within half a level of t0
+        g = np.asarray(strength_map((30, 10), Extension(right=20), t0, 16))
+        assert abs(g[0, 30] / 255 - t0) <= 0.5 / 255 + 1e-12
+
+
+def test_an_outpaint_whose_box_is_the_whole_canvas_records_no_crop(bundled):
+    out = outpaint(bundled, landscape(5, 64), left=8, top=8, steps=2, seed=0, progress=False)[0]
+    meta = json.loads(out.info["sdedit"])
+    assert out.size == (72, 72) and "crop" not in meta
+    assert np.array_equal(np.asarray(out)[8:, 8:], np.asarray(landscape(5, 64)))

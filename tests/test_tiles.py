@@ -217,3 +217,47 @@ def test_batch_edits_every_photo_tiled_at_its_own_size(tmp_path):
     assert main(["batch", str(inp), "-o", str(tmp_path / "out"), "-q", "--tile", "64", "--steps", "2",
                  "--color-match"]) == 0
     assert read_settings(next((tmp_path / "out").glob("a*.png")))["tile_overlap"] == 16
+
+
+# Hostile-input review of tiling.
+
+@pytest.mark.parametrize("overlap", [33, 48, 63])
+def test_an_overlap_over_half_the_tile_is_refused_before_any_work(tmp_path, capsys, overlap):
+    """Near the tile the network would run (tile / (tile - overlap))^2 times the canvas: 4096x at 63 of 64 px."""
+    landscape(1, 64).save(tmp_path / "in.png")
+    code = main(["edit", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "-q", "--tile", "64",
+                 "--tile-overlap", str(overlap)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "half the tile (32)" in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_overlaps_up_to_half_the_tile_are_taken_on_every_grid(tmp_path):
+    model = load_model("landscapes", device="cpu", precision="fp32")
+    assert check_tiling(model, 64, 32).overlap == 32 and check_tiling(model, 72, 0).overlap == 0
+    make_tiny_sd(tmp_path / "sd")
+    latent = load_model(tmp_path / "sd", device="cpu", precision="fp32")  # 8 px cells, tiles of 16 px multiples
+    assert check_tiling(latent, 48, 24).cells(8) == (6, 3)
+    for overlap in (32, 4):  # over half; off the latent grid
+        with pytest.raises(InputError):
+            check_tiling(latent, 48, overlap)
+    with pytest.raises(InputError, match="needs a tile size"):
+        edit(model, landscape(1, 64), tile_overlap=16, progress=False)
+
+
+def test_a_tiled_edit_whose_box_is_the_whole_input_records_no_crop():
+    """An all-black mask (or one whose padded box covers the photo) crops nothing: no `crop` in the metadata, the
+    photo back whole and, for the all-black mask, untouched."""
+    model = load_model("landscapes", device="cpu", precision="fp32")
+    photo = landscape(4, 96).crop((0, 0, 96, 80))
+    black, wide = np.zeros((80, 96), np.uint8), np.zeros((80, 96), np.uint8)
+    wide[4:76, 4:92] = 255
+    for mask in (black, wide):
+        out = edit(model, photo, mask=Image.fromarray(mask), tile=64, steps=2, seed=1, progress=False)[0]
+        meta = json.loads(out.info["sdedit"])
+        assert out.size == (96, 80) and "crop" not in meta and meta["size"] == [96, 80]
+        assert np.array_equal(np.asarray(out)[mask == 0], np.asarray(photo)[mask == 0])
+    small = np.zeros((80, 96), np.uint8)
+    small[30:40, 60:70] = 255  # a real box still crops, and says so
+    out = edit(model, photo, mask=Image.fromarray(small), tile=64, steps=2, seed=1, progress=False)[0]
+    assert json.loads(out.info["sdedit"])["crop"] != [0, 0, 96, 80]

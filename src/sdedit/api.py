@@ -33,10 +33,10 @@ from .precision import Choice, RunPrecision
 from .progress import tqdm
 from .images import Fit, ImageLike, as_pil, check_grow, grow_and_feather, image_to_tensor, load_guide, mask_to_tensor, paste_kept, \
     tensor_to_images
-from .outpainting import DEFAULT_FILL, NEW_T0, Extension, check_band, check_canvas, check_extension, check_fill, \
-    default_band, grow, strength_map as outpaint_strength
-from .settings import AUTO_T0, DEFAULT_STRENGTH_LEVELS, MAX_STRENGTH_LEVELS, RunSettings, check_t0
-from .tiling import AUTO_TILE, TileSize, Tiling, check_tiling
+from .outpainting import DEFAULT_FILL, NEW_T0, Extension, check_band, check_band_t0, check_canvas, check_extension, \
+    check_fill, default_band, grow, strength_map as outpaint_strength
+from .settings import AUTO_T0, DEFAULT_STRENGTH_LEVELS, MAX_STRENGTH_LEVELS, RunSettings
+from .tiling import AUTO_TILE, TileSize, Tiling, tiling_of
 from .version import __version__
 
 LATENT_MAX_AREA = 4  # latent models work on at most 4x their trained area (2x the side), unless asked (full_size)
@@ -109,9 +109,7 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
     by neighbours: the input (or crop-to-mask's box) is edited at its own size, any aspect, D blended over tiles.
     """
     control_preprocess = check_preprocess(control_preprocess)
-    if tile is None and tile_overlap is not None:
-        raise InputError("a tile overlap needs a tile size: give --tile too")
-    tiling = check_tiling(model, tile, tile_overlap) if tile is not None else None
+    tiling = tiling_of(model, tile, tile_overlap)
     check_pairing(len(control_images), model.control_count, control_preprocess)
     if mask is not None and strength_map is not None:
         raise InputError("give a mask or a strength map, not both (a strength map of 0 and 255 is a mask)")
@@ -137,6 +135,7 @@ def prepare_guide(model: Model, image: ImageLike, mask: ImageLike | None = None,
     box = _crop_box(model, full, full_mask, crop_to_mask if original_size else False, tiled=tiling is not None)
     if tiling is not None:  # the box or the whole input, at its own size
         whole = (0, 0, *full.size)
+        box = None if box == whole else box  # a box of the whole input crops nothing (none recorded)
         frame = Frame(box or whole, model.canvas_size(_box_size(box or whole)), box is not None or original_size,
                       whole_input=box is not None)
     else:
@@ -247,10 +246,11 @@ def prepare_outpaint(model: Model, image: ImageLike, extension: Extension, *, fi
     fill = check_fill(fill)
     if t0 == AUTO_T0:
         raise InputError("t0 auto measures faithfulness to a guide, and a new region has none: give a number")
-    band_t0 = model.recommended_t0 if t0 is None else check_t0(t0)
+    band_t0 = model.recommended_t0 if t0 is None else check_band_t0(t0)
     band = check_band(default_band(model.resolution) if band is None else band)
     if tile is None and model.square:
         tile = AUTO_TILE
+    tiling_of(model, tile, tile_overlap)  # refused before the canvas is made
     full = as_pil(image, "image")
     check_canvas(full.size, extension)
     canvas = grow(full, extension, fill, seed)

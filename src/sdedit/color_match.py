@@ -12,7 +12,7 @@ import torch
 _RGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375), (0.2126729, 0.7151522, 0.0721750), (0.0193339, 0.1191920, 0.9503041))
 _WHITE = (0.95047, 1.0, 1.08883)
 _EPS, _KAPPA = 216 / 24389, 24389 / 27  # CIELAB's linear segment
-MIN_SPREAD = 1e-3  # a channel flatter than this (in L*a*b* units) is shifted only, not scaled
+MIN_SPREAD = 1e-3  # a channel flatter than this (in L*a*b* units) in either image is shifted only, not scaled
 
 
 def _matrix(x: torch.Tensor) -> torch.Tensor:
@@ -51,14 +51,17 @@ def _moments(lab: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, tor
 def match_colors(x: torch.Tensor, reference: torch.Tensor, region: torch.Tensor | None = None,
                  source: torch.Tensor | None = None) -> torch.Tensor:
     """x with each CIELAB channel's mean and spread over `region` set to the reference's over `source` (both
-    weights (B or 1, 1, H, W) in [0, 1]; None: every pixel; source defaults to region).  Rows whose region is
-    empty come back unchanged."""
+    weights (B or 1, 1, H, W) in [0, 1]; None: every pixel; source defaults to region); a channel flat in either
+    only takes the mean.  Rows whose region is empty come back unchanged."""
     region = torch.ones_like(x[:, :1]) if region is None else region.to(x.device, torch.float64).expand_as(x[:, :1])
     source = region if source is None else source.to(x.device, torch.float64).expand_as(x[:, :1])
     lab, ref = rgb_to_lab(x), rgb_to_lab(reference.to(x.device))
     mean_x, spread_x = _moments(lab, region)
     mean_r, spread_r = _moments(ref, source)
-    scale = torch.where(spread_x > MIN_SPREAD, spread_r / spread_x.clamp_min(MIN_SPREAD), torch.ones_like(spread_x))
+    # a flat reference (a uniform guide, a one-colour stroke) holds a colour but no spread to match: scaling by its
+    # 0 would flatten the edit back into it
+    scaled = (spread_x > MIN_SPREAD) & (spread_r > MIN_SPREAD)
+    scale = torch.where(scaled, spread_r / spread_x.clamp_min(MIN_SPREAD), torch.ones_like(spread_x))
     out = lab_to_rgb((lab - mean_x) * scale + mean_r).to(x.dtype)
     empty = (region.sum(dim=(1, 2, 3)) <= 0) | (source.sum(dim=(1, 2, 3)) <= 0)
     return torch.where(empty.view(-1, 1, 1, 1), x, out)

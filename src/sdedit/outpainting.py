@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .errors import InputError
-from .images import MAX_PIXELS
+from .images import MAX_PIXELS, to_rgb
 from .settings import DEFAULT_STRENGTH_LEVELS
 
 FILLS = ("edge", "blur", "noise", "color")  # how the new region is pre-filled
@@ -22,6 +22,7 @@ DEFAULT_FILL = "edge"
 NEW_T0 = 1.0  # where the new region (past the band) enters the reverse process: generated from noise
 MAX_EXTENSION = 8192  # pixels added on one side, at most
 MAX_BAND = 1024
+MIN_BAND_T0 = 0.5 / 255  # the band's t0 is a level of an 8-bit strength map: below half the finest, it would be that
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,15 @@ class Extension:
     top: int = 0
     bottom: int = 0
 
+    def __post_init__(self) -> None:
+        """The rule of every extension, however made: whole numbers of pixels from 0 to MAX_EXTENSION, at least one
+        of them above 0."""
+        for name, v in self.metadata().items():
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_EXTENSION:
+                raise InputError(f"--{name} must be a whole number of pixels from 0 to {MAX_EXTENSION}, got {v!r:.40}")
+        if not any(self.metadata().values()):
+            raise InputError("outpainting needs at least one of --left, --right, --top, --bottom above 0")
+
     def canvas(self, size: tuple[int, int]) -> tuple[int, int]:
         """The (w, h) of the grown canvas."""
         return size[0] + self.left + self.right, size[1] + self.top + self.bottom
@@ -42,13 +52,7 @@ class Extension:
 
 
 def check_extension(left: Any = 0, right: Any = 0, top: Any = 0, bottom: Any = 0) -> Extension:
-    """Whole numbers of pixels from 0 to MAX_EXTENSION, at least one of them above 0."""
-    sides = {"left": left, "right": right, "top": top, "bottom": bottom}
-    for name, v in sides.items():
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_EXTENSION:
-            raise InputError(f"--{name} must be a whole number of pixels from 0 to {MAX_EXTENSION}, got {v!r:.40}")
-    if not any(sides.values()):
-        raise InputError("outpainting needs at least one of --left, --right, --top, --bottom above 0")
+    """The Extension of these sides, checked (Extension's rule)."""
     return Extension(left, right, top, bottom)
 
 
@@ -71,6 +75,15 @@ def default_band(resolution: int) -> int:
     return max(1, resolution // 4)
 
 
+def check_band_t0(t0: Any) -> float:
+    """The band's t0: a number from MIN_BAND_T0 to 1, so that the strength map's 8-bit level it starts at is within
+    half a level of it."""
+    if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not MIN_BAND_T0 <= t0 <= 1:
+        raise InputError(f"--t0 (the band's) must be a number from {MIN_BAND_T0:.3f} to 1 (it is a level of an 8-bit "
+                         f"strength map, 1/255 at the least), got {t0!r:.40}")
+    return float(t0)
+
+
 def check_band(band: Any) -> int:
     if isinstance(band, bool) or not isinstance(band, int) or not 1 <= band <= MAX_BAND:
         raise InputError(f"the seam band must be a whole number of pixels from 1 to {MAX_BAND}, got {band!r:.40}")
@@ -82,7 +95,7 @@ def grow(image: Image.Image, extension: Extension, fill: str, seed: int = 0) -> 
     (edge), that smoothed (blur), noise with the image's per-channel mean and spread (noise, seeded), or the
     image's mean colour (color)."""
     check_canvas(image.size, extension)
-    a = np.asarray(image.convert("RGB"))
+    a = np.asarray(to_rgb(image))  # the RGB every command reads: transparency on white, 16-bit scaled down
     e = extension
     pad = ((e.top, e.bottom), (e.left, e.right), (0, 0))
     if fill in ("edge", "blur"):
@@ -107,7 +120,7 @@ def strength_map(size: tuple[int, int], extension: Extension, t0: float, band: i
                  levels: int = DEFAULT_STRENGTH_LEVELS) -> Image.Image:
     """The canvas' per-pixel t0 as a strength map of a run at NEW_T0: 0 on the original pixels; in the new region
     t0 next to them, rising (smoothstep over `band` pixels of distance) to NEW_T0, in `levels` even steps."""
-    w, h = extension.canvas(size)
+    w, h = check_canvas(size, extension)
     e = extension
     xs, ys = np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)
     dx = np.maximum(np.maximum(e.left - xs, xs - (e.left + size[0] - 1)), 0)

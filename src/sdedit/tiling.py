@@ -50,7 +50,9 @@ def default_overlap(size: int, factor: int) -> int:
 
 def check_tiling(model: Any, size: TileSize, overlap: int | None = None) -> Tiling:
     """The tile rule for this model: `auto` or a whole number of pixels that is a multiple of tile_multiple and
-    at least min_tile; an overlap (default: default_overlap) from 0 to below the tile, on the latent grid."""
+    at least min_tile; an overlap (default: default_overlap) from 0 to half the tile, on the latent grid (at half,
+    neighbours are half a tile apart: each cell is blended from about 4 tiles, and the network runs about 4 times
+    the canvas; near the tile, it would run (tile / (tile - overlap))^2 times the canvas)."""
     m, factor = tile_multiple(model), int(model.latent_factor)
     if isinstance(size, str) and size.strip().lower() == AUTO_TILE:
         size = -(-int(model.resolution) // m) * m
@@ -65,10 +67,19 @@ def check_tiling(model: Any, size: TileSize, overlap: int | None = None) -> Tili
                          f"(try {size // m * m} or {size // m * m + m})")
     if overlap is None:
         overlap = default_overlap(size, factor)
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < size:
-        raise InputError(f"tile overlap must be a whole number of pixels from 0 to below the tile ({size}), "
-                         f"got {overlap!r:.40}")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= size // 2:
+        raise InputError(f"tile overlap must be a whole number of pixels from 0 to half the tile ({size // 2}), well "
+                         f"below the tile ({size}): more only multiplies the network calls; got {overlap!r:.40}")
     if overlap % factor:
         raise InputError(f"tile overlap {overlap} px is not a multiple of {factor} px, the size of {model.name}'s "
                          f"latent cells")
     return Tiling(size, overlap)
+
+
+def tiling_of(model: Any, size: TileSize | None, overlap: int | None = None) -> Tiling | None:
+    """The tiling asked for (check_tiling), or None for an untiled edit; an overlap needs a tile."""
+    if size is None:
+        if overlap is not None:
+            raise InputError("a tile overlap needs a tile size: give --tile too")
+        return None
+    return check_tiling(model, size, overlap)

@@ -250,7 +250,7 @@ def _add_tiles(p: argparse.ArgumentParser) -> None:
                    help="edit the input at its own size (any size and aspect) in tiles of SIZE pixels, or 'auto' "
                         "(the model's resolution): the network runs on overlapping tiles, blended at every step")
     p.add_argument("--tile-overlap", type=int, metavar="PX",
-                   help="pixels neighbouring tiles share (a quarter of the tile)")
+                   help="pixels neighbouring tiles share, at most half the tile (a quarter of it)")
 
 
 def _tile_arg(text: str) -> int | str:
@@ -652,7 +652,7 @@ def _outpaint(a: argparse.Namespace) -> int:
     from ..files import check_output_folder
     from ..images import open_image, save_png
     from ..loader import load_model
-    from ..outpainting import NEW_T0, check_band, check_canvas, check_extension
+    from ..outpainting import NEW_T0, check_band, check_band_t0, check_canvas, check_extension
 
     # Every input checked before the model loads and before the output folder is made.
     settings = settings_for_flags(steps=a.steps, seed=a.seed, sampler=a.sampler, num_samples=a.num,
@@ -662,6 +662,8 @@ def _outpaint(a: argparse.Namespace) -> int:
     extension = check_extension(a.left, a.right, a.top, a.bottom)
     if a.band is not None:
         check_band(a.band)
+    if a.t0 is not None:
+        check_band_t0(a.t0)
     if a.tile is None and a.tile_overlap is not None:
         raise InputError("--tile-overlap needs --tile")
     image = open_image(a.input)
