@@ -89,3 +89,26 @@ def test_colour_matching_a_flat_masked_stroke_keeps_the_edit():
     assert inside.std((0, 1)).min() > 5  # generated, not the stroke given back
     assert np.abs(inside.mean((0, 1)) - (40, 160, 40)).max() < 20  # in the stroke's colour
     assert np.array_equal(np.asarray(out)[mask == 0], img[mask == 0])
+
+
+def test_rows_of_different_guides_in_one_batch_are_each_matched_to_their_own_guide():
+    """Each row's reference and region are its own: batched together or one by one, the same outputs."""
+    from sdedit.api import iter_edits, prepare_guide
+    from sdedit.settings import RunSettings
+
+    from .conftest import gaussian_model
+    from .helpers import random_image
+
+    model = gaussian_model(resolution=32)
+    masks = [np.zeros((32, 32), np.uint8) for _ in range(2)]
+    masks[0][5:20, 5:20] = 255
+    masks[1][10:30, 2:12] = 255
+    bright = Image.fromarray((np.asarray(random_image((32, 32), 2)) // 4 + 150).astype(np.uint8))
+    guides = [prepare_guide(model, img, Image.fromarray(m)) for img, m in zip((random_image((32, 32), 1), bright),
+                                                                               masks, strict=True)]
+    run = RunSettings(t0=0.5, steps=4, repeats=3, color_match=True, batch_size=2, seed=0)
+    together = [np.asarray(o) for o in iter_edits(model, guides, [3, 9], run, progress=False)]
+    alone = [np.asarray(o) for o in iter_edits(model, guides, [3, 9], run.with_(batch_size=1), progress=False)]
+    plain = [np.asarray(o) for o in iter_edits(model, guides, [3, 9], run.with_(color_match=False), progress=False)]
+    for a, b, c in zip(together, alone, plain, strict=True):
+        assert np.array_equal(a, b) and not np.array_equal(a, c)

@@ -179,3 +179,13 @@ def test_an_outpaint_whose_box_is_the_whole_canvas_records_no_crop(bundled):
     meta = json.loads(out.info["sdedit"])
     assert out.size == (72, 72) and "crop" not in meta
     assert np.array_equal(np.asarray(out)[8:, 8:], np.asarray(landscape(5, 64)))
+
+
+def test_the_noise_fills_seed_is_recorded():
+    """Every sample's canvas is filled from the run's first seed: sample j (seed + j) is reproduced only with it."""
+    model = load_model("landscapes", device="cpu", precision="fp32")
+    outs = outpaint(model, landscape(5, 64), right=16, fill="noise", seed=7, num_samples=2, steps=1, progress=False)
+    records = [json.loads(o.info["sdedit"])["outpaint"] for o in outs]
+    assert [r["fill_seed"] for r in records] == [7, 7]
+    edge = outpaint(model, landscape(5, 64), right=16, seed=7, steps=1, progress=False)[0]
+    assert "fill_seed" not in json.loads(edge.info["sdedit"])["outpaint"]

@@ -257,7 +257,8 @@ def prepare_outpaint(model: Model, image: ImageLike, extension: Extension, *, fi
     strength = outpaint_strength(full.size, extension, band_t0, band)
     guide = prepare_guide(model, canvas, strength_map=strength, fit="stretch", crop_to_mask=crop_to_mask, tile=tile,
                           tile_overlap=tile_overlap)
-    record = {**extension.metadata(), "fill": fill, "band": band, "t0": band_t0, "input_size": list(full.size)}
+    record = {**extension.metadata(), "fill": fill, **({"fill_seed": seed} if fill == "noise" else {}), "band": band,
+              "t0": band_t0, "input_size": list(full.size)}
     return dataclasses.replace(guide, color_reference="kept", outpaint=record)
 
 
