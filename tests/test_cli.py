@@ -111,12 +111,13 @@ def test_quiet_prints_nothing_on_success_for_every_command_that_writes_files(tmp
         "composite": ["composite", str(src), str(src), "--scale", "0.5", "--at", "8,8", *TINY, "--steps", "2", "-o",
                       str(tmp_path / "c")],
         "batch": ["batch", str(folder), *TINY, "--steps", "2", "-o", str(tmp_path / "b")],
+        "outpaint": ["outpaint", str(src), "--right", "8", *TINY, "--steps", "2", "-o", str(tmp_path / "o")],
     }
     for command, args in runs.items():
         assert main([*args, "-q"]) == 0, command
         printed = capsys.readouterr()
         assert (printed.out, printed.err) == ("", ""), (command, printed)
-    assert [len(list((tmp_path / d).glob("*.png"))) for d in "ecb"] == [1, 1, 1]
+    assert [len(list((tmp_path / d).glob("*.png"))) for d in "ecbo"] == [1, 1, 1, 1]
 
 
 def bad_cases(tmp_path: Path) -> dict[str, list[str]]:
