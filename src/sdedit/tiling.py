@@ -1,7 +1,7 @@
 """Tiled SDEdit's settings: the tile size and overlap a model takes, in input pixels, checked once.
 
 A tiled edit works on the whole input at its own size (engine.tiles blends the network's D over tiles),
-so the tile decides memory and the canvas only decides time.  Tiles sit on the sampler's grid (latent cells
+so the tile decides the network's memory; the canvas decides time and the sampler's own tensors.  Tiles sit on the sampler's grid (latent cells
 of `latent_factor` pixels), with sides the main network takes, and at least half the model's resolution: a
 smaller tile shows the network less than a quarter of the picture it was trained on.
 """
