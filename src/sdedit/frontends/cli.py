@@ -753,6 +753,14 @@ def _kid_caution(generated: int, real: int) -> None:
         say(caution, err=True)
 
 
+def _eval_controls(a: argparse.Namespace) -> tuple[dict[str, Any], list[float]]:
+    """eval's ControlNet options and its --control-scale values (each once), checked."""
+    control = control_options(a)
+    if a.control_scale and not a.controlnet:
+        raise InputError("--control-scale sets the scale of ControlNets: give --controlnet")
+    return control, [check_control_scale(x) for x in dict.fromkeys(a.control_scale or [])]
+
+
 def _eval(a: argparse.Namespace) -> int:
     from ..files import check_output_folder
     from ..images import folder_images
@@ -782,10 +790,7 @@ def _eval(a: argparse.Namespace) -> int:
     for folder in (a.data if a.data != "synthetic" else None, a.real):
         if folder is not None and not Path(folder).is_dir():
             raise InputError(f"not a folder of images: {printable(folder)}")
-    control = control_options(a)
-    if a.control_scale and not a.controlnet:
-        raise InputError("--control-scale sets the scale of ControlNets: give --controlnet")
-    scales = [check_control_scale(x) for x in dict.fromkeys(a.control_scale or [])]
+    control, scales = _eval_controls(a)
     check_output_folder(a.outdir)
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora, **control)
     model.check_conditioning(grid[0])
@@ -883,10 +888,7 @@ def _eval_edits(a: argparse.Namespace) -> int:
     if a.seed > MAX_SEED - len(items):
         raise InputError(f"--seed must be from 0 to 2^63 - 1 - the rows (row i uses seed + i), got {a.seed}")
     grid = _edit_grid(a, a.method or list(METHODS))
-    control = control_options(a)
-    if a.control_scale and not a.controlnet:
-        raise InputError("--control-scale sets the scale of ControlNets: give --controlnet")
-    scales = [check_control_scale(x) for x in dict.fromkeys(a.control_scale or [])]
+    control, scales = _eval_controls(a)
     check_output_folder(a.outdir)
     model = load_model(a.model or DEFAULT_MODEL, config=a.config, device=a.device, loras=a.lora, **control)
     methods = edit_methods(model, a.method)
