@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,14 +91,20 @@ def clip_scorer(device: torch.device | str = "cpu") -> tuple[str, ClipScore]:
         from transformers import AutoTokenizer, CLIPModel
     except ImportError as e:
         raise WeightsUnavailable(f"transformers is not installed ({e})") from None
-    for name in CLIP_MODELS:
+    name, (model, tokenizer) = _first_cached(CLIP_MODELS, lambda n: (
+        CLIPModel.from_pretrained(n, local_files_only=True).eval().to(device),
+        AutoTokenizer.from_pretrained(n, local_files_only=True)))
+    return name, _clip_score(model, tokenizer, torch.device(device))
+
+
+def _first_cached(names: tuple[str, ...], load: Callable[[str], Any]) -> tuple[str, Any]:
+    """(name, load(name)) of the first of names that loads from local files; WeightsUnavailable if none does."""
+    for name in names:
         try:
-            model = CLIPModel.from_pretrained(name, local_files_only=True).eval().to(device)
-            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+            return name, load(name)
         except (OSError, ValueError):  # not in the cache: try the next
             continue
-        return name, _clip_score(model, tokenizer, torch.device(device))
-    raise WeightsUnavailable(f"none of {', '.join(CLIP_MODELS)} is in the local Hugging Face cache")
+    raise WeightsUnavailable(f"none of {', '.join(names)} is in the local Hugging Face cache")
 
 
 def _clip_score(model: torch.nn.Module, tokenizer: Callable[..., dict[str, torch.Tensor]],
@@ -156,13 +163,9 @@ def dino_structure_distance(device: torch.device | str = "cpu") -> tuple[str, Im
         from transformers import ViTModel
     except ImportError as e:
         raise WeightsUnavailable(f"transformers is not installed ({e})") from None
-    for name in DINO_MODELS:
-        try:
-            model = ViTModel.from_pretrained(name, local_files_only=True, add_pooling_layer=False).eval().to(device)
-        except (OSError, ValueError):  # not in the cache: try the next
-            continue
-        return name, _dino_distance(model, torch.device(device))
-    raise WeightsUnavailable(f"none of {', '.join(DINO_MODELS)} is in the local Hugging Face cache")
+    name, model = _first_cached(DINO_MODELS, lambda n: ViTModel.from_pretrained(
+        n, local_files_only=True, add_pooling_layer=False).eval().to(device))
+    return name, _dino_distance(model, torch.device(device))
 
 
 def _dino_pixels(img: Image.Image) -> torch.Tensor:
